@@ -1,0 +1,147 @@
+/*
+ * discluster/master.h: the public API of the Discluster MASTER core.
+ *
+ * A master coordinates the CONTROL agents of one Discord bot over protocol v1
+ * (WebSocket, JSON). It runs on a uv_loop_t owned by the embedder and keeps
+ * no global mutable state, so several masters may share a process.
+ * Depends on libuv only at the API level.
+ *
+ * Functions return 0 or a negative error code; dcm_strerror() names it.
+ * A function that takes a callback and fails never calls that callback.
+ */
+#ifndef DISCLUSTER_MASTER_H
+#define DISCLUSTER_MASTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DCM_VERSION "0.1.0"
+#define DCM_PROTOCOL_VERSION 1
+
+/* Error codes. libuv's own (negative errno) codes pass through unchanged. */
+enum {
+  DCM_EINVAL = -30001,   /* invalid argument or option value */
+  DCM_ENOMEM = -30002,   /* out of memory */
+  DCM_ESTATE = -30003,   /* call not valid in the current state */
+  DCM_EINSECURE = -30004, /* non-loopback listen address without a secret */
+  DCM_EPOLICY = -30005,  /* policy failed to load, validate or run */
+  DCM_EDISCORD = -30006, /* Discord REST call failed */
+  DCM_EAUTH = -30007,    /* Discord rejected the bot token */
+  DCM_EFATAL = -30008,   /* a CONTROL reported a fatal Discord error */
+  DCM_ECANCELED = -30009 /* operation canceled by stop */
+};
+
+const char *dcm_strerror(int err);
+
+typedef enum {
+  DCM_LOG_DEBUG = 0,
+  DCM_LOG_INFO = 1,
+  DCM_LOG_WARN = 2,
+  DCM_LOG_ERROR = 3
+} dcm_log_level;
+
+typedef enum { DCM_LOG_TEXT = 0, DCM_LOG_JSON = 1 } dcm_log_format;
+
+/* Receives each formatted log line (no trailing newline). */
+typedef void (*dcm_log_cb)(dcm_log_level level, const char *line, size_t len,
+                           void *arg);
+
+/*
+ * Options. Initialise with dcm_options_init(), which sets the defaults.
+ * Strings are borrowed: dcm_master_new() copies what it needs.
+ * Times are seconds and may be fractional.
+ */
+typedef struct dcm_options_s {
+  const char *listen_host;    /* "127.0.0.1" */
+  int listen_port;            /* 8642; 0 picks a free port */
+  int shards;                 /* 0 = auto: ask Discord */
+  int max_concurrency;        /* 0 = from Discord (1 with fixed shards) */
+  const char *api_base;       /* "https://discord.com/api/v10" */
+  const char *policy;         /* policy file; NULL = default policy */
+  const char *policy_dir;     /* where default.lua lives; NULL = search */
+  double collect_window;      /* 45 */
+  int expected_machines;      /* 0 = wait for the whole window */
+  double heartbeat_interval;  /* 30 */
+  double heartbeat_grace;     /* 15 */
+  double reconnect_grace;     /* 30 */
+  double connect_timeout;     /* 600 */
+  double handshake_timeout;   /* 10 */
+  const char *token;          /* Discord bot token; secret */
+  const char *auth;           /* shared secret for CONTROLs; secret */
+  dcm_log_level log_level;    /* DCM_LOG_INFO */
+  dcm_log_format log_format;  /* DCM_LOG_TEXT */
+  dcm_log_cb log_cb;          /* NULL = one line per call on stderr */
+  void *log_arg;
+  /* Bounds. */
+  size_t max_message;         /* 1 MiB: larger messages close with 1009 */
+  size_t max_outbound;        /* 4 MiB per connection before it is cut */
+  size_t max_head;            /* 8 KiB per HTTP request head */
+  int max_unauthenticated;    /* 256 connections before `info` */
+} dcm_options_t;
+
+void dcm_options_init(dcm_options_t *opts);
+
+typedef struct dcm_master_s dcm_master_t;
+
+typedef enum {
+  DCM_EVENT_LISTENING,       /* socket bound; message = "host:port" */
+  DCM_EVENT_CONNECTED,       /* a CONTROL identified; machine set */
+  DCM_EVENT_RESUMED,         /* a CONTROL reconnected inside the grace */
+  DCM_EVENT_DISCONNECTED,    /* socket closed; grace started */
+  DCM_EVENT_TIMED_OUT,       /* heartbeat timeout (4001) */
+  DCM_EVENT_FAILED_OVER,     /* machine's shards moved elsewhere */
+  DCM_EVENT_ASSIGNED,        /* machine sent a new `connect` */
+  DCM_EVENT_READY,           /* machine reported `ready` */
+  DCM_EVENT_STATE,           /* lifecycle state changed; message = name */
+  DCM_EVENT_POLICY_RELOADED, /* code = 0 or the error of a failed reload */
+  DCM_EVENT_FATAL,           /* fatal from a CONTROL or Discord; stopping */
+  DCM_EVENT_STOPPED          /* every handle closed; code = exit status */
+} dcm_event_type;
+
+typedef struct {
+  dcm_event_type type;
+  const char *machine; /* machine id or NULL */
+  int code;            /* event specific */
+  const char *message; /* event specific, may be NULL */
+} dcm_event_t;
+
+typedef void (*dcm_event_cb)(dcm_master_t *m, const dcm_event_t *ev,
+                             void *arg);
+typedef void (*dcm_close_cb)(dcm_master_t *m, void *arg);
+
+/* Validates opts and allocates a master on loop. Nothing runs yet. */
+int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts,
+                   dcm_master_t **out);
+
+/* Binds the listener and starts the lifecycle. cb may be NULL. */
+int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg);
+
+/* Port actually bound (useful with listen_port 0). */
+int dcm_master_port(const dcm_master_t *m);
+
+/* Reloads the policy files transactionally; on error the old one stays. */
+int dcm_master_reload_policy(dcm_master_t *m);
+
+/*
+ * Graceful stop: sends `shutdown` to every CONTROL when send_shutdown is
+ * set, closes every socket and handle, then calls cb. Stopping twice is a
+ * no-op returning DCM_ESTATE.
+ */
+int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb,
+                    void *arg);
+
+/* Exit status the CLI should use: 0, or non-zero after a fatal stop. */
+int dcm_master_exit_status(const dcm_master_t *m);
+
+/* Frees a master that was never started or whose stop callback ran. */
+void dcm_master_free(dcm_master_t *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,98 @@
+/* options.c: see options.h. */
+#include "options.h"
+
+#include <arpa/inet.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void dcm_options_init(dcm_options_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->listen_host = "127.0.0.1";
+  o->listen_port = 8642;
+  o->api_base = "https://discord.com/api/v10";
+  o->collect_window = 45;
+  o->heartbeat_interval = 30;
+  o->heartbeat_grace = 15;
+  o->reconnect_grace = 30;
+  o->connect_timeout = 600;
+  o->handshake_timeout = 10;
+  o->log_level = DCM_LOG_INFO;
+  o->log_format = DCM_LOG_TEXT;
+  o->max_message = 1u << 20;
+  o->max_outbound = 4u << 20;
+  o->max_head = 8192;
+  o->max_unauthenticated = 256;
+}
+
+const char *dcm_strerror(int err) {
+  switch (err) {
+    case 0: return "success";
+    case DCM_EINVAL: return "invalid argument";
+    case DCM_ENOMEM: return "out of memory";
+    case DCM_ESTATE: return "not valid in the current state";
+    case DCM_EINSECURE: return "refusing to listen on a non-loopback address without a shared secret";
+    case DCM_EPOLICY: return "policy error";
+    case DCM_EDISCORD: return "Discord request failed";
+    case DCM_EAUTH: return "Discord rejected the bot token";
+    case DCM_EFATAL: return "a CONTROL reported a fatal Discord error";
+    case DCM_ECANCELED: return "canceled";
+    default: return err < 0 && err > -4096 ? uv_strerror(err) : "unknown error";
+  }
+}
+
+int dcm__is_loopback(const char *host) {
+  unsigned char buf[16];
+  if (strcmp(host, "localhost") == 0) return 1;
+  if (inet_pton(AF_INET, host, buf) == 1) return buf[0] == 127;
+  if (inet_pton(AF_INET6, host, buf) == 1) {
+    static const unsigned char lo[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+                                         0, 0, 0, 0, 0, 0, 0, 1};
+    return memcmp(buf, lo, 16) == 0;
+  }
+  return 0;
+}
+
+static int bad_time(double v, int allow_zero) {
+  return !isfinite(v) || v < 0 || (!allow_zero && v == 0) || v > 1e7;
+}
+
+int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
+  unsigned char buf[16];
+#define FAIL(...) do { snprintf(err, n, __VA_ARGS__); return DCM_EINVAL; } while (0)
+  if (o->listen_host == NULL || (strcmp(o->listen_host, "localhost") != 0 &&
+      inet_pton(AF_INET, o->listen_host, buf) != 1 &&
+      inet_pton(AF_INET6, o->listen_host, buf) != 1))
+    FAIL("listen: '%s' is not an IPv4 or IPv6 address", o->listen_host ? o->listen_host : "");
+  if (o->listen_port < 0 || o->listen_port > 65535)
+    FAIL("listen: port %d is out of range 0-65535", o->listen_port);
+  if (o->shards < 0 || o->shards > 1000000)
+    FAIL("shards: %d is out of range (auto, or 1-1000000)", o->shards);
+  if (o->max_concurrency < 0 || o->max_concurrency > 1024)
+    FAIL("max_concurrency: %d is out of range 1-1024", o->max_concurrency);
+  if (o->expected_machines < 0)
+    FAIL("expected_machines: %d must not be negative", o->expected_machines);
+  if (o->api_base == NULL || (strncmp(o->api_base, "https://", 8) != 0 &&
+                              strncmp(o->api_base, "http://", 7) != 0))
+    FAIL("api_base: must start with https:// (or http:// for tests)");
+  if (bad_time(o->collect_window, 1)) FAIL("collect_window: must be a time >= 0 seconds");
+  if (bad_time(o->heartbeat_interval, 0)) FAIL("heartbeat_interval: must be a time > 0 seconds");
+  if (bad_time(o->heartbeat_grace, 1)) FAIL("heartbeat_grace: must be a time >= 0 seconds");
+  if (bad_time(o->reconnect_grace, 1)) FAIL("reconnect_grace: must be a time >= 0 seconds");
+  if (bad_time(o->connect_timeout, 0)) FAIL("connect_timeout: must be a time > 0 seconds");
+  if (bad_time(o->handshake_timeout, 0)) FAIL("handshake_timeout: must be a time > 0 seconds");
+  if ((unsigned)o->log_level > DCM_LOG_ERROR) FAIL("log_level: must be debug, info, warn or error");
+  if ((unsigned)o->log_format > DCM_LOG_JSON) FAIL("log_format: must be text or json");
+  if (o->max_message < 1024 || o->max_outbound < o->max_message || o->max_head < 512 ||
+      o->max_unauthenticated < 1)
+    FAIL("limits: max_message >= 1024, max_outbound >= max_message, max_head >= 512");
+  if (o->shards == 0 && (o->token == NULL || o->token[0] == '\0'))
+    FAIL("token: shards = auto needs a Discord bot token (DISCORD_TOKEN or the config key token)");
+  if ((o->auth == NULL || o->auth[0] == '\0') && !dcm__is_loopback(o->listen_host)) {
+    snprintf(err, n, "listen: refusing to listen on non-loopback address %s without a shared "
+             "secret (set DISCLUSTER_AUTH or the config key auth)", o->listen_host);
+    return DCM_EINSECURE;
+  }
+#undef FAIL
+  return 0;
+}

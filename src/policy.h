@@ -1,0 +1,64 @@
+/*
+ * policy.h: Lua 5.4 policy generations. A generation is one sandboxed
+ * lua_State holding the user's policy over policies/default.lua; it decides
+ * allocation and failover, and every result is validated here in C before
+ * the core sees it. A rejected result or a policy error falls back to the
+ * default policy for that decision. Reload is transactional.
+ * Depends on Lua 5.4 and log.h; knows nothing about sockets.
+ */
+#ifndef DCM_POLICY_H
+#define DCM_POLICY_H
+
+#include <stddef.h>
+#include "log.h"
+
+/* One machine as a policy sees it (borrowed for the call's duration). */
+typedef struct {
+  const char *id;
+  int cores;
+  double loadavg;
+  int standby;
+  const int *shards; /* shards it runs now */
+  size_t nshards;
+} dcm__pmachine_t;
+
+typedef struct {
+  int shard_count;
+  int max_concurrency;
+} dcm__pctx_t;
+
+typedef struct dcm__policy_s dcm__policy_t;
+
+/*
+ * Loads path (NULL: the default policy alone) over default.lua found in
+ * policy_dir (NULL: search next to the binary, then the source and install
+ * trees). Runs the self-check. DCM_EPOLICY with a logged reason on failure.
+ */
+int dcm__policy_new(const char *path, const char *policy_dir, dcm__log_t *log,
+                    dcm__policy_t **out);
+void dcm__policy_free(dcm__policy_t *p);
+
+/* Rebuilds the generation from the same files; on error the old one stays. */
+int dcm__policy_reload(dcm__policy_t *p);
+
+/*
+ * machines: the active (non-standby) machines, n >= 1.
+ * On success owner[s] is the index in machines of shard s's machine, for
+ * every s in 0..ctx->shard_count-1.
+ */
+int dcm__policy_allocate(dcm__policy_t *p, const dcm__pmachine_t *machines,
+                         size_t n, const dcm__pctx_t *ctx, int *owner);
+
+/*
+ * machines: the live machines, standby ones included (n may be 0).
+ * On success owner[i] is the index in machines that takes dead->shards[i],
+ * or -1 for every i when no machine is eligible (shards stay unassigned).
+ */
+int dcm__policy_failover(dcm__policy_t *p, const dcm__pmachine_t *dead,
+                         const dcm__pmachine_t *machines, size_t n,
+                         const dcm__pctx_t *ctx, int *owner);
+
+/* The user's policy file, or the default's path. */
+const char *dcm__policy_path(const dcm__policy_t *p);
+
+#endif
