@@ -8,6 +8,7 @@
 #define DCM_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include "discluster/master.h"
 
 typedef struct dcm__config_s {
