@@ -1,0 +1,225 @@
+/*
+ * internal.h: the structs shared by the core's subsystems (server, session,
+ * fleet, coordinator, master). Nothing here is public. Ownership: the master
+ * owns connections and machines; a connection points at its machine once
+ * identified, and a machine at its live connection, if any.
+ */
+#ifndef DCM_INTERNAL_H
+#define DCM_INTERNAL_H
+
+#include <http_parser.h>
+#include <lua.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "discluster/master.h"
+#include "discord.h"
+#include "log.h"
+#include "policy.h"
+#include "protocol.h"
+#include "ws.h"
+
+typedef struct dcm__conn_s dcm__conn_t;
+typedef struct dcm__machine_s dcm__machine_t;
+
+/* Intrusive doubly linked list node; the list head is a sentinel node. */
+typedef struct dcm__link_s {
+  struct dcm__link_s *prev, *next;
+} dcm__link_t;
+
+#define DCM_CONTAINER(ptr, type, field) \
+  ((type *)((char *)(ptr) - offsetof(type, field)))
+
+static inline void dcm__list_init(dcm__link_t *h) { h->prev = h->next = h; }
+static inline int dcm__list_empty(const dcm__link_t *h) { return h->next == h; }
+static inline void dcm__list_push(dcm__link_t *h, dcm__link_t *n) {
+  n->prev = h->prev;
+  n->next = h;
+  h->prev->next = n;
+  h->prev = n;
+}
+static inline void dcm__list_remove(dcm__link_t *n) {
+  n->prev->next = n->next;
+  n->next->prev = n->prev;
+  n->prev = n->next = n;
+}
+
+typedef enum {
+  DCM_CONN_HTTP,    /* reading the request head */
+  DCM_CONN_HELLO,   /* upgraded, waiting for `info` */
+  DCM_CONN_ACTIVE,  /* identified: bound to a machine */
+  DCM_CONN_CLOSING, /* close frame sent or connection failed */
+  DCM_CONN_PLAIN    /* answering a plain HTTP request, then closing */
+} dcm__conn_phase;
+
+#define DCM_HDR_FIELD_MAX 64
+#define DCM_HDR_VALUE_MAX 1024
+
+struct dcm__conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
+  dcm_master_t *m;
+  dcm__link_t link;
+  dcm__conn_phase phase;
+  int handles_open; /* freed when both handles have closed */
+  int counted_unauth;
+  char peer[64];
+  /* HTTP head */
+  http_parser parser;
+  size_t head_bytes;
+  char field[DCM_HDR_FIELD_MAX + 1];
+  size_t fieldlen;
+  char value[DCM_HDR_VALUE_MAX + 1];
+  size_t valuelen;
+  int in_value, field_truncated, value_truncated, head_done;
+  char path[256];
+  size_t pathlen;
+  unsigned hdr_upgrade : 1, hdr_conn_upgrade : 1, hdr_version13 : 1,
+      hdr_auth_ok : 1, hdr_has_key : 1, hdr_has_version : 1;
+  char wskey[32];
+  /* WebSocket */
+  dcm__ws_t ws;
+  int ws_ready;
+  size_t out_bytes; /* written but not yet on the wire */
+  /* Protocol */
+  dcm__machine_t *machine;
+  uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
+  uint64_t last_heartbeat;
+  int timed_out; /* closed for a missed heartbeat: fail over at once */
+};
+
+typedef enum {
+  DCM_MACHINE_LIVE,         /* connected and identified */
+  DCM_MACHINE_DISCONNECTED, /* socket gone, inside the reconnect grace */
+  DCM_MACHINE_DEAD          /* failed over; kept until its timer closes */
+} dcm__machine_state;
+
+typedef enum {
+  DCM_CONNECT_NONE,  /* nothing pending */
+  DCM_CONNECT_QUEUED,/* waiting for its turn */
+  DCM_CONNECT_SENT,  /* `connect` sent, waiting for ack */
+  DCM_CONNECT_ACKED, /* ack received, waiting for ready */
+  DCM_CONNECT_READY  /* ready received for the current assignment */
+} dcm__connect_state;
+
+struct dcm__machine_s {
+  char id[DCM_ID_MAX + 1];
+  int cores;
+  double loadavg;
+  int standby;
+  char version[64];
+  dcm__machine_state state;
+  dcm__conn_t *conn;
+  dcm_master_t *m;
+  dcm__link_t link;       /* master's machine list */
+  dcm__link_t queue_link; /* connect queue */
+  dcm__machine_t *hnext;  /* id hash chain */
+  uv_timer_t grace;       /* reconnect grace; closed before free */
+  int *shards;            /* assignment, sorted ascending */
+  size_t nshards, cap;
+  int *reported;          /* info.shards, for resume after a MASTER restart */
+  size_t nreported;
+  int has_reported;
+  dcm__connect_state connect;
+  int connect_pending;    /* needs (another) `connect` */
+  int info_pending;       /* refresh `info` asked, not yet answered */
+  int *sent;              /* shards of the last `connect` sent */
+  size_t nsent;
+  uint64_t identified_at;
+};
+
+
+/* ---- master ---------------------------------------------------------- */
+
+typedef enum {
+  DCM_STATE_IDLE,
+  DCM_STATE_FETCHING,
+  DCM_STATE_COLLECTING,
+  DCM_STATE_CONNECTING,
+  DCM_STATE_RUNNING,
+  DCM_STATE_SHUTDOWN
+} dcm__state;
+
+struct dcm_master_s {
+  uv_loop_t *loop;
+  dcm_options_t o;  /* strings point at owned copies */
+  char *owned[8];
+  dcm__log_t log;
+  lua_State *json;  /* cjson state for packets and /status */
+  dcm_event_cb cb;
+  void *cb_arg;
+  /* server */
+  uv_tcp_t listener;
+  int port;
+  char readbuf[65536]; /* shared: reads are consumed synchronously */
+  dcm__link_t conns;
+  int unauth;          /* connections not yet identified */
+  uint64_t last_refusal_log;
+  unsigned long refused;
+  /* fleet */
+  dcm__link_t machines;
+  dcm__machine_t **htab;
+  size_t hsize, nmachines;
+  dcm__machine_t **owner; /* shard -> machine, NULL = unassigned */
+  int shard_count;
+  int max_concurrency;
+  /* lifecycle */
+  dcm__state state;
+  uv_timer_t timer; /* collection window, identify budget, connect timeout */
+  dcm__link_t connect_queue;
+  dcm__machine_t *connecting; /* the one CONTROL told to connect, if any */
+  dcm__gateway_t gw;
+  int have_gw;
+  int window_over; /* collection window ended */
+  int refreshing;  /* waiting for `info` replies before allocating */
+  int info_waiting;
+  int allocated;   /* the initial allocation has been made */
+  dcm__policy_t *policy;
+  dcm__discord_t *discord;
+  /* stop */
+  int started, stopping;
+  int open_handles;
+  dcm_close_cb close_cb;
+  void *close_arg;
+  int exit_status;
+  int shutdown_code;        /* sent in `shutdown` */
+  char shutdown_reason[256];
+};
+
+/* server.c */
+int dcm__server_start(dcm_master_t *m);
+void dcm__server_stop(dcm_master_t *m); /* closes the listener */
+int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len);
+void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason);
+void dcm__conn_abort(dcm__conn_t *c);
+void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline);
+
+/* session.c: protocol v1 on one identified or identifying connection */
+void dcm__session_open(dcm__conn_t *c);
+void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len);
+void dcm__session_deadline(dcm__conn_t *c);
+void dcm__session_closed(dcm__conn_t *c);
+const char *dcm__status_json(dcm_master_t *m, size_t *len);
+
+/* coordinator.c: the lifecycle */
+int dcm__coord_start(dcm_master_t *m);
+int dcm__coord_accepting(const dcm_master_t *m);
+void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed);
+void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out);
+void dcm__coord_info(dcm_master_t *m, dcm__machine_t *x);
+void dcm__coord_ack(dcm_master_t *m, dcm__machine_t *x, int op);
+int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards,
+                     size_t n);
+void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x);
+void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code,
+                      const char *message, int shard);
+void dcm__coord_stop(dcm_master_t *m);
+const char *dcm__state_name(dcm__state s);
+
+/* master.c */
+void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine,
+               int code, const char *message);
+void dcm__handle_closed(uv_handle_t *h); /* close cb of handles whose data is m */
+void dcm__master_release(dcm_master_t *m); /* one master-owned handle closed */
+
+#endif

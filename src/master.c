@@ -1,0 +1,185 @@
+/*
+ * master.c: the public handle: options copied and validated, the pieces
+ * (log, JSON state, policy, Discord client, fleet, listener) created and
+ * torn down, events delivered, and the graceful stop that closes every
+ * handle before its callback runs.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fleet.h"
+#include "internal.h"
+#include "json.h"
+#include "options.h"
+
+static int own(dcm_master_t *m, int slot, const char **field) {
+  if (*field == NULL) return 0;
+  m->owned[slot] = strdup(*field);
+  if (m->owned[slot] == NULL) return DCM_ENOMEM;
+  *field = m->owned[slot];
+  return 0;
+}
+
+static void free_parts(dcm_master_t *m) {
+  if (m->policy) dcm__policy_free(m->policy);
+  if (m->json) lua_close(m->json);
+  dcm__fleet_free(m);
+  dcm__log_close(&m->log);
+  for (size_t i = 0; i < sizeof m->owned / sizeof m->owned[0]; i++) {
+    if (m->owned[i]) memset(m->owned[i], 0, strlen(m->owned[i])); /* secrets too */
+    free(m->owned[i]);
+  }
+  free(m);
+}
+
+int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **out) {
+  char err[256];
+  if (loop == NULL || opts == NULL || out == NULL) return DCM_EINVAL;
+  dcm_master_t *m = calloc(1, sizeof *m);
+  if (m == NULL) return DCM_ENOMEM;
+  m->loop = loop;
+  m->o = *opts;
+  int r = dcm__log_init(&m->log, opts->log_level, opts->log_format, opts->log_cb, opts->log_arg);
+  if (r == 0) {
+    r = dcm__options_validate(&m->o, err, sizeof err);
+    if (r != 0) dcm__error(&m->log, NULL, "%s", err);
+  }
+  if (r == 0 && (own(m, 0, &m->o.listen_host) || own(m, 1, &m->o.api_base) ||
+                 own(m, 2, &m->o.policy) || own(m, 3, &m->o.policy_dir) ||
+                 own(m, 4, &m->o.token) || own(m, 5, &m->o.auth)))
+    r = DCM_ENOMEM;
+  if (r == 0 && (m->json = dcm__json_new()) == NULL) r = DCM_ENOMEM;
+  if (r == 0) r = dcm__fleet_init(m);
+  if (r == 0) r = dcm__policy_new(m->o.policy, m->o.policy_dir, &m->log, &m->policy);
+  if (r != 0) {
+    free_parts(m);
+    return r;
+  }
+  dcm__list_init(&m->conns);
+  dcm__list_init(&m->connect_queue);
+  m->state = DCM_STATE_IDLE;
+  *out = m;
+  return 0;
+}
+
+void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine, int code,
+               const char *message) {
+  if (m->cb == NULL) return;
+  dcm_event_t ev = {type, machine, code, message};
+  m->cb(m, &ev, m->cb_arg);
+}
+
+int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
+  char where[96];
+  if (m->started) return DCM_ESTATE;
+  if (m->o.shards == 0) {
+    int r = dcm__discord_new(m->loop, m->o.api_base, m->o.token, &m->log, &m->discord);
+    if (r != 0) return r;
+  }
+  int r = dcm__server_start(m);
+  if (r != 0) {
+    dcm__error(&m->log, NULL, "cannot listen on %s:%d: %s", m->o.listen_host, m->o.listen_port,
+               uv_strerror(r));
+    if (m->discord) {
+      dcm__discord_close(m->discord, NULL, NULL);
+      m->discord = NULL;
+    }
+    return r;
+  }
+  m->started = 1;
+  m->cb = cb;
+  m->cb_arg = arg;
+  uv_timer_init(m->loop, &m->timer);
+  m->timer.data = m;
+  m->open_handles++;
+  snprintf(where, sizeof where, "%s%s%s:%d", strchr(m->o.listen_host, ':') ? "[" : "",
+           m->o.listen_host, strchr(m->o.listen_host, ':') ? "]" : "", m->port);
+  dcm__info(&m->log, NULL, "listening on %s (discluster-master %s, protocol %d, policy %s)",
+            where, DCM_VERSION, DCM_PROTOCOL_VERSION, dcm__policy_path(m->policy));
+  dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where);
+  r = dcm__coord_start(m);
+  if (r != 0) {
+    dcm__error(&m->log, NULL, "cannot start: %s", dcm_strerror(r));
+    m->exit_status = 1;
+    dcm_master_stop(m, 0, NULL, NULL);
+  }
+  return 0;
+}
+
+int dcm_master_port(const dcm_master_t *m) { return m->port; }
+
+int dcm_master_exit_status(const dcm_master_t *m) { return m->exit_status; }
+
+int dcm_master_reload_policy(dcm_master_t *m) {
+  int r = dcm__policy_reload(m->policy);
+  if (r == 0)
+    dcm__info(&m->log, NULL, "policy reloaded from %s; it applies to the next decision",
+              dcm__policy_path(m->policy));
+  else
+    dcm__error(&m->log, NULL, "policy reload failed (%s); keeping the previous policy",
+               dcm_strerror(r));
+  dcm__emit(m, DCM_EVENT_POLICY_RELOADED, NULL, r, dcm__policy_path(m->policy));
+  return r;
+}
+
+static void finish_stop(dcm_master_t *m) {
+  dcm__info(&m->log, NULL, "stopped (exit status %d)", m->exit_status);
+  dcm__emit(m, DCM_EVENT_STOPPED, NULL, m->exit_status, NULL);
+  if (m->close_cb) m->close_cb(m, m->close_arg);
+}
+
+void dcm__master_release(dcm_master_t *m) {
+  if (--m->open_handles == 0 && m->stopping) finish_stop(m);
+}
+
+void dcm__handle_closed(uv_handle_t *h) { dcm__master_release(h->data); }
+
+static void discord_closed(void *arg) { dcm__master_release(arg); }
+
+int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *arg) {
+  if (!m->started || m->stopping) return DCM_ESTATE;
+  m->stopping = 1;
+  m->close_cb = cb;
+  m->close_arg = arg;
+  dcm__info(&m->log, NULL, "stopping%s", send_shutdown ? ": sending shutdown to every CONTROL"
+                                                       : "; CONTROLs keep their clusters");
+  dcm__coord_stop(m);
+  m->open_handles++; /* held until this function is done closing */
+  dcm__server_stop(m);
+  uv_close((uv_handle_t *)&m->timer, dcm__handle_closed);
+  if (m->discord) {
+    m->open_handles++;
+    dcm__discord_close(m->discord, discord_closed, m);
+    m->discord = NULL;
+  }
+  size_t len = 0;
+  const char *bye = NULL;
+  if (send_shutdown) {
+    if (m->shutdown_reason[0] == '\0')
+      snprintf(m->shutdown_reason, sizeof m->shutdown_reason, "MASTER is shutting the fleet down");
+    bye = dcm__enc_shutdown(m->json, m->shutdown_code ? m->shutdown_code : DCM_CLOSE_NORMAL,
+                            m->shutdown_reason, &len);
+  }
+  while (!dcm__list_empty(&m->conns)) {
+    dcm__conn_t *c = DCM_CONTAINER(m->conns.next, dcm__conn_t, link);
+    dcm__list_remove(&c->link); /* abort() removes it again harmlessly */
+    if (c->phase == DCM_CONN_ACTIVE || c->phase == DCM_CONN_HELLO) {
+      if (bye && c->phase == DCM_CONN_ACTIVE) dcm__conn_send(c, bye, len);
+      dcm__conn_close(c, send_shutdown ? DCM_CLOSE_NORMAL : DCM_CLOSE_GOING_AWAY,
+                      send_shutdown ? "shutdown" : "master stopping");
+    } else if (c->phase != DCM_CONN_CLOSING) {
+      dcm__conn_abort(c);
+    }
+  }
+  lua_settop(m->json, 0);
+  while (!dcm__list_empty(&m->machines))
+    dcm__fleet_remove(m, DCM_CONTAINER(m->machines.next, dcm__machine_t, link));
+  dcm__master_release(m);
+  return 0;
+}
+
+void dcm_master_free(dcm_master_t *m) {
+  if (m == NULL) return;
+  free_parts(m);
+}

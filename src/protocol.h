@@ -1,0 +1,100 @@
+/*
+ * protocol.h: protocol v1 packets ({"o": op, "d": {...}}) decoded from JSON
+ * into validated C structs, and encoded back, through lua-cjson (json.h).
+ * Opcodes, close codes and error codes live here and nowhere else.
+ * Pure: no sockets, no state beyond the caller's cjson lua_State.
+ */
+#ifndef DCM_PROTOCOL_H
+#define DCM_PROTOCOL_H
+
+#include <lua.h>
+#include <stddef.h>
+
+enum {
+  DCM_OP_INFO = 0,
+  DCM_OP_FATAL = 1,
+  DCM_OP_COMMAND = 2,
+  DCM_OP_OFFLOAD = 3,
+  DCM_OP_SHUTDOWN = 4,
+  DCM_OP_INITIALISE = 5,
+  DCM_OP_CONNECT = 6,
+  DCM_OP_ERROR = 7,
+  DCM_OP_ACK = 8,
+  DCM_OP_HEARTBEAT = 9,
+  DCM_OP_READY = 10
+};
+
+enum {
+  DCM_CLOSE_NORMAL = 1000,
+  DCM_CLOSE_GOING_AWAY = 1001,
+  DCM_CLOSE_TOO_BIG = 1009,
+  DCM_CLOSE_DEAD = 4001,
+  DCM_CLOSE_BAD_INFO = 4002,
+  DCM_CLOSE_DUPLICATE = 4003
+};
+
+enum {
+  DCM_ERR_MALFORMED = 4004,
+  DCM_ERR_UNKNOWN_OP = 4005,
+  DCM_ERR_BAD_STATE = 4006
+};
+
+#define DCM_ID_MAX 128
+#define DCM_MESSAGE_MAX 512
+
+typedef struct {
+  int op;
+  /* info */
+  char id[DCM_ID_MAX + 1];
+  int cores;
+  double loadavg;
+  int standby;
+  int has_shards; /* info.shards present */
+  char version[64];
+  /* info.shards, ready.shards */
+  int *shards;
+  size_t nshards;
+  /* fatal */
+  int code;
+  char message[DCM_MESSAGE_MAX + 1];
+  int shard; /* -1 when absent */
+  /* ack */
+  int ack_op;
+  /* heartbeat */
+  int has_loadavg;
+} dcm__packet_t;
+
+/*
+ * Decodes one message. Returns 0, DCM_ERR_MALFORMED or DCM_ERR_UNKNOWN_OP
+ * with a short reason in err. An invalid info report is DCM_ERR_MALFORMED
+ * too; the caller turns it into close 4002 during the handshake.
+ * max_shards bounds the arrays. Release with dcm__packet_clear.
+ */
+int dcm__packet_decode(lua_State *L, const char *buf, size_t len,
+                       size_t max_shards, dcm__packet_t *p, char *err,
+                       size_t errlen);
+void dcm__packet_clear(dcm__packet_t *p);
+
+/* 1 if id is 1-128 characters of [A-Za-z0-9._:-]. */
+int dcm__valid_id(const char *id, size_t len);
+
+const char *dcm__op_name(int op);
+
+/*
+ * Encoders. Each returns the JSON text, valid until the caller pops the
+ * string it leaves on L's stack (lua_settop(L, 0) is the usual reset), or
+ * NULL on memory exhaustion.
+ */
+const char *dcm__enc_info_request(lua_State *L, size_t *len);
+const char *dcm__enc_initialise(lua_State *L, const char *token,
+                                long long heartbeat_ms, int shard_count,
+                                int max_concurrency, size_t *len);
+const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
+                             int redundant, size_t *len);
+const char *dcm__enc_error(lua_State *L, int code, const char *message,
+                           size_t *len);
+const char *dcm__enc_ack(lua_State *L, int op, size_t *len);
+const char *dcm__enc_shutdown(lua_State *L, int code, const char *reason,
+                              size_t *len);
+
+#endif

@@ -1,0 +1,555 @@
+/*
+ * server.c: the TCP listener and each connection's transport: the HTTP
+ * request head (http-parser), routing (/healthz, /status, WebSocket
+ * upgrade), the shared-secret check, writes with a bounded outbound queue,
+ * per-connection deadlines, and closing. Protocol decisions are session.c's.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+#include "wskey.h"
+
+#define CLOSE_LINGER_MS 2000
+
+typedef struct {
+  uv_write_t req;
+  dcm__conn_t *conn;
+  size_t len;
+  char data[];
+} write_req_t;
+
+static void conn_finish(dcm__conn_t *c);
+
+static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+/* ---- lifetime --------------------------------------------------------- */
+
+static void conn_free_cb(uv_handle_t *h) {
+  dcm__conn_t *c = h->data;
+  dcm_master_t *m = c->m;
+  if (--c->handles_open > 0) return;
+  if (c->ws_ready) dcm__ws_free(&c->ws);
+  free(c);
+  dcm__master_release(m);
+}
+
+/* Detaches the connection from the protocol exactly once. */
+static void conn_detach(dcm__conn_t *c) {
+  dcm_master_t *m = c->m;
+  if (c->counted_unauth) {
+    c->counted_unauth = 0;
+    m->unauth--;
+  }
+  if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
+    dcm__session_closed(c);
+}
+
+void dcm__conn_abort(dcm__conn_t *c) {
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  conn_detach(c);
+  c->phase = DCM_CONN_CLOSING;
+  dcm__list_remove(&c->link);
+  uv_close((uv_handle_t *)&c->tcp, conn_free_cb);
+  uv_close((uv_handle_t *)&c->timer, conn_free_cb);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  dcm__conn_t *c = req->data;
+  free(req);
+  (void)status;
+  if (status != UV_ECANCELED) dcm__conn_abort(c);
+}
+
+/* Graceful end: flush what is queued, half-close, then close. */
+static void conn_finish(dcm__conn_t *c) {
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  conn_detach(c);
+  c->phase = DCM_CONN_CLOSING;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) != 0) {
+    free(req);
+    dcm__conn_abort(c);
+    return;
+  }
+  req->data = c;
+  dcm__conn_set_deadline(c, uv_now(c->m->loop) + CLOSE_LINGER_MS);
+}
+
+/* ---- writes ----------------------------------------------------------- */
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req_t *w = (write_req_t *)req;
+  dcm__conn_t *c = w->conn;
+  c->out_bytes -= w->len;
+  free(w);
+  if (status < 0 && status != UV_ECANCELED) dcm__conn_abort(c);
+}
+
+static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return UV_EPIPE;
+  uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+  int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
+  if (n == (int)len) return 0;
+  if (n < 0 && n != UV_EAGAIN) return n;
+  if (n < 0) n = 0;
+  size_t left = len - (size_t)n;
+  if (c->out_bytes + left > c->m->o.max_outbound) {
+    dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
+              "peer %s is not reading: outbound queue over %zu bytes, closing",
+              c->peer, c->m->o.max_outbound);
+    return UV_ENOBUFS;
+  }
+  write_req_t *w = malloc(sizeof *w + left);
+  if (w == NULL) return UV_ENOMEM;
+  memcpy(w->data, (const char *)data + n, left);
+  w->conn = c;
+  w->len = left;
+  buf = uv_buf_init(w->data, (unsigned)left);
+  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_cb);
+  if (r != 0) {
+    free(w);
+    return r;
+  }
+  c->out_bytes += left;
+  return 0;
+}
+
+static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
+  return conn_write(ws->data, data, len) == 0 ? 0 : -1;
+}
+
+int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len) {
+  if (c->phase != DCM_CONN_HELLO && c->phase != DCM_CONN_ACTIVE) return DCM_ESTATE;
+  int r = dcm__ws_send(&c->ws, text, len);
+  if (r != 0) dcm__conn_abort(c);
+  return r;
+}
+
+void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason) {
+  if (c->phase != DCM_CONN_HELLO && c->phase != DCM_CONN_ACTIVE) return;
+  conn_detach(c);
+  c->phase = DCM_CONN_CLOSING;
+  if (dcm__ws_close(&c->ws, code, reason) != 0 || dcm__ws_done(&c->ws)) {
+    conn_finish(c);
+    return;
+  }
+  /* wait for the peer's close frame, but not for long */
+  dcm__conn_set_deadline(c, uv_now(c->m->loop) + CLOSE_LINGER_MS);
+}
+
+/* ---- deadlines -------------------------------------------------------- */
+
+static void timer_cb(uv_timer_t *t) {
+  dcm__conn_t *c = t->data;
+  uint64_t now = uv_now(c->m->loop);
+  if (now < c->deadline) { /* moved later since armed: re-arm lazily */
+    uv_timer_start(&c->timer, timer_cb, c->deadline - now, 0);
+    return;
+  }
+  switch (c->phase) {
+    case DCM_CONN_HTTP:
+      dcm__info(&c->m->log, NULL, "peer %s: no complete request head within %.3gs, closing",
+                c->peer, c->m->o.handshake_timeout);
+      dcm__conn_abort(c);
+      break;
+    case DCM_CONN_HELLO:
+    case DCM_CONN_ACTIVE:
+      dcm__session_deadline(c);
+      break;
+    default:
+      dcm__conn_abort(c);
+  }
+}
+
+/* O(1) per heartbeat: only a deadline earlier than the armed one re-arms. */
+void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline) {
+  uint64_t now = uv_now(c->m->loop);
+  int armed = uv_is_active((uv_handle_t *)&c->timer);
+  uint64_t due = armed ? now + uv_timer_get_due_in(&c->timer) : 0;
+  c->deadline = deadline;
+  if (!armed || deadline < due)
+    uv_timer_start(&c->timer, timer_cb, deadline > now ? deadline - now : 0, 0);
+}
+
+/* ---- HTTP ------------------------------------------------------------- */
+
+static void http_reply(dcm__conn_t *c, int status, const char *reason,
+                       const char *extra, const char *ctype, const char *body,
+                       size_t bodylen) {
+  char head[512];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+                   status, reason, ctype, bodylen, extra ? extra : "");
+  c->phase = DCM_CONN_PLAIN;
+  if (conn_write(c, head, (size_t)n) != 0 || (bodylen && conn_write(c, body, bodylen) != 0)) {
+    dcm__conn_abort(c);
+    return;
+  }
+  conn_finish(c);
+}
+
+static void http_error(dcm__conn_t *c, int status, const char *reason,
+                       const char *extra) {
+  char body[128];
+  int n = snprintf(body, sizeof body, "%d %s\n", status, reason);
+  dcm__debug(&c->m->log, NULL, "peer %s: HTTP %d %s", c->peer, status, reason);
+  http_reply(c, status, reason, extra, "text/plain", body, (size_t)n);
+}
+
+/* 1 if the comma-separated list contains token, case-insensitively. */
+static int has_token(const char *list, const char *token) {
+  size_t tl = strlen(token);
+  const char *p = list;
+  while (*p) {
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    const char *s = p;
+    while (*p && *p != ',') p++;
+    const char *e = p;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    if ((size_t)(e - s) == tl && strncasecmp(s, token, tl) == 0) return 1;
+  }
+  return 0;
+}
+
+/* Time depends on the candidate's length only, never on where it differs. */
+static int secret_equal(const char *cand, size_t clen, const char *secret) {
+  size_t slen = strlen(secret);
+  volatile unsigned char diff = (unsigned char)(clen != slen);
+  for (size_t i = 0; i < clen; i++)
+    diff |= (unsigned char)(cand[i] ^ secret[slen ? i % slen : 0]);
+  return diff == 0;
+}
+
+static void header_done(dcm__conn_t *c) {
+  if (!c->in_value) return;
+  c->in_value = 0;
+  char *v = c->value;
+  size_t vl = c->valuelen;
+  while (vl && (*v == ' ' || *v == '\t')) v++, vl--;
+  while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+  v[vl] = '\0';
+  if (c->field_truncated) goto out;
+  if (strcasecmp(c->field, "upgrade") == 0) {
+    c->hdr_upgrade = has_token(v, "websocket");
+  } else if (strcasecmp(c->field, "connection") == 0) {
+    c->hdr_conn_upgrade |= has_token(v, "upgrade");
+  } else if (strcasecmp(c->field, "sec-websocket-version") == 0) {
+    c->hdr_has_version = 1;
+    c->hdr_version13 = strcmp(v, "13") == 0;
+  } else if (strcasecmp(c->field, "sec-websocket-key") == 0) {
+    c->hdr_has_key = !c->value_truncated && dcm__ws_key_valid(v, vl);
+    if (c->hdr_has_key) memcpy(c->wskey, v, vl + 1);
+  } else if (strcasecmp(c->field, "authorization") == 0) {
+    const char *secret = c->m->o.auth;
+    if (secret && secret[0] && !c->value_truncated) {
+      if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0)
+        c->hdr_auth_ok = secret_equal(v + 7, vl - 7, secret);
+      else
+        c->hdr_auth_ok = secret_equal(v, vl, secret);
+    }
+    memset(c->value, 0, sizeof c->value); /* do not keep the secret */
+  }
+out:
+  c->fieldlen = c->valuelen = 0;
+  c->field_truncated = c->value_truncated = 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len) {
+  dcm__conn_t *c = p->data;
+  size_t room = sizeof c->path - 1 - c->pathlen;
+  if (len > room) len = room;
+  memcpy(c->path + c->pathlen, at, len);
+  c->pathlen += len;
+  c->path[c->pathlen] = '\0';
+  return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+  dcm__conn_t *c = p->data;
+  header_done(c);
+  if (c->fieldlen + len > DCM_HDR_FIELD_MAX) {
+    c->field_truncated = 1;
+    len = DCM_HDR_FIELD_MAX - c->fieldlen;
+  }
+  memcpy(c->field + c->fieldlen, at, len);
+  c->fieldlen += len;
+  c->field[c->fieldlen] = '\0';
+  return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+  dcm__conn_t *c = p->data;
+  c->in_value = 1;
+  if (c->valuelen + len > DCM_HDR_VALUE_MAX) {
+    c->value_truncated = 1;
+    len = DCM_HDR_VALUE_MAX - c->valuelen;
+  }
+  memcpy(c->value + c->valuelen, at, len);
+  c->valuelen += len;
+  return 0;
+}
+
+static int on_headers_complete(http_parser *p) {
+  dcm__conn_t *c = p->data;
+  header_done(c);
+  c->head_done = 1;
+  http_parser_pause(p, 1); /* route before anything that follows */
+  return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+};
+
+static int authorized(dcm__conn_t *c) {
+  const char *secret = c->m->o.auth;
+  return secret == NULL || secret[0] == '\0' || c->hdr_auth_ok;
+}
+
+static const dcm__ws_cbs_t ws_cbs;
+
+static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
+  dcm_master_t *m = c->m;
+  if (!c->hdr_upgrade || !c->hdr_conn_upgrade || !c->hdr_has_key) {
+    http_error(c, 400, "Bad Request", NULL);
+    return;
+  }
+  if (!c->hdr_version13) {
+    http_error(c, 426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n");
+    return;
+  }
+  if (!authorized(c)) {
+    dcm__warn(&m->log, NULL, "peer %s: upgrade refused: missing or wrong shared secret", c->peer);
+    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+    return;
+  }
+  if (dcm__ws_init(&c->ws, 0, m->o.max_message, &ws_cbs, c) != 0) {
+    dcm__conn_abort(c);
+    return;
+  }
+  c->ws_ready = 1;
+  char accept[DCM_WS_ACCEPT_LEN + 1];
+  char head[256];
+  dcm__ws_accept(c->wskey, strlen(c->wskey), accept);
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept);
+  if (conn_write(c, head, (size_t)n) != 0) {
+    dcm__conn_abort(c);
+    return;
+  }
+  c->phase = DCM_CONN_HELLO;
+  dcm__session_open(c);
+  if (restlen && c->phase == DCM_CONN_HELLO) {
+    if (dcm__ws_feed(&c->ws, (const uint8_t *)rest, restlen) != 0 || dcm__ws_done(&c->ws))
+      conn_finish(c);
+  }
+}
+
+static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
+  dcm_master_t *m = c->m;
+  char *q = strchr(c->path, '?');
+  if (q) *q = '\0';
+  if (c->parser.method != HTTP_GET) {
+    http_error(c, 405, "Method Not Allowed", "Allow: GET\r\n");
+  } else if (c->parser.upgrade || c->hdr_upgrade) {
+    upgrade(c, rest, restlen);
+  } else if (strcmp(c->path, "/healthz") == 0) {
+    http_reply(c, 200, "OK", NULL, "text/plain", "ok\n", 3);
+  } else if (strcmp(c->path, "/status") == 0) {
+    if (!authorized(c)) {
+      http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+      return;
+    }
+    size_t len;
+    const char *body = dcm__status_json(m, &len);
+    if (body == NULL) {
+      http_error(c, 500, "Internal Server Error", NULL);
+      return;
+    }
+    http_reply(c, 200, "OK", NULL, "application/json", body, len);
+    lua_settop(m->json, 0);
+  } else {
+    http_error(c, 404, "Not Found", NULL);
+  }
+}
+
+static void feed_http(dcm__conn_t *c, const char *data, size_t len) {
+  size_t limit = c->m->o.max_head;
+  size_t room = limit - c->head_bytes;
+  size_t take = len < room ? len : room;
+  size_t n = http_parser_execute(&c->parser, &parser_settings, data, take);
+  c->head_bytes += n;
+  if (c->head_done) {
+    route(c, data + n, len - n);
+    return;
+  }
+  enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+  if (e != HPE_OK) {
+    dcm__debug(&c->m->log, NULL, "peer %s: bad request head: %s", c->peer,
+               http_errno_description(e));
+    http_error(c, 400, "Bad Request", NULL);
+  } else if (c->head_bytes >= limit) {
+    dcm__warn(&c->m->log, NULL, "peer %s: request head over %zu bytes", c->peer, limit);
+    http_error(c, 431, "Request Header Fields Too Large", NULL);
+  }
+}
+
+/* ---- reads ------------------------------------------------------------ */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  dcm__conn_t *c = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(c->m->readbuf, sizeof c->m->readbuf);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__conn_t *c = s->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
+      dcm__debug(&c->m->log, c->machine ? c->machine->id : NULL,
+                 "peer %s: connection dropped (%s)", c->peer, uv_err_name((int)nread));
+    dcm__conn_abort(c);
+    return;
+  }
+  switch (c->phase) {
+    case DCM_CONN_HTTP:
+      feed_http(c, buf->base, (size_t)nread);
+      break;
+    case DCM_CONN_HELLO:
+    case DCM_CONN_ACTIVE:
+    case DCM_CONN_CLOSING:
+      if (!c->ws_ready) break;
+      if (dcm__ws_feed(&c->ws, (const uint8_t *)buf->base, (size_t)nread) != 0 ||
+          dcm__ws_done(&c->ws)) {
+        if (dcm__ws_close_code(&c->ws) == DCM_CLOSE_TOO_BIG)
+          dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
+                    "peer %s: message over %zu bytes, closed with 1009", c->peer,
+                    c->m->o.max_message);
+        conn_finish(c);
+      }
+      break;
+    default:
+      break; /* a plain reply is on its way; ignore what follows */
+  }
+}
+
+static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
+  dcm__conn_t *c = ws->data;
+  if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
+    dcm__session_message(c, msg, len);
+}
+
+static const dcm__ws_cbs_t ws_cbs = {ws_message, ws_write};
+
+/* ---- accept ----------------------------------------------------------- */
+
+static void refuse(dcm_master_t *m, uv_stream_t *server) {
+  uv_tcp_t *t = malloc(sizeof *t);
+  if (t == NULL) return;
+  uv_tcp_init(m->loop, t);
+  if (uv_accept(server, (uv_stream_t *)t) == 0) { /* accept, then drop */ }
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+  m->refused++;
+  uint64_t now = uv_now(m->loop);
+  if (now - m->last_refusal_log >= 10000 || m->last_refusal_log == 0) {
+    dcm__warn(&m->log, NULL, "over %d unidentified connections: refused %lu so far",
+              m->o.max_unauthenticated, m->refused);
+    m->last_refusal_log = now;
+  }
+}
+
+static void peer_name(uv_tcp_t *t, char *out, size_t n) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  char host[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      uv_ip6_name(a, host, sizeof host);
+      port = ntohs(a->sin6_port);
+    } else {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      uv_ip4_name(a, host, sizeof host);
+      port = ntohs(a->sin_port);
+    }
+  }
+  snprintf(out, n, "%s:%d", host, port);
+}
+
+static void connection_cb(uv_stream_t *server, int status) {
+  dcm_master_t *m = server->data;
+  if (status < 0) {
+    dcm__warn(&m->log, NULL, "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  if (m->stopping) return;
+  if (m->unauth >= m->o.max_unauthenticated) {
+    refuse(m, server);
+    return;
+  }
+  dcm__conn_t *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    refuse(m, server);
+    return;
+  }
+  c->m = m;
+  uv_tcp_init(m->loop, &c->tcp);
+  uv_timer_init(m->loop, &c->timer);
+  c->tcp.data = c->timer.data = c;
+  c->handles_open = 2;
+  m->open_handles++; /* released in conn_free_cb */
+  dcm__list_push(&m->conns, &c->link);
+  c->phase = DCM_CONN_HTTP;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    dcm__conn_abort(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  peer_name(&c->tcp, c->peer, sizeof c->peer);
+  c->counted_unauth = 1;
+  m->unauth++;
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.handshake_timeout));
+  if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) dcm__conn_abort(c);
+}
+
+int dcm__server_start(dcm_master_t *m) {
+  struct sockaddr_storage addr;
+  const char *host = strcmp(m->o.listen_host, "localhost") == 0 ? "127.0.0.1" : m->o.listen_host;
+  int r = strchr(host, ':')
+              ? uv_ip6_addr(host, m->o.listen_port, (struct sockaddr_in6 *)&addr)
+              : uv_ip4_addr(host, m->o.listen_port, (struct sockaddr_in *)&addr);
+  if (r != 0) return r;
+  if ((r = uv_tcp_init(m->loop, &m->listener)) != 0) return r;
+  m->listener.data = m;
+  m->open_handles++;
+  if ((r = uv_tcp_bind(&m->listener, (struct sockaddr *)&addr, 0)) != 0 ||
+      (r = uv_listen((uv_stream_t *)&m->listener, 1024, connection_cb)) != 0) {
+    uv_close((uv_handle_t *)&m->listener, dcm__handle_closed);
+    return r;
+  }
+  struct sockaddr_storage bound;
+  int len = sizeof bound;
+  uv_tcp_getsockname(&m->listener, (struct sockaddr *)&bound, &len);
+  m->port = ntohs(bound.ss_family == AF_INET6
+                      ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                      : ((struct sockaddr_in *)&bound)->sin_port);
+  return 0;
+}
+
+void dcm__server_stop(dcm_master_t *m) {
+  if (!uv_is_closing((uv_handle_t *)&m->listener))
+    uv_close((uv_handle_t *)&m->listener, dcm__handle_closed);
+}

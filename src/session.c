@@ -1,0 +1,273 @@
+/*
+ * session.c: protocol v1 on one WebSocket connection: the `info` handshake
+ * (4002, 4003), `initialise`, heartbeats and their deadline (4001), error
+ * packets (4004-4006), and handing lifecycle packets to the coordinator.
+ * Also renders GET /status. Every packet costs O(1) beyond its own size.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fleet.h"
+#include "internal.h"
+#include "json.h"
+
+static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+static const char *mid(const dcm__conn_t *c) {
+  return c->machine ? c->machine->id : NULL;
+}
+
+static void send_text(dcm__conn_t *c, const char *s, size_t n) {
+  if (s) dcm__conn_send(c, s, n);
+  lua_settop(c->m->json, 0);
+}
+
+static void send_error(dcm__conn_t *c, int code, const char *why) {
+  size_t n;
+  dcm__info(&c->m->log, mid(c), "peer %s: error %d: %s", c->peer, code, why);
+  send_text(c, dcm__enc_error(c->m->json, code, why, &n), n);
+}
+
+static uint64_t heartbeat_deadline(const dcm__conn_t *c) {
+  const dcm_options_t *o = &c->m->o;
+  return c->last_heartbeat + ms(o->heartbeat_interval) + ms(o->heartbeat_grace);
+}
+
+void dcm__session_open(dcm__conn_t *c) {
+  dcm_master_t *m = c->m;
+  if (!dcm__coord_accepting(m)) {
+    dcm__conn_close(c, DCM_CLOSE_GOING_AWAY, "master is not accepting yet");
+    return;
+  }
+  dcm__debug(&m->log, NULL, "peer %s: upgraded, waiting for info", c->peer);
+  dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.handshake_timeout));
+}
+
+static void send_initialise(dcm__conn_t *c) {
+  dcm_master_t *m = c->m;
+  size_t n;
+  const char *s = dcm__enc_initialise(m->json, m->o.token,
+                                      (long long)ms(m->o.heartbeat_interval),
+                                      m->shard_count, m->max_concurrency, &n);
+  send_text(c, s, n);
+}
+
+static void copy_report(dcm__machine_t *x, dcm__packet_t *p) {
+  x->cores = p->cores;
+  x->loadavg = p->loadavg;
+  snprintf(x->version, sizeof x->version, "%s", p->version);
+}
+
+static void hello(dcm__conn_t *c, dcm__packet_t *p) {
+  dcm_master_t *m = c->m;
+  dcm__machine_t *x = dcm__fleet_find(m, p->id);
+  int resumed = 0;
+  if (x && x->state == DCM_MACHINE_LIVE) {
+    dcm__warn(&m->log, p->id, "peer %s: id already connected from %s; closing the newcomer (4003)",
+              c->peer, x->conn ? x->conn->peer : "?");
+    dcm__conn_close(c, DCM_CLOSE_DUPLICATE, "machine id already connected");
+    return;
+  }
+  if (x) {
+    uv_timer_stop(&x->grace);
+    x->state = DCM_MACHINE_LIVE;
+    resumed = 1;
+  } else {
+    x = dcm__fleet_add(m, p->id);
+    if (x == NULL) {
+      dcm__conn_abort(c);
+      return;
+    }
+    x->standby = p->standby;
+  }
+  copy_report(x, p);
+  free(x->reported);
+  x->reported = NULL;
+  x->nreported = 0;
+  x->has_reported = p->has_shards;
+  if (p->has_shards) { /* keep it: adoption after a MASTER restart */
+    x->reported = p->shards;
+    x->nreported = p->nshards;
+    p->shards = NULL;
+    p->nshards = 0;
+  }
+  x->conn = c;
+  c->machine = x;
+  c->phase = DCM_CONN_ACTIVE;
+  if (c->counted_unauth) {
+    c->counted_unauth = 0;
+    m->unauth--;
+  }
+  x->identified_at = c->last_heartbeat = uv_now(m->loop);
+  dcm__conn_set_deadline(c, heartbeat_deadline(c));
+  dcm__info(&m->log, x->id, "%s from %s: cores=%d loadavg=%.2f standby=%s%s%s",
+            resumed ? "reconnected inside the grace" : "identified", c->peer, x->cores,
+            x->loadavg, x->standby ? "yes" : "no", x->version[0] ? " version=" : "",
+            x->version);
+  send_initialise(c);
+  dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer);
+  dcm__coord_joined(m, x, resumed);
+}
+
+static void heartbeat(dcm__conn_t *c, const dcm__packet_t *p) {
+  size_t n;
+  c->last_heartbeat = uv_now(c->m->loop);
+  c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
+  if (p->has_loadavg) c->machine->loadavg = p->loadavg;
+  send_text(c, dcm__enc_ack(c->m->json, DCM_OP_HEARTBEAT, &n), n);
+}
+
+static void active(dcm__conn_t *c, dcm__packet_t *p) {
+  dcm_master_t *m = c->m;
+  dcm__machine_t *x = c->machine;
+  char why[128];
+  switch (p->op) {
+    case DCM_OP_HEARTBEAT:
+      heartbeat(c, p);
+      break;
+    case DCM_OP_INFO:
+      if (strcmp(p->id, x->id) != 0) {
+        send_error(c, DCM_ERR_BAD_STATE, "info: d.id differs from this connection's id");
+        break;
+      }
+      copy_report(x, p);
+      dcm__coord_info(m, x);
+      break;
+    case DCM_OP_ACK:
+      dcm__coord_ack(m, x, p->ack_op);
+      break;
+    case DCM_OP_READY:
+      if (dcm__coord_ready(m, x, p->shards, p->nshards) != 0)
+        send_error(c, DCM_ERR_BAD_STATE, "ready: no connect is waiting for these shards");
+      break;
+    case DCM_OP_OFFLOAD:
+      dcm__coord_offload(m, x);
+      break;
+    case DCM_OP_FATAL:
+      dcm__coord_fatal(m, x, p->code, p->message, p->shard);
+      break;
+    default:
+      snprintf(why, sizeof why, "opcode %d (%s) is sent by MASTER, not by CONTROL",
+               p->op, dcm__op_name(p->op));
+      send_error(c, DCM_ERR_BAD_STATE, why);
+  }
+}
+
+void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
+  dcm_master_t *m = c->m;
+  dcm__packet_t p;
+  char err[192];
+  size_t max = m->shard_count > 0 ? (size_t)m->shard_count : 1u << 20;
+  int r = dcm__packet_decode(m->json, msg, len, max, &p, err, sizeof err);
+  if (c->phase == DCM_CONN_HELLO) {
+    if (r == 0 && p.op != DCM_OP_INFO) {
+      r = DCM_ERR_BAD_STATE;
+      snprintf(err, sizeof err, "the first packet must be info, not %s", dcm__op_name(p.op));
+    }
+    if (r != 0) {
+      dcm__info(&m->log, NULL, "peer %s: bad handshake, closing (4002): %s", c->peer, err);
+      dcm__conn_close(c, DCM_CLOSE_BAD_INFO, err);
+    } else {
+      hello(c, &p);
+    }
+  } else if (r != 0) {
+    send_error(c, r, err);
+  } else {
+    active(c, &p);
+  }
+  dcm__packet_clear(&p);
+}
+
+void dcm__session_deadline(dcm__conn_t *c) {
+  dcm_master_t *m = c->m;
+  if (c->phase == DCM_CONN_HELLO) {
+    dcm__info(&m->log, NULL, "peer %s: no info within %.3gs, closing (4002)", c->peer,
+              m->o.handshake_timeout);
+    dcm__conn_close(c, DCM_CLOSE_BAD_INFO, "no info before the handshake timeout");
+    return;
+  }
+  dcm__warn(&m->log, mid(c), "no heartbeat for %.3gs, closing (4001)",
+            (double)(uv_now(m->loop) - c->last_heartbeat) / 1000.0);
+  c->timed_out = 1;
+  dcm__conn_close(c, DCM_CLOSE_DEAD, "heartbeat timeout");
+}
+
+void dcm__session_closed(dcm__conn_t *c) {
+  dcm__machine_t *x = c->machine;
+  if (x == NULL) return;
+  c->machine = NULL;
+  x->conn = NULL;
+  dcm__coord_lost(c->m, x, c->timed_out);
+}
+
+/* ---- /status ----------------------------------------------------------- */
+
+static void push_machine(dcm_master_t *m, dcm__machine_t *x, uint64_t now) {
+  lua_State *L = m->json;
+  static const char *const states[] = {"live", "disconnected", "dead"};
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, x->id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, x->cores);
+  lua_setfield(L, -2, "cores");
+  lua_pushnumber(L, x->loadavg);
+  lua_setfield(L, -2, "loadavg");
+  lua_pushboolean(L, x->standby);
+  lua_setfield(L, -2, "standby");
+  lua_pushstring(L, states[x->state]);
+  lua_setfield(L, -2, "state");
+  dcm__json_push_int_array(L, x->shards, x->nshards);
+  lua_setfield(L, -2, "shards");
+  if (x->conn) {
+    lua_pushinteger(L, (lua_Integer)(now - x->conn->last_heartbeat));
+    lua_setfield(L, -2, "last_heartbeat_age_ms");
+  }
+  if (x->version[0]) {
+    lua_pushstring(L, x->version);
+    lua_setfield(L, -2, "version");
+  }
+}
+
+const char *dcm__status_json(dcm_master_t *m, size_t *len) {
+  lua_State *L = m->json;
+  uint64_t now = uv_now(m->loop);
+  lua_settop(L, 0);
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, dcm__state_name(m->state));
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, m->shard_count);
+  lua_setfield(L, -2, "shard_count");
+  lua_pushinteger(L, m->max_concurrency);
+  lua_setfield(L, -2, "max_concurrency");
+  if (m->have_gw) {
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, m->gw.total);
+    lua_setfield(L, -2, "total");
+    lua_pushinteger(L, m->gw.remaining);
+    lua_setfield(L, -2, "remaining");
+    lua_pushinteger(L, (lua_Integer)(m->gw.reset_after * 1000.0));
+    lua_setfield(L, -2, "reset_after");
+    lua_pushinteger(L, m->gw.max_concurrency);
+    lua_setfield(L, -2, "max_concurrency");
+    lua_setfield(L, -2, "session_start_limit");
+  }
+  lua_createtable(L, (int)m->nmachines, 0);
+  int i = 0;
+  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
+    push_machine(m, DCM_CONTAINER(l, dcm__machine_t, link), now);
+    lua_rawseti(L, -2, ++i);
+  }
+  if (i == 0) {
+    lua_pop(L, 1);
+    dcm__json_push_empty_array(L);
+  }
+  lua_setfield(L, -2, "machines");
+  int *un = malloc(((size_t)m->shard_count + 1) * sizeof *un);
+  if (un == NULL) return NULL;
+  size_t n = dcm__fleet_unassigned(m, un);
+  dcm__json_push_int_array(L, un, n);
+  free(un);
+  lua_setfield(L, -2, "unassigned");
+  return dcm__json_encode(L, -1, len);
+}

@@ -1,0 +1,24 @@
+/*
+ * wskey.h: the RFC 6455 opening-handshake keys: SHA-1 and base64, the only
+ * crypto the protocol needs (no TLS library is a dependency). Pure, no I/O.
+ */
+#ifndef DCM_WSKEY_H
+#define DCM_WSKEY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DCM_WS_ACCEPT_LEN 28 /* base64 of a 20-byte digest */
+
+void dcm__sha1(const void *data, size_t len, uint8_t digest[20]);
+
+/* Writes base64 of in into out (4 * ceil(len / 3) bytes plus NUL). */
+size_t dcm__base64(const uint8_t *in, size_t len, char *out);
+
+/* Sec-WebSocket-Accept for a client's Sec-WebSocket-Key; out gets 29 bytes. */
+void dcm__ws_accept(const char *key, size_t keylen, char out[DCM_WS_ACCEPT_LEN + 1]);
+
+/* 1 if key is base64 of exactly 16 bytes, as RFC 6455 4.1 requires. */
+int dcm__ws_key_valid(const char *key, size_t keylen);
+
+#endif
