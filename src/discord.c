@@ -22,6 +22,7 @@
 #define CONNECT_TIMEOUT_MS 10000L
 #define TOTAL_TIMEOUT_MS 30000L
 #define MAX_RETRY_AFTER 3600.0 /* a longer 429 wait is capped, and said so */
+#define MIN_RETRY_AFTER 0.05   /* a 429 saying 0 must not become a hot loop */
 
 /* One per socket curl asks us to watch; freed in its close callback. */
 typedef struct sock_s {
@@ -396,6 +397,7 @@ static void attempt_done(dcm__discord_t *d, CURLcode rc) {
                 MAX_RETRY_AFTER);
       wait = MAX_RETRY_AFTER;
     }
+    if (wait < MIN_RETRY_AFTER) wait = MIN_RETRY_AFTER;
     dcm__warn(d->log, NULL, "discord: GET %s attempt %d rate limited (HTTP 429); "
               "retrying in %.2f s (%s)", d->url, d->attempt, wait, from);
     retry_in(d, wait);
