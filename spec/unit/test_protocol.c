@@ -1,0 +1,198 @@
+/* Packet decoding, validation and encoding; handshake keys. */
+#include <lauxlib.h>
+
+#include "check.h"
+#include "json.h"
+#include "protocol.h"
+#include "wskey.h"
+
+static lua_State *L;
+
+static int decode(const char *s, dcm__packet_t *p, char *err) {
+  int r = dcm__packet_decode(L, s, strlen(s), 16, p, err, 192);
+  CHECK_EQ(lua_gettop(L), 0); /* the stack is left clean */
+  return r;
+}
+
+static void expect(const char *s, int code, const char *err_part) {
+  dcm__packet_t p;
+  char err[192];
+  int r = decode(s, &p, err);
+  if (r != code || (err_part && strstr(err, err_part) == NULL)) {
+    fprintf(stderr, "input %s: got %d '%s', want %d '%s'\n", s, r, err, code,
+            err_part ? err_part : "");
+    abort();
+  }
+  dcm__packet_clear(&p);
+}
+
+static void info_valid(void) {
+  dcm__packet_t p;
+  char err[192];
+  CHECK_EQ(decode("{\"o\":0,\"d\":{\"id\":\"m-1.a:b_c\",\"cores\":8,\"loadavg\":0.5,"
+                  "\"standby\":true,\"shards\":[3,1,2],\"version\":\"1.2\",\"extra\":1},\"x\":2}",
+                  &p, err), 0);
+  CHECK_EQ(p.op, DCM_OP_INFO);
+  CHECK_STR(p.id, "m-1.a:b_c");
+  CHECK_EQ(p.cores, 8);
+  CHECK(p.loadavg == 0.5);
+  CHECK_EQ(p.standby, 1);
+  CHECK_EQ(p.has_shards, 1);
+  CHECK(p.nshards == 3 && p.shards[0] == 3 && p.shards[2] == 2);
+  CHECK_STR(p.version, "1.2");
+  dcm__packet_clear(&p);
+  CHECK_EQ(decode("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0}}", &p, err), 0);
+  CHECK_EQ(p.has_shards, 0);
+  CHECK_EQ(p.standby, 0);
+  dcm__packet_clear(&p);
+  CHECK_EQ(decode("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"shards\":[]}}", &p, err), 0);
+  CHECK(p.has_shards == 1 && p.nshards == 0);
+  dcm__packet_clear(&p);
+}
+
+static void info_invalid(void) {
+  char id129[200];
+  memset(id129, 'a', 129);
+  id129[129] = '\0';
+  char buf[400];
+  snprintf(buf, sizeof buf, "{\"o\":0,\"d\":{\"id\":\"%s\",\"cores\":1,\"loadavg\":0}}", id129);
+  expect(buf, DCM_ERR_MALFORMED, "d.id");
+  expect("{\"o\":0,\"d\":{\"id\":\"\",\"cores\":1,\"loadavg\":0}}", DCM_ERR_MALFORMED, "d.id");
+  expect("{\"o\":0,\"d\":{\"id\":\"a b\",\"cores\":1,\"loadavg\":0}}", DCM_ERR_MALFORMED, "d.id");
+  expect("{\"o\":0,\"d\":{\"id\":\"a/b\",\"cores\":1,\"loadavg\":0}}", DCM_ERR_MALFORMED, "d.id");
+  expect("{\"o\":0,\"d\":{\"id\":7,\"cores\":1,\"loadavg\":0}}", DCM_ERR_MALFORMED, "d.id");
+  expect("{\"o\":0,\"d\":{\"cores\":1,\"loadavg\":0}}", DCM_ERR_MALFORMED, "d.id");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":0,\"loadavg\":0}}", DCM_ERR_MALFORMED, "cores");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1.5,\"loadavg\":0}}", DCM_ERR_MALFORMED, "cores");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":\"8\",\"loadavg\":0}}", DCM_ERR_MALFORMED, "cores");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":-1}}", DCM_ERR_MALFORMED, "loadavg");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1}}", DCM_ERR_MALFORMED, "loadavg");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"standby\":1}}", DCM_ERR_MALFORMED, "standby");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"shards\":[1,-2]}}", DCM_ERR_MALFORMED, "shards");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"shards\":{\"a\":1}}}", DCM_ERR_MALFORMED, "shards");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"shards\":[0.5]}}", DCM_ERR_MALFORMED, "shards");
+  /* more entries than there are shards */
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"shards\":"
+         "[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}}", DCM_ERR_MALFORMED, "shards");
+}
+
+static void envelope(void) {
+  expect("not json", DCM_ERR_MALFORMED, "JSON");
+  expect("", DCM_ERR_MALFORMED, "JSON");
+  expect("[1,2]", DCM_ERR_MALFORMED, "object");
+  expect("42", DCM_ERR_MALFORMED, "object");
+  expect("\"s\"", DCM_ERR_MALFORMED, "object");
+  expect("null", DCM_ERR_MALFORMED, "object");
+  expect("{\"d\":{}}", DCM_ERR_MALFORMED, "\"o\"");
+  expect("{\"o\":\"9\",\"d\":{}}", DCM_ERR_MALFORMED, "\"o\"");
+  expect("{\"o\":9.5,\"d\":{}}", DCM_ERR_MALFORMED, "\"o\"");
+  expect("{\"o\":9}", DCM_ERR_MALFORMED, "\"d\"");
+  expect("{\"o\":9,\"d\":[1]}", DCM_ERR_MALFORMED, "\"d\"");
+  expect("{\"o\":9,\"d\":5}", DCM_ERR_MALFORMED, "\"d\"");
+  expect("{\"o\":11,\"d\":{}}", DCM_ERR_UNKNOWN_OP, "unknown opcode 11");
+  expect("{\"o\":-1,\"d\":{}}", DCM_ERR_UNKNOWN_OP, NULL);
+  expect("{\"o\":99999999999,\"d\":{}}", DCM_ERR_UNKNOWN_OP, NULL);
+  /* nesting is bounded */
+  char deep[200];
+  memset(deep, '[', 100);
+  deep[100] = '\0';
+  expect(deep, DCM_ERR_MALFORMED, "JSON");
+}
+
+static void other_ops(void) {
+  dcm__packet_t p;
+  char err[192];
+  CHECK_EQ(decode("{\"o\":9,\"d\":{}}", &p, err), 0);
+  CHECK(p.op == DCM_OP_HEARTBEAT && !p.has_loadavg);
+  CHECK_EQ(decode("{\"o\":9,\"d\":{\"loadavg\":1.25}}", &p, err), 0);
+  CHECK(p.has_loadavg && p.loadavg == 1.25);
+  expect("{\"o\":9,\"d\":{\"loadavg\":\"x\"}}", DCM_ERR_MALFORMED, "loadavg");
+  CHECK_EQ(decode("{\"o\":8,\"d\":{\"o\":6}}", &p, err), 0);
+  CHECK_EQ(p.ack_op, 6);
+  expect("{\"o\":8,\"d\":{}}", DCM_ERR_MALFORMED, "ack");
+  CHECK_EQ(decode("{\"o\":10,\"d\":{\"shards\":[0,1]}}", &p, err), 0);
+  CHECK(p.nshards == 2 && p.shards[1] == 1);
+  dcm__packet_clear(&p);
+  expect("{\"o\":10,\"d\":{}}", DCM_ERR_MALFORMED, "ready");
+  CHECK_EQ(decode("{\"o\":1,\"d\":{\"code\":4004,\"message\":\"Authentication failed\",\"shard\":3}}", &p, err), 0);
+  CHECK(p.code == 4004 && p.shard == 3);
+  CHECK_STR(p.message, "Authentication failed");
+  CHECK_EQ(decode("{\"o\":1,\"d\":{\"code\":4014,\"message\":\"x\"}}", &p, err), 0);
+  CHECK_EQ(p.shard, -1);
+  expect("{\"o\":1,\"d\":{\"message\":\"x\"}}", DCM_ERR_MALFORMED, "code");
+  expect("{\"o\":1,\"d\":{\"code\":1}}", DCM_ERR_MALFORMED, "message");
+  CHECK_EQ(decode("{\"o\":3,\"d\":{}}", &p, err), 0);
+  CHECK_EQ(p.op, DCM_OP_OFFLOAD);
+}
+
+static void encoders(void) {
+  size_t n;
+  const char *s = dcm__enc_connect(L, NULL, 0, 1, &n);
+  CHECK(s != NULL);
+  CHECK(strstr(s, "\"shards\":[]") != NULL);
+  CHECK(strstr(s, "\"redundant\":true") != NULL);
+  CHECK(strstr(s, "\"o\":6") != NULL);
+  lua_settop(L, 0);
+  int sh[] = {4, 5, 6};
+  s = dcm__enc_connect(L, sh, 3, 0, &n);
+  CHECK(strstr(s, "\"shards\":[4,5,6]") != NULL);
+  lua_settop(L, 0);
+  s = dcm__enc_initialise(L, "tok", 30000, 16, 2, &n);
+  CHECK(strstr(s, "\"heartbeat_interval\":30000") && strstr(s, "\"protocol\":1") &&
+        strstr(s, "\"shard_count\":16") && strstr(s, "\"max_concurrency\":2") &&
+        strstr(s, "\"o\":5"));
+  lua_settop(L, 0);
+  s = dcm__enc_error(L, 4005, "unknown opcode 11", &n);
+  CHECK(strstr(s, "\"code\":4005") && strstr(s, "\"o\":7"));
+  lua_settop(L, 0);
+  s = dcm__enc_ack(L, 9, &n);
+  CHECK(strstr(s, "\"o\":8") && strstr(s, "\"d\":{\"o\":9}"));
+  lua_settop(L, 0);
+  s = dcm__enc_info_request(L, &n);
+  CHECK(strstr(s, "\"o\":0") && strstr(s, "\"d\":{}"));
+  lua_settop(L, 0);
+}
+
+static void handshake_keys(void) {
+  uint8_t d[20];
+  char hex[41];
+  dcm__sha1("abc", 3, d);
+  for (int i = 0; i < 20; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+  CHECK_STR(hex, "a9993e364706816aba3e25717850c26c9cd0d89d");
+  const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  dcm__sha1(two, strlen(two), d);
+  for (int i = 0; i < 20; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+  CHECK_STR(hex, "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+  dcm__sha1("", 0, d);
+  for (int i = 0; i < 20; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+  CHECK_STR(hex, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+  char accept[DCM_WS_ACCEPT_LEN + 1];
+  dcm__ws_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, accept); /* RFC 6455 1.3 */
+  CHECK_STR(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+  CHECK(dcm__ws_key_valid("dGhlIHNhbXBsZSBub25jZQ==", 24));
+  CHECK(!dcm__ws_key_valid("short==", 7));
+  CHECK(!dcm__ws_key_valid("dGhlIHNhbXBsZSBub25jZQ!=", 24));
+  char b[16];
+  dcm__base64((const uint8_t *)"fo", 2, b);
+  CHECK_STR(b, "Zm8=");
+}
+
+static void ids(void) {
+  CHECK(dcm__valid_id("host-1.example:8642", 19));
+  CHECK(!dcm__valid_id("", 0));
+  CHECK(!dcm__valid_id("a\nb", 3));
+}
+
+int main(void) {
+  L = dcm__json_new();
+  CHECK(L != NULL);
+  RUN(info_valid);
+  RUN(info_invalid);
+  RUN(envelope);
+  RUN(other_ops);
+  RUN(encoders);
+  RUN(handshake_keys);
+  RUN(ids);
+  lua_close(L);
+  return 0;
+}
