@@ -43,7 +43,8 @@ whatever the script says (the item is still consumed).
 Control endpoints (not recorded):
     GET  /_requests   JSON list of requests seen: method, path,
                       authorization_present, authorization, user_agent,
-                      accept, time (time.monotonic() seconds), item.
+                      accept, time (time.monotonic() seconds), item (the
+                      SPEC item served, or "notfound" for other paths).
     POST /_script     body is a new SPEC; starts again from its first item.
 """
 
@@ -104,7 +105,8 @@ def parse_item(item):
 
 
 def parse_spec(spec):
-    items = [parse_item(i) for i in spec.split(",") if i.strip()]
+    """A list of (kind, args, item text)."""
+    items = [parse_item(i) + (i.strip(),) for i in spec.split(",") if i.strip()]
     if not items:
         raise ValueError("empty SPEC")
     return items
@@ -152,8 +154,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fake._record(self, auth, "notfound")
             self._send(404, {"message": "404: Not Found", "code": 0})
             return
-        kind, arg = fake._next()
-        fake._record(self, auth, kind)
+        kind, arg, text = fake._next()
+        fake._record(self, auth, text)
         if fake.token is not None and auth != "Bot " + fake.token:
             self._send(401, {"message": "401: Unauthorized", "code": 0})
             return
@@ -255,7 +257,7 @@ class FakeDiscord:
             self._pos += 1
             return item
 
-    def _record(self, handler, auth, kind):
+    def _record(self, handler, auth, item):
         with self._lock:
             self._log.append({
                 "method": handler.command,
@@ -265,7 +267,7 @@ class FakeDiscord:
                 "user_agent": handler.headers.get("User-Agent"),
                 "accept": handler.headers.get("Accept"),
                 "time": time.monotonic(),
-                "item": kind,
+                "item": item,
             })
 
     def serve_forever(self):
