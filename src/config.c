@@ -42,18 +42,18 @@ typedef struct {
 #define OFF(f) offsetof(dcm_options_t, f)
 static const ckey_t keys[] = {
   {"listen", "--listen", K_LISTEN, OFF(listen_host), 0, "HOST:PORT",
-   "address to listen on; [IPv6]:PORT; port 0 = any free port"},
+   "address; [IPv6]:PORT; port 0 = any free"},
   {"shards", "--shards", K_SHARDS, OFF(shards), 1000000, "N|auto",
-   "shard count, or auto to ask Discord (needs a token)"},
+   "shard count, or auto: ask Discord (needs a token)"},
   {"max_concurrency", "--max-concurrency", K_COUNT, OFF(max_concurrency), 1024, "N",
-   "identify concurrency; 0 = from Discord (1 with fixed shards)"},
+   "identify concurrency; 0 = from Discord"},
   {"api_base", "--api-base", K_URL, OFF(api_base), 0, "URL", "Discord REST API base"},
   {"policy", "--policy", K_PATH, OFF(policy), 0, "FILE",
-   "allocation policy (Lua); default: the built-in default.lua"},
+   "allocation policy (Lua); default: default.lua"},
   {"collect_window", "--collect-window", K_TIME, OFF(collect_window), 0, "S",
    "seconds to collect CONTROLs before allocating"},
   {"expected_machines", "--expected-machines", K_COUNT, OFF(expected_machines), 1000000, "N",
-   "end the window once N machines joined; 0 = wait it out"},
+   "end the window when N machines joined; 0 = no"},
   {"heartbeat_interval", "--heartbeat-interval", K_TIME, OFF(heartbeat_interval), 1, "S",
    "heartbeat interval sent to CONTROLs"},
   {"heartbeat_grace", "--heartbeat-grace", K_TIME, OFF(heartbeat_grace), 0, "S",
@@ -669,6 +669,7 @@ static void usage(FILE *out) {
       case K_LEVEL: snprintf(def, sizeof def, "%s", level_names[d.log_level]); break;
       default: def[0] = '\0'; break;
     }
+    if (strlen(left) > 28) fprintf(out, "      %s\n", left), left[0] = '\0';
     fprintf(out, "      %-28s %s%s%s%s\n", left, k->help, def[0] ? " (" : "", def,
             def[0] ? ")" : "");
   }

@@ -38,19 +38,19 @@ static void on_event(dcm_master_t *m, const dcm_event_t *ev, void *arg) {
 
 static void on_signal(uv_signal_t *h, int signum) {
   cli_t *cli = h->data;
+  const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
   if (signum == SIGHUP) {
     dcm__info(&cli->log, NULL, "SIGHUP: reloading the policy");
-    int rc = dcm_master_reload_policy(cli->master);
-    if (rc < 0) dcm__error(&cli->log, NULL, "policy reload failed, the old policy stays: %s", dcm_strerror(rc));
+    dcm_master_reload_policy(cli->master); /* logs and emits its outcome itself */
     return;
   }
   if (cli->stopping) {
     /* The operator insists: leave without waiting for the graceful stop. */
-    dcm__warn(&cli->log, NULL, "%s again: exiting at once", strsignal(signum));
+    dcm__warn(&cli->log, NULL, "%s again: exiting at once", name);
     _exit(128 + signum);
   }
   cli->stopping = 1;
-  dcm__info(&cli->log, NULL, "%s: stopping; CONTROLs keep their shards", strsignal(signum));
+  dcm__info(&cli->log, NULL, "%s: stopping (a second one exits at once)", name);
   /* No shutdown packet: CONTROLs keep running and reconnect to the next MASTER. */
   int rc = dcm_master_stop(cli->master, 0, on_stopped, cli);
   if (rc < 0) dcm__debug(&cli->log, NULL, "stop: %s", dcm_strerror(rc)); /* already stopping */
@@ -99,17 +99,14 @@ int main(int argc, char **argv) {
     uv_signal_start(&cli.sigs[i], on_signal, signums[i]);
   }
   rc = dcm_master_new(&loop, &cfg.opts, &cli.master);
-  if (rc == 0) {
-    rc = dcm_master_start(cli.master, on_event, &cli);
-    if (rc < 0) {
-      dcm_master_free(cli.master);
-      cli.master = NULL;
-    }
-  }
+  if (rc == 0) rc = dcm_master_start(cli.master, on_event, &cli);
   if (rc < 0) {
     fprintf(stderr, "discluster-master: %s\n", dcm_strerror(rc));
     close_signals(&cli);
-    uv_run(&loop, UV_RUN_DEFAULT); /* runs the close callbacks */
+    /* A failed start may have closed handles that point at the master:
+     * let their callbacks run before it is freed. */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    dcm_master_free(cli.master);
     uv_loop_close(&loop);
     dcm__log_close(&cli.log);
     dcm__config_free(&cfg);
