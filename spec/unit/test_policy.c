@@ -1,0 +1,559 @@
+/*
+ * test_policy.c: the policy engine on its own: the default policy through
+ * C, bad policies of every kind rejected at load, at reload and at call
+ * time (with the default deciding instead), result validation, sandbox
+ * escapes, the instruction budget and the memory cap.
+ */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "policy.h"
+#include "policy_internal.h"
+
+static int failures;
+#define CHECK(cond)                                                      \
+  do {                                                                   \
+    if (!(cond)) {                                                       \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                        \
+    }                                                                    \
+  } while (0)
+
+/* ---- log capture ---- */
+
+static char logbuf[1 << 16];
+static size_t loglen;
+
+static void capture(dcm_log_level level, const char *line, size_t len,
+                    void *arg) {
+  (void)level;
+  (void)arg;
+  if (getenv("DCM_TEST_VERBOSE")) fprintf(stderr, "%.*s\n", (int)len, line);
+  if (loglen + len + 2 >= sizeof logbuf) loglen = 0;
+  memcpy(logbuf + loglen, line, len);
+  loglen += len;
+  logbuf[loglen++] = '\n';
+  logbuf[loglen] = '\0';
+}
+
+static void log_clear(void) {
+  loglen = 0;
+  logbuf[0] = '\0';
+}
+
+static int logged(const char *s) { return strstr(logbuf, s) != NULL; }
+
+#define CHECK_LOG(s)                                                     \
+  do {                                                                   \
+    if (!logged(s)) {                                                    \
+      fprintf(stderr, "%s:%d: log lacks \"%s\"; log was:\n%s\n", __FILE__, \
+              __LINE__, s, logbuf);                                      \
+      failures++;                                                        \
+    }                                                                    \
+  } while (0)
+
+/* ---- files ---- */
+
+static char tmpdir[256];
+static char policy_dir[1024];
+static char fixtures[1024];
+
+static const char *write_file(const char *name, const char *text) {
+  static char path[8][512];
+  static int k;
+  char *p = path[k++ % 8];
+  snprintf(p, 512, "%s/%s", tmpdir, name);
+  FILE *f = fopen(p, "w");
+  if (f == NULL) {
+    perror(p);
+    exit(2);
+  }
+  fputs(text, f);
+  fclose(f);
+  return p;
+}
+
+static const char *fixture(const char *name) {
+  static char p[1200];
+  snprintf(p, sizeof p, "%s/%s", fixtures, name);
+  return p;
+}
+
+/* ---- fleets ---- */
+
+static dcm__pmachine_t fleet3[3] = {
+    {"alpha", 4, 0.5, 0, NULL, 0},
+    {"bravo", 8, 2.0, 0, NULL, 0},
+    {"charlie", 2, 0.0, 0, NULL, 0},
+};
+
+/* owner[] is a contiguous split in id order with these counts. */
+static int is_split(const dcm__pmachine_t *m, const int *owner, int shards,
+                    const int *counts, size_t n) {
+  int s = 0;
+  for (size_t i = 0; i < n; i++)
+    for (int k = 0; k < counts[i]; k++, s++)
+      if (s >= shards || strcmp(m[owner[s]].id, m[i].id) != 0) return 0;
+  return s == shards;
+}
+
+static dcm__policy_t *open_policy(const char *path) {
+  dcm__policy_t *p = NULL;
+  static dcm__log_t lg;
+  dcm__log_init(&lg, DCM_LOG_DEBUG, DCM_LOG_TEXT, capture, NULL);
+  int rc = dcm__policy_new(path, policy_dir, &lg, &p);
+  if (rc != 0) {
+    fprintf(stderr, "dcm__policy_new(%s): %s\n%s", path ? path : "NULL",
+            dcm_strerror(rc), logbuf);
+    exit(1);
+  }
+  return p;
+}
+
+static int try_open(const char *path, const char *dir, dcm__policy_t **p) {
+  static dcm__log_t lg;
+  dcm__log_init(&lg, DCM_LOG_DEBUG, DCM_LOG_TEXT, capture, NULL);
+  return dcm__policy_new(path, dir, &lg, p);
+}
+
+/* ---- the default policy through C ---- */
+
+static void test_default(void) {
+  dcm__policy_t *p = open_policy(NULL);
+  CHECK(strstr(dcm__policy_path(p), "default.lua") != NULL);
+  int owner[16];
+  dcm__pctx_t ctx = {16, 1};
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  /* ratios 4, 4, 2 of 16: 6.4, 6.4, 3.2 -> 7 (tie by id), 6, 3 */
+  const int want[] = {7, 6, 3};
+  CHECK(is_split(fleet3, owner, 16, want, 3));
+
+  /* input order does not matter */
+  dcm__pmachine_t rev[3] = {fleet3[2], fleet3[0], fleet3[1]};
+  int owner2[16];
+  CHECK(dcm__policy_allocate(p, rev, 3, &ctx, owner2) == 0);
+  for (int s = 0; s < 16; s++)
+    CHECK(strcmp(rev[owner2[s]].id, fleet3[owner[s]].id) == 0);
+
+  /* max_concurrency 4: boundaries on multiples of 4 */
+  dcm__pctx_t ctx4 = {16, 4};
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx4, owner) == 0);
+  for (int s = 1; s < 16; s++)
+    if (owner[s] != owner[s - 1]) CHECK(s % 4 == 0);
+
+  /* loads and cores that must not produce inf or NaN */
+  dcm__pmachine_t odd[4] = {
+      {"a", 0, 0.0, 0, NULL, 0},
+      {"b", 4, -3.0, 0, NULL, 0},
+      {"c", 4, NAN, 0, NULL, 0},
+      {"d", 4, INFINITY, 0, NULL, 0},
+  };
+  log_clear();
+  int owner3[10];
+  dcm__pctx_t ctx10 = {10, 1};
+  CHECK(dcm__policy_allocate(p, odd, 4, &ctx10, owner3) == 0);
+  CHECK(!logged("rejected") && !logged("failed"));
+
+  /* failover to the standby; then split over survivors, who keep theirs */
+  const int dead_shards[] = {0, 1, 2, 3, 4, 5, 6};
+  dcm__pmachine_t dead = {"alpha", 4, 0.5, 0, dead_shards, 7};
+  const int bravo_runs[] = {7, 8, 9, 10, 11, 12};
+  dcm__pmachine_t live[3] = {
+      {"bravo", 8, 2.0, 0, bravo_runs, 6},
+      {"charlie", 2, 0.0, 0, NULL, 0},
+      {"delta", 1, 3.0, 1, NULL, 0},
+  };
+  int fo[7];
+  CHECK(dcm__policy_failover(p, &dead, live, 3, &ctx, fo) == 0);
+  for (int i = 0; i < 7; i++) CHECK(fo[i] == 2);
+  CHECK(dcm__policy_failover(p, &dead, live, 2, &ctx, fo) == 0);
+  /* ratios 4 and 2 over 7 shards: 4.67, 2.33 -> 5, 2 */
+  for (int i = 0; i < 7; i++) CHECK(fo[i] == (i < 5 ? 0 : 1));
+  /* no live machine: nothing eligible, every shard stays unassigned */
+  CHECK(dcm__policy_failover(p, &dead, NULL, 0, &ctx, fo) == 0);
+  for (int i = 0; i < 7; i++) CHECK(fo[i] == -1);
+
+  /* a big fleet within the per-call allowances */
+  enum { N = 1000, S = 1000000 };
+  static dcm__pmachine_t big[N];
+  static char ids[N][16];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof ids[i], "m%04d", i);
+    big[i] = (dcm__pmachine_t){ids[i], 1 + i % 64, (i % 7) * 0.5, 0, NULL, 0};
+  }
+  int *bo = malloc(sizeof *bo * S);
+  dcm__pctx_t bctx = {S, 16};
+  log_clear();
+  CHECK(dcm__policy_allocate(p, big, N, &bctx, bo) == 0);
+  CHECK(!logged("rejected") && !logged("failed"));
+  free(bo);
+  dcm__policy_free(p);
+}
+
+static void test_bad_input(void) {
+  dcm__policy_t *p = open_policy(NULL);
+  int owner[16];
+  dcm__pctx_t ctx = {16, 1}, zero = {0, 1}, nomc = {16, 0};
+  dcm__pmachine_t dup[2] = {fleet3[0], fleet3[0]};
+  CHECK(dcm__policy_allocate(p, fleet3, 0, &ctx, owner) == DCM_EINVAL);
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &zero, owner) == DCM_EINVAL);
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &nomc, owner) == DCM_EINVAL);
+  CHECK(dcm__policy_allocate(p, dup, 2, &ctx, owner) == DCM_EINVAL);
+  const int out_of_range[] = {3, 16};
+  const int twice[] = {3, 3};
+  dcm__pmachine_t dead = {"zulu", 1, 0, 0, out_of_range, 2};
+  CHECK(dcm__policy_failover(p, &dead, fleet3, 3, &ctx, owner) == DCM_EINVAL);
+  dead.shards = twice;
+  CHECK(dcm__policy_failover(p, &dead, fleet3, 3, &ctx, owner) == DCM_EINVAL);
+  dcm__pmachine_t self = {"alpha", 1, 0, 0, (const int[]){1}, 1};
+  CHECK(dcm__policy_failover(p, &self, fleet3, 3, &ctx, owner) == DCM_EINVAL);
+  dcm__policy_free(p);
+}
+
+/* ---- bad policies at load and at reload ---- */
+
+static const struct {
+  const char *file, *why;
+} bad_loads[] = {
+    {"syntax.lua", "syntax.lua:5: unexpected symbol"},
+    {"runtime.lua", "runtime.lua:3: attempt to index a nil value"},
+    {"infinite.lua", "instruction budget exceeded"},
+    {"pcall_infinite.lua", "instruction budget exceeded"},
+    {"memory_bomb.lua", "memory limit of 32 MiB exceeded"},
+    {"io.lua", "io.lua:2: attempt to index a nil value (global 'io')"},
+    {"os_execute.lua", "attempt to call a nil value (field 'execute')"},
+    {"require.lua", "attempt to call a nil value (global 'require')"},
+    {"load.lua", "attempt to call a nil value (global 'load')"},
+    {"not_table.lua", "returned 42, expected a table"},
+    {"bad_field.lua", "field 'allocate' is a string, expected a function"},
+    {"bad_load_floor.lua", "load_floor must be a positive finite number"},
+    {"bad_ratio.lua", "ratio(charlie) returned"},
+    {"bad_shape.lua", "allocate result has the key 1"},
+    {"gc.lua", "__gc metamethods are not allowed"},
+    {"no-such-file.lua", "cannot open"},
+};
+
+static int write_chunk(lua_State *L, const void *b, size_t n, void *ud) {
+  (void)L;
+  return fwrite(b, 1, n, ud) == n ? 0 : 1;
+}
+
+static const char *bytecode_file(void) {
+  static char path[512];
+  snprintf(path, sizeof path, "%s/bytecode.luac", tmpdir);
+  lua_State *L = luaL_newstate();
+  luaL_loadstring(L, "return {}");
+  FILE *f = fopen(path, "wb");
+  lua_dump(L, write_chunk, f, 0);
+  fclose(f);
+  lua_close(L);
+  return path;
+}
+
+static void test_bad_loads(void) {
+  for (size_t i = 0; i < sizeof bad_loads / sizeof bad_loads[0]; i++) {
+    dcm__policy_t *p = NULL;
+    log_clear();
+    int rc = try_open(fixture(bad_loads[i].file), policy_dir, &p);
+    if (rc != DCM_EPOLICY) fprintf(stderr, "loading %s\n", bad_loads[i].file);
+    CHECK(rc == DCM_EPOLICY);
+    CHECK(p == NULL);
+    CHECK_LOG(bad_loads[i].why);
+  }
+  dcm__policy_t *p = NULL;
+  log_clear();
+  CHECK(try_open(bytecode_file(), policy_dir, &p) == DCM_EPOLICY);
+  CHECK_LOG("precompiled bytecode");
+  /* a broken or missing default.lua */
+  log_clear();
+  CHECK(try_open(NULL, tmpdir, &p) == DCM_EPOLICY);
+  CHECK_LOG("default.lua");
+  /* default.lua found without a policy_dir */
+  CHECK(try_open(NULL, NULL, &p) == 0);
+  dcm__policy_free(p);
+}
+
+/* The sandbox from inside: what must be there and what must not. */
+static void test_sandbox(void) {
+  const char *probe = write_file(
+      "probe.lua",
+      "assert(io == nil and debug == nil and package == nil)\n"
+      "assert(coroutine == nil and type(print) == 'function')\n"
+      "assert(load == nil and loadfile == nil and dofile == nil)\n"
+      "assert(require == nil and collectgarbage == nil)\n"
+      "assert(string.dump == nil and string.format and string.rep)\n"
+      "assert(os.time and os.clock and os.execute == nil and os.getenv == nil)\n"
+      "assert(os.remove == nil and os.exit == nil)\n"
+      "assert(table.sort and math.floor and utf8.char)\n"
+      "assert(pcall and error and setmetatable and type(log) == 'function')\n"
+      "log('info', 'sandbox probe ran')\n"
+      "print('printed', 1, nil)\n"
+      "return {}\n");
+  dcm__policy_t *p = NULL;
+  log_clear();
+  CHECK(try_open(probe, policy_dir, &p) == 0);
+  CHECK_LOG("policy probe.lua: sandbox probe ran");
+  CHECK_LOG("policy probe.lua: printed 1 nil");
+  dcm__policy_free(p);
+  CHECK(access("/tmp/dcm-policy-escaped", F_OK) != 0);
+}
+
+/* ---- bad results at call time ---- */
+
+/* A policy that behaves in the self-check (16 shards) and misbehaves with
+ * 100 shards. */
+static const char *misbehave(const char *alloc_body, const char *fail_body) {
+  static char text[4096];
+  snprintf(text, sizeof text,
+           "local function first(machines, ctx)\n"
+           "  local t = {}\n"
+           "  for s = 0, ctx.shard_count - 1 do t[s + 1] = s end\n"
+           "  return { [machines[1].id] = t }\n"
+           "end\n"
+           "return {\n"
+           "  allocate = function(machines, ctx)\n"
+           "    if ctx.shard_count ~= 100 then return first(machines, ctx) end\n"
+           "    %s\n"
+           "  end,\n"
+           "  failover = function(dead, machines, ctx)\n"
+           "    if ctx.shard_count ~= 100 then return { [machines[1].id] = dead.shards } end\n"
+           "    %s\n"
+           "  end,\n"
+           "}\n",
+           alloc_body, fail_body);
+  return text;
+}
+
+static const struct {
+  const char *body, *why;
+} bad_allocs[] = {
+    {"return nil", "allocate returned a nil"},
+    {"return 7", "allocate returned 7"},
+    {"return { [1] = {} }", "has the key 1"},
+    {"return { ghost = {} }", "unknown machine 'ghost'"},
+    {"return { alpha = 'all' }", "for 'alpha' is 'all', expected an array"},
+    {"local t = first(machines, ctx); t.alpha[1] = 0.5; return t", "holds 0.5"},
+    {"local t = first(machines, ctx); t.alpha[1] = '0'; return t", "holds '0'"},
+    {"local t = first(machines, ctx); t.alpha[1] = 0/0; return t", "holds nan,"},
+    {"local t = first(machines, ctx); t.alpha[1] = 100; return t", "shard 100, outside 0-99"},
+    {"local t = first(machines, ctx); t.alpha[1] = -1; return t", "shard -1, outside"},
+    {"local t = first(machines, ctx); t.alpha[1] = 1; return t", "gives shard 1 to both 'alpha' and 'alpha'"},
+    {"local t = first(machines, ctx); t.bravo = {5}; return t", "gives shard 5 to both"},
+    {"local t = first(machines, ctx); t.alpha[100] = nil; return t", "leaves 1 shard(s) out, the first is 99"},
+    {"local t = first(machines, ctx); t.alpha[50] = nil; return t", "not an array"},
+    {"local t = first(machines, ctx); t.alpha.x = 1; return t", "not an array (key 'x')"},
+    {"return {}", "leaves 100 shard(s) out, the first is 0"},
+    {"error('policy gave up')", "p.lua:9: policy gave up | stack traceback: | [C]: in function 'error' | "},
+    {"error({})", "error object is a table value"},
+    {"local x = nil; return x.y", "attempt to index a nil value"},
+    {"while true do end", "instruction budget exceeded"},
+    {"local n = 0 while true do pcall(function() while true do n = n + 1 end end) end",
+     "instruction budget exceeded"},
+    {"local ok = pcall(function() while true do end end) return first(machines, ctx)",
+     "instruction budget"},
+    {"local t = {} for i = 1, math.huge do t[i] = string.rep('y', 65536) .. i end",
+     "memory limit of"},
+    {"for i = 1, 1000 do log('info', 'spam') end return nil", "dropping the rest"},
+    {"log('nonsense', 'x')", "bad argument #1 to 'log'"},
+    {"allocate_missing()", "attempt to call a nil value (global 'allocate_missing')"},
+};
+
+static void check_default_allocation(const int *owner, int shards) {
+  /* ratios 4, 4, 2 of 100 */
+  const int want[] = {40, 40, 20};
+  CHECK(is_split(fleet3, owner, shards, want, 3));
+}
+
+static void test_bad_results(void) {
+  dcm__pctx_t ctx = {100, 1};
+  int owner[100];
+  for (size_t i = 0; i < sizeof bad_allocs / sizeof bad_allocs[0]; i++) {
+    const char *path = write_file("p.lua", misbehave(bad_allocs[i].body, "return nil"));
+    dcm__policy_t *p = open_policy(path);
+    log_clear();
+    int rc = dcm__policy_allocate(p, fleet3, 3, &ctx, owner);
+    if (rc != 0 || !logged(bad_allocs[i].why))
+      fprintf(stderr, "bad allocate case %zu: %s\n", i, bad_allocs[i].body);
+    CHECK(rc == 0);
+    CHECK_LOG(bad_allocs[i].why);
+    CHECK_LOG("this decision uses the default policy");
+    CHECK_LOG("p.lua:7) rejected");
+    check_default_allocation(owner, 100);
+    /* the next decision still works, and strict mode refuses instead */
+    CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+    dcm__policy_set_strict(p, 1);
+    CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == DCM_EPOLICY);
+    dcm__policy_free(p);
+  }
+}
+
+static const struct {
+  const char *body, *why;
+} bad_failovers[] = {
+    {"return nil", "failover returned a nil"},
+    {"return { bravo = {0, 1} }", "leaves 1 shard(s) out, the first is 7"},
+    {"return { bravo = {0, 1, 7, 8} }", "did not run"},
+    {"return { alpha = dead.shards }", "unknown machine 'alpha'"},
+    {"return { bravo = {0, 1}, charlie = {1, 7} }", "gives shard 1 to both"},
+    {"return {}", "leaves 3 shard(s) out, the first is 0"},
+    {"while true do end", "instruction budget exceeded"},
+};
+
+static void test_bad_failovers(void) {
+  dcm__pctx_t ctx = {100, 1};
+  const int shards[] = {0, 1, 7};
+  dcm__pmachine_t dead = {"alpha", 4, 0.5, 0, shards, 3};
+  int owner[3];
+  for (size_t i = 0; i < sizeof bad_failovers / sizeof bad_failovers[0]; i++) {
+    const char *path =
+        write_file("p.lua", misbehave("return nil", bad_failovers[i].body));
+    dcm__policy_t *p = open_policy(path);
+    log_clear();
+    int rc = dcm__policy_failover(p, &dead, fleet3 + 1, 2, &ctx, owner);
+    if (rc != 0 || !logged(bad_failovers[i].why))
+      fprintf(stderr, "bad failover case %zu: %s\n", i, bad_failovers[i].body);
+    CHECK(rc == 0);
+    CHECK_LOG(bad_failovers[i].why);
+    CHECK_LOG("this decision uses the default policy");
+    /* the default: bravo (ratio 4) and charlie (2) split 3 shards 2:1 */
+    CHECK(owner[0] == 0 && owner[1] == 0 && owner[2] == 1);
+    dcm__policy_free(p);
+  }
+}
+
+/* The default itself failing at call time is the one DCM_EPOLICY. */
+static void test_default_fails(void) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/broken", tmpdir);
+  mkdir(dir, 0700);
+  char path[600];
+  snprintf(path, sizeof path, "%s/default.lua", dir);
+  FILE *f = fopen(path, "w");
+  /* a default needs all three functions */
+  const char *text = misbehave("error('broken default')", "return nil");
+  const char *tail = strstr(text, "  allocate = function");
+  fprintf(f, "%.*s  ratio = function(m) return 1 end,\n%s", (int)(tail - text),
+          text, tail);
+  fclose(f);
+  dcm__policy_t *p = NULL;
+  CHECK(try_open(NULL, dir, &p) == 0);
+  dcm__pctx_t ctx = {100, 1};
+  int owner[100];
+  log_clear();
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == DCM_EPOLICY);
+  CHECK_LOG("broken default");
+  dcm__policy_free(p);
+  /* and a user policy over it: both fail, still DCM_EPOLICY */
+  const char *user = write_file("u.lua", misbehave("return nil", "return nil"));
+  CHECK(try_open(user, dir, &p) == 0);
+  log_clear();
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == DCM_EPOLICY);
+  CHECK_LOG("allocate returned a nil");
+  CHECK_LOG("broken default");
+  dcm__policy_free(p);
+}
+
+/* ---- reload ---- */
+
+static void test_reload(void) {
+  const char *v1 = "return { allocate = function(machines, ctx)\n"
+                   "  local t = {} for s = 0, ctx.shard_count - 1 do t[s + 1] = s end\n"
+                   "  return { [machines[1].id] = t } end }\n";
+  const char *v2 = "return { allocate = function(machines, ctx)\n"
+                   "  local t = {} for s = 0, ctx.shard_count - 1 do t[s + 1] = s end\n"
+                   "  return { [machines[#machines].id] = t } end }\n";
+  const char *path = write_file("r.lua", v1);
+  dcm__policy_t *p = open_policy(path);
+  dcm__pctx_t ctx = {16, 1};
+  int owner[16], before[16];
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  for (int s = 0; s < 16; s++) CHECK(owner[s] == 0);
+  memcpy(before, owner, sizeof owner);
+
+  /* every kind of broken file: the reload fails, the old generation stays */
+  static const char *const bad[] = {"syntax.lua", "infinite.lua",
+                                    "pcall_infinite.lua", "memory_bomb.lua",
+                                    "io.lua", "bad_shape.lua", "gc.lua"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[4096];
+    FILE *f = fopen(fixture(bad[i]), "r");
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    write_file("r.lua", text);
+    log_clear();
+    CHECK(dcm__policy_reload(p) == DCM_EPOLICY);
+    CHECK_LOG("reload failed, keeping the running policy");
+    CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+    CHECK(memcmp(owner, before, sizeof owner) == 0);
+  }
+  unlink(path);
+  log_clear();
+  CHECK(dcm__policy_reload(p) == DCM_EPOLICY);
+  CHECK_LOG("cannot open");
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  CHECK(memcmp(owner, before, sizeof owner) == 0);
+
+  /* a good reload changes the next decision only */
+  write_file("r.lua", v2);
+  log_clear();
+  CHECK(dcm__policy_reload(p) == 0);
+  CHECK_LOG("policy: reloaded");
+  CHECK(memcmp(owner, before, sizeof owner) == 0);
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  for (int s = 0; s < 16; s++) CHECK(owner[s] == 2);
+  dcm__policy_free(p);
+}
+
+/* ---- overlay: a policy that only sets load_floor or ratio ---- */
+
+static void test_overlay(void) {
+  const char *path = write_file("floor.lua", "return { load_floor = 4.0 }\n");
+  dcm__policy_t *p = open_policy(path);
+  dcm__pctx_t ctx = {16, 1};
+  int owner[16];
+  /* all loads under 4: ratios are cores / 4 = 1, 2, 0.5 -> 4.57, 9.14, 2.29 */
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  const int want[] = {5, 9, 2};
+  CHECK(is_split(fleet3, owner, 16, want, 3));
+  dcm__policy_free(p);
+
+  path = write_file("cores.lua", "return { ratio = function(m) return m.cores end }\n");
+  p = open_policy(path);
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  /* 4, 8, 2 of 14: 4.57, 9.14, 2.29 -> 5, 9, 2 */
+  CHECK(is_split(fleet3, owner, 16, want, 3));
+  dcm__policy_free(p);
+}
+
+int main(void) {
+  const char *src = getenv("DCM_SOURCE_DIR");
+  if (src == NULL) src = ".";
+  snprintf(policy_dir, sizeof policy_dir, "%s/policies", src);
+  snprintf(fixtures, sizeof fixtures, "%s/spec/policy/fixtures/bad", src);
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/dcm-test-policy-XXXXXX");
+  if (mkdtemp(tmpdir) == NULL) {
+    perror("mkdtemp");
+    return 2;
+  }
+  test_default();
+  test_bad_input();
+  test_bad_loads();
+  test_sandbox();
+  test_bad_results();
+  test_bad_failovers();
+  test_default_fails();
+  test_reload();
+  test_overlay();
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  if (failures) fprintf(stderr, "%d check(s) failed\n", failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,55 @@
+/*
+ * policy_internal.h: the sandboxed Lua VM under policy.c (one lua_State
+ * with a capped allocator, an instruction budget and an allow-list of
+ * libraries), plus the one switch check-policy needs. Internal to
+ * policy.c, policy_vm.c and check_policy.c. Depends on Lua 5.4 and log.h.
+ */
+#ifndef DCM_POLICY_INTERNAL_H
+#define DCM_POLICY_INTERNAL_H
+
+#include <lua.h>
+#include <stddef.h>
+#include "log.h"
+#include "policy.h"
+
+#define DCM__PVM_MEMORY (32u << 20)   /* bytes a state may hold at rest */
+#define DCM__PVM_BUDGET 10000000LL    /* instructions per call, at least */
+#define DCM__PVM_ERRLEN 1536          /* room for a message and traceback */
+#define DCM__PVM_MAX_FILE (1u << 20)  /* largest policy file read */
+#define DCM__PVM_MAX_LOGS 100         /* log() lines per call */
+
+typedef struct {
+  lua_State *L;
+  size_t used;      /* bytes the state holds now */
+  size_t limit;     /* allocations beyond this fail */
+  long long budget; /* instructions left in the current call */
+  int exhausted;    /* the budget ran out: reject whatever comes back */
+  int logs;         /* log() lines in the current call */
+  int quiet;        /* self-check: log() lines go out at debug level */
+  dcm__log_t *log;
+  char name[64];    /* the file's base name, for log() lines */
+} dcm__pvm_t;
+
+/* A sandboxed state; DCM_ENOMEM if it cannot be built. */
+int dcm__pvm_open(dcm__pvm_t *vm, dcm__log_t *log, const char *path);
+void dcm__pvm_close(dcm__pvm_t *vm);
+
+/*
+ * Reads path (a text chunk, at most DCM__PVM_MAX_FILE bytes), runs it
+ * under the budget and leaves the value it returns on the stack.
+ * 0, or DCM_EPOLICY with one line in err.
+ */
+int dcm__pvm_dofile(dcm__pvm_t *vm, const char *path, char *err, size_t n);
+
+/*
+ * Calls the function below nargs arguments with a traceback handler and
+ * the budget armed, leaving one result. Must run inside a protected call.
+ * 0, or DCM_EPOLICY with the message and traceback flattened into err.
+ */
+int dcm__pvm_call(dcm__pvm_t *vm, int nargs, long long budget, char *err,
+                  size_t n);
+
+/* check-policy: a rejected result fails the call instead of falling back. */
+void dcm__policy_set_strict(dcm__policy_t *p, int strict);
+
+#endif
