@@ -381,6 +381,8 @@ int dcm__coord_start(dcm_master_t *m) {
     begin_collecting(m);
     return 0;
   }
+  int r = dcm__discord_new(m->loop, m->o.api_base, m->o.token, &m->log, &m->discord);
+  if (r != 0) return r;
   set_state(m, DCM_STATE_FETCHING);
   return dcm__discord_fetch(m->discord, on_gateway, m);
 }

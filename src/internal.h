@@ -177,7 +177,7 @@ struct dcm_master_s {
   dcm__policy_t *policy;
   dcm__discord_t *discord;
   /* stop */
-  int started, stopping;
+  int started, stopping, start_failed, free_pending;
   int open_handles;
   dcm_close_cb close_cb;
   void *close_arg;

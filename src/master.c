@@ -72,19 +72,13 @@ void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine, int co
 
 int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
   char where[96];
-  if (m->started) return DCM_ESTATE;
-  if (m->o.shards == 0) {
-    int r = dcm__discord_new(m->loop, m->o.api_base, m->o.token, &m->log, &m->discord);
-    if (r != 0) return r;
-  }
+  if (m->started || m->start_failed) return DCM_ESTATE;
   int r = dcm__server_start(m);
   if (r != 0) {
+    /* the listener may still be closing: dcm_master_free defers until it is */
     dcm__error(&m->log, NULL, "cannot listen on %s:%d: %s", m->o.listen_host, m->o.listen_port,
                uv_strerror(r));
-    if (m->discord) {
-      dcm__discord_close(m->discord, NULL, NULL);
-      m->discord = NULL;
-    }
+    m->start_failed = 1;
     return r;
   }
   m->started = 1;
@@ -130,7 +124,9 @@ static void finish_stop(dcm_master_t *m) {
 }
 
 void dcm__master_release(dcm_master_t *m) {
-  if (--m->open_handles == 0 && m->stopping) finish_stop(m);
+  if (--m->open_handles > 0) return;
+  if (m->stopping) finish_stop(m);
+  if (m->free_pending) free_parts(m);
 }
 
 void dcm__handle_closed(uv_handle_t *h) { dcm__master_release(h->data); }
@@ -181,5 +177,9 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
 
 void dcm_master_free(dcm_master_t *m) {
   if (m == NULL) return;
+  if (m->open_handles > 0) { /* handles still closing: the last one frees */
+    m->free_pending = 1;
+    return;
+  }
   free_parts(m);
 }

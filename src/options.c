@@ -86,6 +86,10 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
   if (o->max_message < 1024 || o->max_outbound < o->max_message || o->max_head < 512 ||
       o->max_unauthenticated < 1)
     FAIL("limits: max_message >= 1024, max_outbound >= max_message, max_head >= 512");
+  for (const char *t = o->token; t && *t; t++)
+    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("token: contains a control character");
+  for (const char *t = o->auth; t && *t; t++)
+    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("auth: contains a control character");
   if (o->shards == 0 && (o->token == NULL || o->token[0] == '\0'))
     FAIL("token: shards = auto needs a Discord bot token (DISCORD_TOKEN or the config key token)");
   if ((o->auth == NULL || o->auth[0] == '\0') && !dcm__is_loopback(o->listen_host)) {

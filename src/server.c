@@ -298,7 +298,6 @@ static int on_headers_complete(http_parser *p) {
   dcm__conn_t *c = p->data;
   header_done(c);
   c->head_done = 1;
-  http_parser_pause(p, 1); /* route before anything that follows */
   return 0;
 }
 
@@ -358,7 +357,9 @@ static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   dcm_master_t *m = c->m;
   char *q = strchr(c->path, '?');
   if (q) *q = '\0';
-  if (c->parser.method != HTTP_GET) {
+  if (c->parser.http_major != 1 || c->parser.http_minor > 1) {
+    http_error(c, 400, "Bad Request", NULL);
+  } else if (c->parser.method != HTTP_GET) {
     http_error(c, 405, "Method Not Allowed", "Allow: GET\r\n");
   } else if (c->parser.upgrade || c->hdr_upgrade) {
     upgrade(c, rest, restlen);

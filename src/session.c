@@ -26,7 +26,8 @@ static void send_text(dcm__conn_t *c, const char *s, size_t n) {
 static void send_error(dcm__conn_t *c, int code, const char *why) {
   size_t n;
   dcm__info(&c->m->log, mid(c), "peer %s: error %d: %s", c->peer, code, why);
-  send_text(c, dcm__enc_error(c->m->json, code, why, &n), n);
+  const char *s = dcm__enc_error(c->m->json, code, why, &n);
+  send_text(c, s, n);
 }
 
 static uint64_t heartbeat_deadline(const dcm__conn_t *c) {
@@ -115,7 +116,8 @@ static void heartbeat(dcm__conn_t *c, const dcm__packet_t *p) {
   c->last_heartbeat = uv_now(c->m->loop);
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
   if (p->has_loadavg) c->machine->loadavg = p->loadavg;
-  send_text(c, dcm__enc_ack(c->m->json, DCM_OP_HEARTBEAT, &n), n);
+  const char *s = dcm__enc_ack(c->m->json, DCM_OP_HEARTBEAT, &n);
+  send_text(c, s, n);
 }
 
 static void active(dcm__conn_t *c, dcm__packet_t *p) {

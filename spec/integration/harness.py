@@ -1,0 +1,208 @@
+"""Shared helpers for the integration tests.
+
+They start the real discluster-master binary on loopback and talk to it with
+python3-websockets (an independent, well-known client), plain sockets and
+urllib. Nothing here imports project code.
+"""
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import websockets
+
+BIN = os.environ.get("DCM_MASTER_BIN", "build/discluster-master")
+SRC = os.environ.get("DCM_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+OP_INFO, OP_FATAL, OP_COMMAND, OP_OFFLOAD, OP_SHUTDOWN = 0, 1, 2, 3, 4
+OP_INITIALISE, OP_CONNECT, OP_ERROR, OP_ACK, OP_HEARTBEAT, OP_READY = 5, 6, 7, 8, 9, 10
+
+FAST = ["--collect-window", "0.5", "--heartbeat-interval", "1", "--heartbeat-grace", "1",
+        "--reconnect-grace", "1", "--handshake-timeout", "2", "--connect-timeout", "3"]
+
+
+class Master:
+    """One discluster-master process; its stderr lines are collected."""
+
+    def __init__(self, *args, env=None, token=None, auth=None, wait=True):
+        e = {k: v for k, v in os.environ.items()
+             if k not in ("DISCORD_TOKEN", "DISCLUSTER_AUTH")}
+        if token is not None:
+            e["DISCORD_TOKEN"] = token
+        if auth is not None:
+            e["DISCLUSTER_AUTH"] = auth
+        if env:
+            e.update(env)
+        argv = [BIN] + list(args)
+        if not any(a.startswith("--listen") for a in args):
+            argv += ["--listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=e, text=True)
+        self.lines = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.port = None
+        if wait:
+            line = self.wait_log(r"listening on \S+:(\d+)", 10)
+            self.port = int(re.search(r"listening on \S+:(\d+)", line).group(1))
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def log(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def wait_log(self, pattern, timeout=10, start=0):
+        """Returns the first line (from index start) matching pattern."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines[start:]:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    raise AssertionError("no log line matching %r within %ss; log:\n%s"
+                                         % (pattern, timeout, "\n".join(self.lines)))
+                self.cond.wait(min(left, 0.1))
+
+    def mark(self):
+        with self.cond:
+            return len(self.lines)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=15):
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("master did not exit within %ss; log:\n%s" % (timeout, self.log()))
+        self.reader.join(5)
+        return rc
+
+    def stop(self, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def url(self, path="/"):
+        return "ws://127.0.0.1:%d%s" % (self.port, path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def http_get(port, path, headers=None, timeout=5):
+    """(status, body text, headers) of a GET on loopback."""
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
+
+
+def raw_request(port, data, read=True, timeout=5):
+    """Sends raw bytes, returns what comes back until the server closes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    out = b""
+    if read:
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    s.close()
+    return out
+
+
+async def connect(master, headers=None, path="/", **kw):
+    return await websockets.connect(master.url(path), extra_headers=headers or {},
+                                    open_timeout=5, close_timeout=3, ping_interval=None,
+                                    max_size=None, **kw)
+
+
+async def send(ws, op, d):
+    await ws.send(json.dumps({"o": op, "d": d}))
+
+
+async def recv(ws, timeout=5):
+    msg = await asyncio.wait_for(ws.recv(), timeout)
+    return json.loads(msg)
+
+
+async def recv_op(ws, op, timeout=5):
+    """Next packet with opcode op; other opcodes in between are skipped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = await recv(ws, max(0.01, deadline - time.monotonic()))
+        if p["o"] == op:
+            return p
+
+
+def info(id, cores=4, loadavg=1.0, **extra):
+    d = {"id": id, "cores": cores, "loadavg": loadavg}
+    d.update(extra)
+    return d
+
+
+async def hello(master, id, headers=None, **extra):
+    """Connects, identifies, returns (ws, initialise packet)."""
+    ws = await connect(master, headers)
+    await send(ws, OP_INFO, info(id, **extra))
+    init = await recv_op(ws, OP_INITIALISE)
+    return ws, init
+
+
+async def closed_with(ws, timeout=5):
+    """Waits for the server to close; returns the close code."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except websockets.ConnectionClosed:
+        pass
+    await asyncio.wait_for(ws.wait_closed(), timeout)
+    return ws.close_code
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
