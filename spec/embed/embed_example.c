@@ -19,6 +19,7 @@ typedef struct {
 
 static void on_stopped(dcm_master_t *m, void *arg) {
   app_t *app = arg;
+  (void)m;
   app->stopped = 1;
   uv_close((uv_handle_t *)&app->timer, NULL);
 }
@@ -31,7 +32,9 @@ static void on_timer(uv_timer_t *timer) {
 
 static void on_event(dcm_master_t *m, const dcm_event_t *ev, void *arg) {
   app_t *app = arg;
-  printf("event %s machine=%s code=%d message=%s\n", names[ev->type],
+  (void)m;
+  unsigned t = (unsigned)ev->type;
+  printf("event %s machine=%s code=%d message=%s\n", t < sizeof names / sizeof *names ? names[t] : "?",
          ev->machine ? ev->machine : "-", ev->code, ev->message ? ev->message : "-");
   if (ev->type == DCM_EVENT_LISTENING) {
     app->listened = 1;
