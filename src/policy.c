@@ -463,9 +463,14 @@ static char *dup_str(const char *s) {
   return d;
 }
 
+/* dir + rel, readable; out is the resolved path (no "bin/.." in logs). */
 static int readable(const char *dir, const char *rel, char *out, size_t n) {
-  int k = snprintf(out, n, "%s%s", dir, rel);
-  return k > 0 && (size_t)k < n && access(out, R_OK) == 0;
+  char joined[PATH_MAX], real[PATH_MAX];
+  int k = snprintf(joined, sizeof joined, "%s%s", dir, rel);
+  if (k <= 0 || (size_t)k >= sizeof joined || access(joined, R_OK) != 0)
+    return 0;
+  const char *use = realpath(joined, real) ? real : joined;
+  return (size_t)snprintf(out, n, "%s", use) < n;
 }
 
 /* Next to the binary (source tree or install tree), then the build's dirs. */
