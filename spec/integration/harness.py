@@ -206,3 +206,126 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+class Control:
+    """A scripted CONTROL agent speaking protocol v1 through websockets.
+
+    It answers `info` requests and acknowledges `connect` at once; it sends
+    `ready` by itself only when auto_ready is set, and heartbeats at the
+    interval MASTER gives it while `beating` is true.
+    """
+
+    def __init__(self, master, id, cores=4, loadavg=1.0, standby=None, shards=None,
+                 auto_ready=True, headers=None):
+        self.master, self.id, self.cores, self.loadavg = master, id, cores, loadavg
+        self.standby, self.report, self.auto_ready = standby, shards, auto_ready
+        self.headers = headers
+        self.ws = None
+        self.init = None
+        self.connects = asyncio.Queue()
+        self.packets = []
+        self.shards = None
+        self.beating = True
+        self.tasks = []
+
+    def _info(self):
+        d = {"id": self.id, "cores": self.cores, "loadavg": self.loadavg}
+        if self.standby is not None:
+            d["standby"] = self.standby
+        if self.report is not None:
+            d["shards"] = self.report
+        return d
+
+    async def start(self):
+        self.ws = await connect(self.master, self.headers)
+        await send(self.ws, OP_INFO, self._info())
+        self.init = await recv_op(self.ws, OP_INITIALISE)
+        self.tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._beat())]
+        return self
+
+    async def _read(self):
+        try:
+            async for msg in self.ws:
+                p = json.loads(msg)
+                self.packets.append(p)
+                if p["o"] == OP_INFO:
+                    await send(self.ws, OP_INFO, self._info())
+                elif p["o"] == OP_CONNECT:
+                    self.shards = p["d"]["shards"]
+                    await send(self.ws, OP_ACK, {"o": OP_CONNECT})
+                    if self.auto_ready:
+                        await self.ready()
+                    await self.connects.put(p["d"])
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _beat(self):
+        interval = self.init["d"]["heartbeat_interval"] / 1000.0
+        try:
+            while True:
+                await asyncio.sleep(interval / 2)
+                if self.beating:
+                    await send(self.ws, OP_HEARTBEAT, {"loadavg": self.loadavg})
+        except websockets.ConnectionClosed:
+            pass
+
+    async def ready(self, shards=None):
+        await send(self.ws, OP_READY, {"shards": self.shards if shards is None else shards})
+
+    async def next_connect(self, timeout=5):
+        return await asyncio.wait_for(self.connects.get(), timeout)
+
+    async def no_connect(self, wait=0.5):
+        try:
+            d = await asyncio.wait_for(self.connects.get(), wait)
+        except asyncio.TimeoutError:
+            return True
+        raise AssertionError("%s got an unexpected connect %r" % (self.id, d))
+
+    def ops(self, op):
+        return [p for p in self.packets if p["o"] == op]
+
+    async def drop(self):
+        """Loses the socket without a close frame."""
+        for t in self.tasks:
+            t.cancel()
+        self.ws.transport.abort()
+        await asyncio.sleep(0.05)
+
+    async def close(self):
+        for t in self.tasks:
+            t.cancel()
+        await self.ws.close()
+
+    async def closed(self, timeout=5):
+        await asyncio.wait_for(self.ws.wait_closed(), timeout)
+        return self.ws.close_code
+
+
+def status(master, headers=None):
+    code, body, _ = http_get(master.port, "/status", headers)
+    assert code == 200, (code, body)
+    st = json.loads(body)
+    check_invariants(st)
+    return st
+
+
+def check_invariants(st):
+    """Every shard belongs to exactly one machine, or is listed unassigned."""
+    seen = {}
+    for m in st["machines"]:
+        for s in m["shards"]:
+            assert s not in seen, "shard %d on %s and %s" % (s, seen[s], m["id"])
+            seen[s] = m["id"]
+    for s in st["unassigned"]:
+        assert s not in seen, "shard %d unassigned and on %s" % (s, seen[s])
+        seen[s] = None
+    assert sorted(seen) == list(range(st["shard_count"])), st
+
+
+def machine(st, id):
+    for m in st["machines"]:
+        if m["id"] == id:
+            return m
+    return None
