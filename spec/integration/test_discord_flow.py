@@ -1,0 +1,119 @@
+"""MASTER against a fake Discord: the shard count and identify budget come
+from GET /gateway/bot; errors retry or stop MASTER as documented.
+"""
+import asyncio
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fake_discord import FakeDiscord  # noqa: E402
+from harness import Control, Master, closed_with, connect, run, status  # noqa: E402
+
+TOKEN = "fake.bot.TOKEN-for-tests-only"
+TIMING = ["--heartbeat-interval", "1", "--heartbeat-grace", "1", "--collect-window", "30"]
+
+
+def master(fd, *extra, token=TOKEN):
+    return Master("--api-base", fd.base_url, *TIMING, *extra, token=token)
+
+
+class DiscordFlow(unittest.TestCase):
+
+    def test_shard_count_and_limits_come_from_discord(self):
+        with FakeDiscord("200:shards=5:max_concurrency=2:remaining=900:total=1000",
+                         token=TOKEN) as fd:
+            with master(fd, "--expected-machines", "1") as m:
+                m.wait_log(r"state fetching -> collecting")
+                st = status(m)
+                self.assertEqual(st["shard_count"], 5)
+                self.assertEqual(st["max_concurrency"], 2)
+                self.assertEqual(st["session_start_limit"]["remaining"], 900)
+                self.assertEqual(st["session_start_limit"]["total"], 1000)
+
+                async def go():
+                    a = Control(m, "a")
+                    await a.start()
+                    self.assertEqual(a.init["d"]["shard_count"], 5)
+                    self.assertEqual(a.init["d"]["max_concurrency"], 2)
+                    self.assertEqual(a.init["d"]["token"], TOKEN)
+                    self.assertEqual((await a.next_connect())["shards"], [0, 1, 2, 3, 4])
+                    await a.close()
+                run(go())
+                self.assertEqual(status(m)["session_start_limit"]["remaining"], 895)
+                reqs = fd.requests()
+                self.assertEqual(len(reqs), 1)
+                self.assertEqual(reqs[0]["authorization"], "Bot " + TOKEN)
+                self.assertIn("discluster-master", reqs[0]["user_agent"])
+                self.assertEqual(m.stop(), 0)
+                self.assertNotIn(TOKEN, m.log())
+
+    def test_rejected_token_stops_master(self):
+        for code in ("401", "403"):
+            with FakeDiscord(code) as fd:
+                with master(fd) as m:
+                    rc = m.wait(10)
+                    self.assertNotEqual(rc, 0)
+                    m.wait_log(r"Discord rejected the bot token")
+                    self.assertEqual(len(fd.requests()), 1)  # no retry loop
+                    self.assertNotIn(TOKEN, m.log())
+
+    def test_rate_limit_waits_then_retries(self):
+        with FakeDiscord("429:0.6,200:shards=2") as fd:
+            with master(fd) as m:
+                m.wait_log(r"state fetching -> collecting", 10)
+                reqs = fd.requests()
+                self.assertEqual(len(reqs), 2)
+                self.assertGreaterEqual(reqs[1]["time"] - reqs[0]["time"], 0.55)
+                self.assertEqual(status(m)["shard_count"], 2)
+                m.stop()
+
+    def test_server_errors_and_bad_bodies_retry_with_backoff(self):
+        with FakeDiscord("500,malformed,200:shards=3") as fd:
+            with master(fd) as m:
+                m.wait_log(r"state fetching -> collecting", 15)
+                self.assertEqual(len(fd.requests()), 3)
+                self.assertEqual(status(m)["shard_count"], 3)
+                m.wait_log(r"attempt 1 failed")
+                m.wait_log(r"attempt 2 failed")
+                m.stop()
+
+    def test_controls_wait_while_fetching(self):
+        with FakeDiscord("slow:3,200:shards=2") as fd:
+            with master(fd) as m:
+                self.assertEqual(status(m)["state"], "fetching")
+
+                async def go():
+                    ws = await connect(m)
+                    self.assertEqual(await closed_with(ws), 1001)
+                run(go())
+                m.stop()
+
+    def test_identify_budget_is_respected(self):
+        # 4 shards but only 2 sessions left: wait for reset_after, ask again.
+        with FakeDiscord("200:shards=4:remaining=2:reset_after=1200,"
+                         "200:shards=4:remaining=1000") as fd:
+            with master(fd, "--expected-machines", "1") as m:
+                async def go():
+                    a = Control(m, "a")
+                    await a.start()
+                    t0 = time.monotonic()
+                    d = await a.next_connect(10)
+                    self.assertGreater(time.monotonic() - t0, 1.0)
+                    self.assertEqual(d["shards"], [0, 1, 2, 3])
+                    await a.close()
+                run(go())
+                m.wait_log(r"identify budget: 2 sessions left, 4 needed; waiting")
+                self.assertEqual(len(fd.requests()), 2)
+                m.stop()
+
+    def test_missing_token_is_a_startup_error(self):
+        with Master("--shards", "auto", wait=False) as m:
+            self.assertEqual(m.wait(5), 2)
+            self.assertIn("token", m.log())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
