@@ -146,6 +146,7 @@ struct dcm_master_s {
   char *owned[8];
   dcm__log_t log;
   lua_State *json;  /* cjson state for packets and /status */
+  char heartbeat_ack[32];
   dcm_event_cb cb;
   void *cb_arg;
   /* server */

@@ -112,12 +112,17 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
 }
 
 static void heartbeat(dcm__conn_t *c, const dcm__packet_t *p) {
-  size_t n;
-  c->last_heartbeat = uv_now(c->m->loop);
+  dcm_master_t *m = c->m;
+  c->last_heartbeat = uv_now(m->loop);
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
   if (p->has_loadavg) c->machine->loadavg = p->loadavg;
-  const char *s = dcm__enc_ack(c->m->json, DCM_OP_HEARTBEAT, &n);
-  send_text(c, s, n);
+  if (m->heartbeat_ack[0] == '\0') { /* the same bytes every time: encode once */
+    size_t n;
+    const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);
+    if (s && n < sizeof m->heartbeat_ack) memcpy(m->heartbeat_ack, s, n + 1);
+    lua_settop(m->json, 0);
+  }
+  dcm__conn_send(c, m->heartbeat_ack, strlen(m->heartbeat_ack));
 }
 
 static void active(dcm__conn_t *c, dcm__packet_t *p) {
