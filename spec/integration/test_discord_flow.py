@@ -96,6 +96,8 @@ class DiscordFlow(unittest.TestCase):
         with FakeDiscord("200:shards=4:remaining=2:reset_after=1200,"
                          "200:shards=4:remaining=1000") as fd:
             with master(fd, "--expected-machines", "1") as m:
+                m.wait_log(r"state fetching -> collecting")
+
                 async def go():
                     a = Control(m, "a")
                     await a.start()
