@@ -547,7 +547,7 @@ int dcm__policy_reload(dcm__policy_t *p) {
   }
   gen_free(p->gen);
   p->gen = g;
-  dcm__info(p->log, NULL, "policy: reloaded %s", dcm__policy_path(p));
+  dcm__debug(p->log, NULL, "policy: reloaded %s", dcm__policy_path(p));
   return 0;
 }
 
