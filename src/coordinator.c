@@ -140,7 +140,7 @@ static int send_connect(dcm_master_t *m, dcm__machine_t *x) {
   char list[160];
   int *copy = malloc((x->nshards ? x->nshards : 1) * sizeof *copy);
   if (copy == NULL) return DCM_ENOMEM;
-  memcpy(copy, x->shards, x->nshards * sizeof *copy);
+  if (x->nshards) memcpy(copy, x->shards, x->nshards * sizeof *copy);
   free(x->sent);
   x->sent = copy;
   x->nsent = x->nshards;
@@ -395,7 +395,7 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   char id[DCM_ID_MAX + 1];
   dcm__pmachine_t dead = {id, x->cores, x->loadavg, x->standby, shards, n};
   snprintf(id, sizeof id, "%s", x->id);
-  if (shards) memcpy(shards, x->shards, n * sizeof *shards);
+  if (shards && n) memcpy(shards, x->shards, n * sizeof *shards);
   done_connecting(m, x);
   dcm__fleet_remove(m, x);
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
@@ -490,9 +490,9 @@ static int same_set(const int *sorted, size_t n, const int *v, size_t k) {
   if (n != k) return 0;
   int *c = malloc((k ? k : 1) * sizeof *c);
   if (c == NULL) return 0;
-  memcpy(c, v, k * sizeof *c);
+  if (k) memcpy(c, v, k * sizeof *c);
   qsort(c, k, sizeof *c, cmp_int);
-  int eq = memcmp(c, sorted, k * sizeof *c) == 0;
+  int eq = k == 0 || memcmp(c, sorted, k * sizeof *c) == 0;
   free(c);
   return eq;
 }
@@ -520,7 +520,7 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   }
   int *shards = malloc((n ? n : 1) * sizeof *shards);
   if (shards == NULL) return;
-  memcpy(shards, x->shards, n * sizeof *shards);
+  if (n) memcpy(shards, x->shards, n * sizeof *shards);
   dcm__pmachine_t dead = {x->id, x->cores, x->loadavg, 1, shards, n};
   dcm__fleet_release(m, x);
   done_connecting(m, x);

@@ -107,12 +107,9 @@ int dcm_master_exit_status(const dcm_master_t *m) { return m->exit_status; }
 
 int dcm_master_reload_policy(dcm_master_t *m) {
   int r = dcm__policy_reload(m->policy);
-  if (r == 0)
+  if (r == 0) /* a failed reload has already said why, in one line */
     dcm__info(&m->log, NULL, "policy reloaded from %s; it applies to the next decision",
               dcm__policy_path(m->policy));
-  else
-    dcm__error(&m->log, NULL, "policy reload failed (%s); keeping the previous policy",
-               dcm_strerror(r));
   dcm__emit(m, DCM_EVENT_POLICY_RELOADED, NULL, r, dcm__policy_path(m->policy));
   return r;
 }

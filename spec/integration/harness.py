@@ -100,10 +100,17 @@ class Master:
         self.reader.join(5)
         return rc
 
-    def stop(self, timeout=15):
+    def stop(self, timeout=15, check=True):
+        """SIGTERM, then the exit status; with check, it must be a clean 0."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+        rc = self.wait(timeout)
+        if check:
+            log = self.log()
+            assert rc == 0, "master exited with %s; log:\n%s" % (rc, log)
+            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                assert bad not in log, "sanitizer report in the log:\n" + log
+        return rc
 
     def url(self, path="/"):
         return "ws://127.0.0.1:%d%s" % (self.port, path)
