@@ -1,0 +1,206 @@
+/*
+ * agent.h: the CONTROL agent's internal structs and the calls between its
+ * parts: the WebSocket client transport (client.c), the cluster processes
+ * (clusters.c) and the protocol and lifecycle state machine (agent.c).
+ * Ownership: the agent owns at most one client connection at a time and
+ * every cluster; each is freed only in its handles' close callbacks.
+ * Depends on libuv, http-parser and the core's ws.h, log.h and json.h.
+ */
+#ifndef DCM_CTL_AGENT_H
+#define DCM_CTL_AGENT_H
+
+#include <http_parser.h>
+#include <lua.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "log.h"
+#include "plan.h"
+#include "protocol.h"
+#include "ws.h"
+
+#define DCM_CTL_MAX_MESSAGE (1u << 20) /* protocol v1's bound */
+#define DCM_CTL_MAX_OUTBOUND (4u << 20)
+#define DCM_CTL_HEAD_MAX 8192
+#define DCM_CTL_RESTARTS 3 /* restarts of a crashed cluster before it is failed */
+
+typedef struct dcm__agent_s dcm__agent_t;
+typedef struct dcm__client_s dcm__client_t;
+typedef struct dcm__cluster_s dcm__cluster_t;
+
+/* ---- configuration (main.c fills it) ------------------------------------ */
+
+typedef struct {
+  char host[256];
+  int port;
+  char path[256];
+  char hostport[300]; /* for the Host header and logs */
+} dcm__ctl_url_t;
+
+typedef struct {
+  dcm__ctl_url_t master;
+  char id[129];
+  int standby;
+  const char *cluster_command;
+  size_t shards_per_cluster; /* 10 */
+  double retry;              /* 30 s between connection attempts */
+  double drain_timeout;      /* 30 s */
+  double stop_timeout;       /* 5 s from SIGTERM to SIGKILL for a cluster */
+  double restart_backoff;    /* 1 s, doubled per restart */
+  double connect_timeout;    /* 10 s for TCP connect + upgrade + initialise */
+  const char *auth;          /* shared secret or NULL; never logged */
+} dcm__ctl_config_t;
+
+/* ---- the WebSocket client (client.c) ------------------------------------ */
+
+typedef enum {
+  DCM_CLIENT_RESOLVING,
+  DCM_CLIENT_CONNECTING,
+  DCM_CLIENT_UPGRADING,
+  DCM_CLIENT_OPEN,
+  DCM_CLIENT_CLOSING
+} dcm__client_phase;
+
+struct dcm__client_s {
+  dcm__agent_t *a;
+  dcm__client_phase phase;
+  uv_getaddrinfo_t gai;
+  uv_connect_t creq;
+  uv_tcp_t tcp;
+  uv_timer_t timer; /* connect/upgrade deadline, idle deadline, close linger */
+  int gai_pending, tcp_open, handles;
+  char head[DCM_CTL_HEAD_MAX];
+  size_t headlen;
+  char accept[32]; /* the Sec-WebSocket-Accept we expect */
+  dcm__ws_t ws;
+  int ws_ready;
+  size_t out_bytes;
+  uint64_t idle_ms; /* 0 = no idle deadline */
+  uint64_t last_rx;
+  char why[400]; /* why it closed, for the log */
+  char rbuf[65536];
+};
+
+/* Starts one connection attempt; on_closed always follows, exactly once. */
+int dcm__client_start(dcm__agent_t *a, dcm__client_t **out);
+int dcm__client_send(dcm__client_t *c, const char *text, size_t len);
+/* Close handshake with code and reason, then the socket (bounded linger). */
+void dcm__client_close(dcm__client_t *c, uint16_t code, const char *reason);
+/* Drops the connection now. */
+void dcm__client_abort(dcm__client_t *c, const char *why);
+/* Silence from MASTER longer than ms closes the connection; 0 = none. */
+void dcm__client_set_idle(dcm__client_t *c, uint64_t ms);
+
+/* ---- clusters (clusters.c) ---------------------------------------------- */
+
+typedef enum {
+  DCM_CLUSTER_WAITING,  /* to start once an overlapping old cluster is gone */
+  DCM_CLUSTER_STARTING, /* running, READY not printed yet */
+  DCM_CLUSTER_READY,
+  DCM_CLUSTER_BACKOFF,  /* crashed; restarts when the timer fires */
+  DCM_CLUSTER_FAILED,   /* crashed more than DCM_CTL_RESTARTS times */
+  DCM_CLUSTER_STOPPING  /* SIGTERM sent (SIGKILL after stop_timeout) */
+} dcm__cluster_state;
+
+struct dcm__cluster_s {
+  dcm__agent_t *a;
+  dcm__cluster_t *prev, *next;
+  int id; /* CLUSTER_ID */
+  int *shards;
+  size_t nshards;
+  dcm__cluster_state state;
+  int restarts;
+  int exit_status, term_signal; /* of the last exit */
+  uint64_t ready_at;
+  uv_timer_t timer; /* backoff, stop deadline, stdout drain */
+  uv_process_t proc;
+  uv_pipe_t out; /* the cluster's stdout */
+  uv_pipe_t in;  /* its stdin: EOF tells it the agent is gone */
+  int running;   /* process not yet exited */
+  int run_handles; /* proc/out/in still open */
+  int out_eof, exited, destroying;
+  int handles;     /* every open handle, timer included */
+  pid_t pid;
+  dcm__ctl_lines_t lines;
+  char rbuf[4096];
+};
+
+/* Creates a cluster for sorted shards (copied) and starts it unless it must
+ * wait for an overlapping stopping cluster. */
+int dcm__cluster_create(dcm__agent_t *a, const int *shards, size_t n);
+void dcm__cluster_stop(dcm__cluster_t *cl);
+/* Sends SIGKILL to every cluster that is stopping (second signal). */
+void dcm__clusters_kill_all(dcm__agent_t *a);
+/* Starts waiting clusters that no longer overlap a stopping one. */
+void dcm__clusters_start_waiting(dcm__agent_t *a);
+/* Restarts a failed cluster with a fresh restart budget. */
+void dcm__cluster_retry(dcm__cluster_t *cl);
+const char *dcm__cluster_state_name(dcm__cluster_state s);
+
+/* ---- the agent (agent.c) ------------------------------------------------ */
+
+typedef enum {
+  DCM_AGENT_RUNNING,
+  DCM_AGENT_DRAINING, /* offload sent; waiting for an empty connect */
+  DCM_AGENT_STOPPING  /* stopping clusters, then the connection, then exit */
+} dcm__agent_mode;
+
+struct dcm__agent_s {
+  uv_loop_t *loop;
+  dcm__log_t log;
+  dcm__ctl_config_t cfg;
+  lua_State *json;
+  char **environ_base; /* the agent's environment minus the cluster variables */
+  /* connection */
+  dcm__client_t *client; /* NULL between attempts */
+  int session;           /* initialise received on the current connection */
+  int had_session;       /* the last connection got as far as initialise */
+  int shutdown_received;
+  uint64_t last_fast_retry;
+  uv_timer_t retry_timer;
+  uv_timer_t heartbeat_timer;
+  uv_timer_t drain_timer;
+  uv_signal_t sigterm, sigint;
+  int handles;
+  /* from initialise */
+  char *token;
+  int shard_count;
+  int max_concurrency;
+  uint64_t heartbeat_ms;
+  /* assignment */
+  int *assigned;
+  size_t nassigned;
+  int ready_pending;
+  dcm__cluster_t *clusters; /* list head (NULL = empty) */
+  size_t nclusters;         /* cluster structs not yet freed */
+  /* a fatal to relay once connected */
+  int fatal_pending, fatal_code, fatal_shard;
+  char fatal_message[DCM_MESSAGE_MAX + 1];
+  dcm__agent_mode mode;
+  int exit_status;
+  int closed; /* every handle asked to close */
+};
+
+int dcm__agent_init(dcm__agent_t *a, uv_loop_t *loop, const dcm__ctl_config_t *cfg,
+                    dcm_log_level level, dcm_log_format format);
+void dcm__agent_start(dcm__agent_t *a);
+/* Frees what the agent owns after the loop ran dry. */
+void dcm__agent_free(dcm__agent_t *a);
+
+/* From client.c */
+void dcm__agent_on_open(dcm__agent_t *a);
+void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len);
+void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why);
+
+/* From clusters.c */
+void dcm__agent_cluster_changed(dcm__agent_t *a, dcm__cluster_t *cl);
+void dcm__agent_cluster_failed(dcm__agent_t *a, dcm__cluster_t *cl);
+void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code,
+                              const char *msg, size_t len, int shard);
+void dcm__agent_cluster_freed(dcm__agent_t *a);
+
+/* 15-minute load average, 0 when unknown. */
+double dcm__ctl_loadavg(void);
+int dcm__ctl_cores(void);
+
+#endif

@@ -1,0 +1,410 @@
+/*
+ * client.c: one WebSocket client connection to MASTER: resolve, TCP
+ * connect, the HTTP/1.1 upgrade (its 101 response checked with http-parser
+ * and Sec-WebSocket-Accept), then a client-side wslay session (masked
+ * frames). Writes are queued with a bound; every phase has a deadline.
+ * Protocol decisions are agent.c's; this file only moves messages.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <wslay/wslay.h>
+
+#include "agent.h"
+#include "discluster/master.h"
+#include "wskey.h"
+
+#define CLOSE_LINGER_MS 2000
+
+typedef struct {
+  uv_write_t req;
+  dcm__client_t *c;
+  size_t len;
+  char data[];
+} write_req_t;
+
+static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+static void maybe_done(dcm__client_t *c) {
+  if (c->handles > 0 || c->gai_pending) return;
+  dcm__agent_t *a = c->a;
+  int established = c->ws_ready;
+  char why[sizeof c->why];
+  memcpy(why, c->why, sizeof why);
+  if (c->ws_ready) dcm__ws_free(&c->ws);
+  free(c);
+  dcm__agent_on_closed(a, established, why);
+}
+
+static void close_cb(uv_handle_t *h) {
+  dcm__client_t *c = h->data;
+  c->handles--;
+  maybe_done(c);
+}
+
+void dcm__client_abort(dcm__client_t *c, const char *why) {
+  if (why && c->why[0] == '\0') snprintf(c->why, sizeof c->why, "%s", why);
+  c->phase = DCM_CLIENT_CLOSING;
+  if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai); /* its callback still runs */
+  if (c->tcp_open && !uv_is_closing((uv_handle_t *)&c->tcp))
+    uv_close((uv_handle_t *)&c->tcp, close_cb);
+  if (!uv_is_closing((uv_handle_t *)&c->timer)) uv_close((uv_handle_t *)&c->timer, close_cb);
+}
+
+/* ---- writes -------------------------------------------------------------- */
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req_t *w = (write_req_t *)req;
+  dcm__client_t *c = w->c;
+  c->out_bytes -= w->len;
+  memset(w->data, 0, w->len); /* the upgrade head carries the secret */
+  free(w);
+  if (status < 0 && status != UV_ECANCELED) dcm__client_abort(c, uv_strerror(status));
+}
+
+static int raw_write(dcm__client_t *c, const void *data, size_t len) {
+  if (!c->tcp_open || uv_is_closing((uv_handle_t *)&c->tcp)) return UV_EPIPE;
+  uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+  int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
+  if (n == (int)len) return 0;
+  if (n < 0 && n != UV_EAGAIN) return n;
+  if (n < 0) n = 0;
+  size_t left = len - (size_t)n;
+  if (c->out_bytes + left > DCM_CTL_MAX_OUTBOUND) return UV_ENOBUFS;
+  write_req_t *w = malloc(sizeof *w + left);
+  if (w == NULL) return UV_ENOMEM;
+  memcpy(w->data, (const char *)data + n, left);
+  w->c = c;
+  w->len = left;
+  buf = uv_buf_init(w->data, (unsigned)left);
+  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_cb);
+  if (r != 0) {
+    free(w);
+    return r;
+  }
+  c->out_bytes += left;
+  return 0;
+}
+
+static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
+  return raw_write(ws->data, data, len) == 0 ? 0 : -1;
+}
+
+static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
+  dcm__client_t *c = ws->data;
+  if (c->phase == DCM_CLIENT_OPEN) dcm__agent_on_message(c->a, msg, len);
+}
+
+static const dcm__ws_cbs_t ws_cbs = {ws_message, ws_write};
+
+int dcm__client_send(dcm__client_t *c, const char *text, size_t len) {
+  if (c->phase != DCM_CLIENT_OPEN || !c->ws_ready) return DCM_ESTATE;
+  int r = dcm__ws_send(&c->ws, text, len);
+  if (r != 0 || c->ws.write_failed) {
+    dcm__client_abort(c, "write to MASTER failed");
+    return r ? r : DCM_ESTATE;
+  }
+  return 0;
+}
+
+/* ---- deadlines ----------------------------------------------------------- */
+
+static void deadline_cb(uv_timer_t *t) {
+  dcm__client_t *c = t->data;
+  if (c->phase == DCM_CLIENT_CLOSING) {
+    dcm__client_abort(c, NULL); /* the close handshake took too long */
+  } else if (c->phase == DCM_CLIENT_OPEN && c->idle_ms) {
+    uint64_t quiet = uv_now(c->a->loop) - c->last_rx;
+    if (quiet >= c->idle_ms) {
+      char why[96];
+      snprintf(why, sizeof why, "MASTER silent for %.1fs", (double)quiet / 1000.0);
+      dcm__client_abort(c, why);
+    }
+  } else {
+    dcm__client_abort(c, "timed out before initialise");
+  }
+}
+
+void dcm__client_set_idle(dcm__client_t *c, uint64_t idle) {
+  if (c->phase != DCM_CLIENT_OPEN) return;
+  c->idle_ms = idle;
+  uv_timer_stop(&c->timer);
+  if (idle == 0) return;
+  uint64_t every = idle / 4 < 1000 ? idle / 4 : 1000;
+  if (every == 0) every = 1;
+  uv_timer_start(&c->timer, deadline_cb, every, every);
+}
+
+void dcm__client_close(dcm__client_t *c, uint16_t code, const char *reason) {
+  if (c->phase != DCM_CLIENT_OPEN) {
+    dcm__client_abort(c, reason);
+    return;
+  }
+  c->phase = DCM_CLIENT_CLOSING;
+  if (c->why[0] == '\0') snprintf(c->why, sizeof c->why, "%s", reason);
+  if (dcm__ws_close(&c->ws, code, reason) != 0 || dcm__ws_done(&c->ws)) {
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  uv_timer_start(&c->timer, deadline_cb, CLOSE_LINGER_MS, 0);
+}
+
+/* ---- the upgrade --------------------------------------------------------- */
+
+typedef struct {
+  dcm__client_t *c;
+  char field[64];
+  int upgrade_ok, connection_ok, accept_ok;
+} head_t;
+
+static int on_field(http_parser *p, const char *at, size_t n) {
+  head_t *h = p->data;
+  snprintf(h->field, sizeof h->field, "%.*s", (int)(n < 63 ? n : 63), at);
+  return 0;
+}
+
+/* 1 if the comma-separated list v contains token, case-insensitively. */
+static int has_token(const char *v, size_t n, const char *token) {
+  size_t tl = strlen(token);
+  for (size_t i = 0; i < n;) {
+    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+    size_t j = i;
+    while (j < n && v[j] != ',') j++;
+    size_t e = j;
+    while (e > i && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+    if (e - i == tl && strncasecmp(v + i, token, tl) == 0) return 1;
+    i = j;
+  }
+  return 0;
+}
+
+static int on_value(http_parser *p, const char *at, size_t n) {
+  head_t *h = p->data;
+  if (strcasecmp(h->field, "upgrade") == 0) {
+    h->upgrade_ok = has_token(at, n, "websocket");
+  } else if (strcasecmp(h->field, "connection") == 0) {
+    h->connection_ok = has_token(at, n, "upgrade");
+  } else if (strcasecmp(h->field, "sec-websocket-accept") == 0) {
+    size_t k = strlen(h->c->accept);
+    h->accept_ok = n == k && memcmp(at, h->c->accept, k) == 0;
+  }
+  return 0;
+}
+
+static int on_headers_complete(http_parser *p) {
+  (void)p;
+  return 1; /* no body expected; a 101 ends at the head */
+}
+
+/* Checks the complete response head (len bytes); returns 0 or sets why. */
+static int check_head(dcm__client_t *c, size_t len) {
+  http_parser p;
+  http_parser_settings s;
+  head_t h;
+  memset(&s, 0, sizeof s);
+  memset(&h, 0, sizeof h);
+  s.on_header_field = on_field;
+  s.on_header_value = on_value;
+  s.on_headers_complete = on_headers_complete;
+  h.c = c;
+  http_parser_init(&p, HTTP_RESPONSE);
+  p.data = &h;
+  http_parser_execute(&p, &s, c->head, len);
+  if (HTTP_PARSER_ERRNO(&p) != HPE_OK && HTTP_PARSER_ERRNO(&p) != HPE_CB_headers_complete) {
+    snprintf(c->why, sizeof c->why, "bad HTTP response from MASTER: %s",
+             http_errno_name(HTTP_PARSER_ERRNO(&p)));
+    return -1;
+  }
+  if (p.status_code == 401) {
+    snprintf(c->why, sizeof c->why,
+             "MASTER refused the upgrade: HTTP 401 (DISCLUSTER_AUTH missing or wrong)");
+    return -1;
+  }
+  if (p.status_code != 101) {
+    snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP %d", p.status_code);
+    return -1;
+  }
+  if (!h.upgrade_ok || !h.connection_ok || !h.accept_ok) {
+    snprintf(c->why, sizeof c->why, "MASTER's 101 response lacks %s",
+             !h.upgrade_ok ? "Upgrade: websocket"
+             : !h.connection_ok ? "Connection: Upgrade" : "the right Sec-WebSocket-Accept");
+    return -1;
+  }
+  return 0;
+}
+
+static void feed(dcm__client_t *c, const char *data, size_t n) {
+  c->last_rx = uv_now(c->a->loop);
+  int r = dcm__ws_feed(&c->ws, (const uint8_t *)data, n);
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return; /* the agent dropped it */
+  if (r < 0 || dcm__ws_done(&c->ws)) {
+    if (c->why[0] == '\0') {
+      uint16_t code = wslay_event_get_status_code_received(c->ws.ctx);
+      if (dcm__ws_close_received(&c->ws))
+        snprintf(c->why, sizeof c->why, "MASTER closed the WebSocket (%u)", (unsigned)code);
+      else
+        snprintf(c->why, sizeof c->why, "WebSocket protocol error");
+    }
+    dcm__client_abort(c, NULL);
+  } else if (dcm__ws_close_received(&c->ws) && c->phase == DCM_CLIENT_OPEN) {
+    c->phase = DCM_CLIENT_CLOSING; /* our close reply is queued; wait for it */
+    uv_timer_start(&c->timer, deadline_cb, CLOSE_LINGER_MS, 0);
+  }
+}
+
+static void upgrading(dcm__client_t *c, const char *data, size_t n) {
+  size_t room = sizeof c->head - c->headlen;
+  size_t k = n < room ? n : room;
+  memcpy(c->head + c->headlen, data, k);
+  c->headlen += k;
+  char *end = NULL;
+  for (size_t i = 3; i < c->headlen; i++) {
+    if (memcmp(c->head + i - 3, "\r\n\r\n", 4) == 0) {
+      end = c->head + i + 1;
+      break;
+    }
+  }
+  if (end == NULL) {
+    if (c->headlen == sizeof c->head) dcm__client_abort(c, "MASTER's response head is too long");
+    return;
+  }
+  size_t headlen = (size_t)(end - c->head);
+  if (check_head(c, headlen) != 0) {
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  if (dcm__ws_init(&c->ws, 1, DCM_CTL_MAX_MESSAGE, &ws_cbs, c) != 0) {
+    dcm__client_abort(c, "out of memory");
+    return;
+  }
+  c->ws_ready = 1;
+  c->phase = DCM_CLIENT_OPEN;
+  c->last_rx = uv_now(c->a->loop);
+  /* Bytes after the head (within this read) are the first frames. */
+  size_t extra = c->headlen - headlen + (n - k);
+  const char *rest = data + (n - extra);
+  dcm__agent_on_open(c->a);
+  if (extra > 0 && c->phase == DCM_CLIENT_OPEN) feed(c, rest, extra);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  dcm__client_t *c = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__client_t *c = s->data;
+  if (nread < 0) {
+    if (c->why[0] == '\0')
+      snprintf(c->why, sizeof c->why, "%s",
+               nread == UV_EOF ? "MASTER closed the connection" : uv_strerror((int)nread));
+    dcm__client_abort(c, NULL);
+  } else if (nread > 0 && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    if (c->phase == DCM_CLIENT_UPGRADING)
+      upgrading(c, buf->base, (size_t)nread);
+    else if (c->ws_ready)
+      feed(c, buf->base, (size_t)nread);
+  }
+}
+
+static void connect_cb(uv_connect_t *req, int status) {
+  dcm__client_t *c = req->data;
+  dcm__agent_t *a = c->a;
+  uint8_t raw[16];
+  char key[32];
+  char head[1536];
+  if (status == UV_ECANCELED || c->phase == DCM_CLIENT_CLOSING) return;
+  if (status < 0) {
+    snprintf(c->why, sizeof c->why, "connect to %s: %s", a->cfg.master.hostport,
+             uv_strerror(status));
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  if (uv_random(NULL, NULL, raw, sizeof raw, 0, NULL) != 0) {
+    for (size_t i = 0; i < sizeof raw; i++) raw[i] = (uint8_t)rand();
+  }
+  size_t klen = dcm__base64(raw, sizeof raw, key);
+  dcm__ws_accept(key, klen, c->accept);
+  int n = snprintf(head, sizeof head,
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                   "User-Agent: discluster-control/" DCM_VERSION "\r\n%s%s%s\r\n",
+                   a->cfg.master.path, a->cfg.master.hostport, key,
+                   a->cfg.auth ? "Authorization: " : "", a->cfg.auth ? a->cfg.auth : "",
+                   a->cfg.auth ? "\r\n" : "");
+  int r = n > 0 && (size_t)n < sizeof head ? raw_write(c, head, (size_t)n) : UV_E2BIG;
+  memset(head, 0, sizeof head);
+  if (r == 0) r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  if (r != 0) {
+    snprintf(c->why, sizeof c->why, "upgrade request: %s", uv_strerror(r));
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  c->phase = DCM_CLIENT_UPGRADING;
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  dcm__client_t *c = req->data;
+  c->gai_pending = 0;
+  if (c->phase == DCM_CLIENT_CLOSING) {
+    uv_freeaddrinfo(res);
+    maybe_done(c);
+    return;
+  }
+  if (status < 0 || res == NULL) {
+    snprintf(c->why, sizeof c->why, "cannot resolve %s: %s", c->a->cfg.master.host,
+             uv_strerror(status));
+    uv_freeaddrinfo(res);
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  int r = uv_tcp_init(c->a->loop, &c->tcp);
+  if (r == 0) {
+    c->tcp_open = 1;
+    c->handles++;
+    c->tcp.data = c;
+    c->creq.data = c;
+    r = uv_tcp_connect(&c->creq, &c->tcp, res->ai_addr, connect_cb);
+  }
+  uv_freeaddrinfo(res);
+  if (r != 0) {
+    snprintf(c->why, sizeof c->why, "connect to %s: %s", c->a->cfg.master.hostport,
+             uv_strerror(r));
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  c->phase = DCM_CLIENT_CONNECTING;
+}
+
+int dcm__client_start(dcm__agent_t *a, dcm__client_t **out) {
+  char port[16];
+  struct addrinfo hints;
+  dcm__client_t *c = calloc(1, sizeof *c);
+  if (c == NULL) return DCM_ENOMEM;
+  c->a = a;
+  c->phase = DCM_CLIENT_RESOLVING;
+  uv_timer_init(a->loop, &c->timer);
+  c->timer.data = c;
+  c->handles = 1;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  snprintf(port, sizeof port, "%d", a->cfg.master.port);
+  c->gai.data = c;
+  *out = c;
+  int r = uv_getaddrinfo(a->loop, &c->gai, gai_cb, a->cfg.master.host, port, &hints);
+  if (r != 0) {
+    /* No callback will come: report through on_closed like any failure. */
+    snprintf(c->why, sizeof c->why, "cannot resolve %s: %s", a->cfg.master.host, uv_strerror(r));
+    dcm__client_abort(c, NULL);
+    return 0;
+  }
+  c->gai_pending = 1;
+  uv_timer_start(&c->timer, deadline_cb, ms(a->cfg.connect_timeout), 0);
+  return 0;
+}

@@ -1,0 +1,353 @@
+/*
+ * clusters.c: the bot's cluster processes. Each runs the user's command
+ * through /bin/sh -c in its own process group (so a stop reaches every
+ * process it started), with SHARD_IDS, SHARD_COUNT, CLUSTER_ID and
+ * DISCORD_TOKEN in its environment, stdin a pipe whose EOF says the agent
+ * is gone, stdout read line by line (bounded) for READY and FATAL, stderr
+ * inherited. Crashes restart with doubling backoff, DCM_CTL_RESTARTS times.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+
+#define DRAIN_MS 500        /* stdout kept open this long after an exit */
+#define STABLE_MS 60000     /* READY this long: the restart budget is whole again */
+
+static const char *const state_names[] = {"waiting", "starting", "ready",
+                                          "backoff", "failed",   "stopping"};
+
+const char *dcm__cluster_state_name(dcm__cluster_state s) { return state_names[s]; }
+
+static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+static const char *me(const dcm__cluster_t *cl) { return cl->a->cfg.id; }
+
+static void spawn(dcm__cluster_t *cl);
+static void after_exit(dcm__cluster_t *cl);
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+static void freed(dcm__cluster_t *cl) {
+  dcm__agent_t *a = cl->a;
+  if (cl->prev) cl->prev->next = cl->next; else a->clusters = cl->next;
+  if (cl->next) cl->next->prev = cl->prev;
+  free(cl->shards);
+  free(cl);
+  a->nclusters--;
+  dcm__agent_cluster_freed(a);
+}
+
+static void close_cb(uv_handle_t *h) {
+  dcm__cluster_t *cl = h->data;
+  if (h != (uv_handle_t *)&cl->timer) cl->run_handles--;
+  if (--cl->handles == 0) freed(cl);
+}
+
+static void close_run_handle(dcm__cluster_t *cl, uv_handle_t *h) {
+  if (!uv_is_closing(h)) uv_close(h, close_cb);
+}
+
+/* Closes the timer; the struct goes once every handle has closed. */
+static void destroy(dcm__cluster_t *cl) {
+  cl->destroying = 1;
+  cl->state = DCM_CLUSTER_STOPPING;
+  uv_timer_stop(&cl->timer);
+  if (!uv_is_closing((uv_handle_t *)&cl->timer)) uv_close((uv_handle_t *)&cl->timer, close_cb);
+}
+
+static int free_id(dcm__agent_t *a) {
+  for (int id = 0;; id++) {
+    int used = 0;
+    for (dcm__cluster_t *o = a->clusters; o && !used; o = o->next) used = o->id == id;
+    if (!used) return id;
+  }
+}
+
+static int overlaps_stopping(const dcm__cluster_t *cl) {
+  for (dcm__cluster_t *o = cl->a->clusters; o; o = o->next) {
+    if (o == cl || o->state != DCM_CLUSTER_STOPPING) continue;
+    for (size_t i = 0; i < cl->nshards; i++)
+      if (dcm__ctl_subset(&cl->shards[i], 1, o->shards, o->nshards)) return 1;
+  }
+  return 0;
+}
+
+int dcm__cluster_create(dcm__agent_t *a, const int *shards, size_t n) {
+  dcm__cluster_t *cl = calloc(1, sizeof *cl);
+  if (cl == NULL) return DCM_ENOMEM;
+  cl->shards = malloc((n ? n : 1) * sizeof *cl->shards);
+  if (cl->shards == NULL) {
+    free(cl);
+    return DCM_ENOMEM;
+  }
+  memcpy(cl->shards, shards, n * sizeof *shards);
+  cl->nshards = n;
+  cl->a = a;
+  cl->id = free_id(a);
+  uv_timer_init(a->loop, &cl->timer);
+  cl->timer.data = cl;
+  cl->handles = 1;
+  cl->next = a->clusters;
+  if (a->clusters) a->clusters->prev = cl;
+  a->clusters = cl;
+  a->nclusters++;
+  cl->state = DCM_CLUSTER_WAITING;
+  if (!overlaps_stopping(cl)) spawn(cl);
+  return 0;
+}
+
+void dcm__clusters_start_waiting(dcm__agent_t *a) {
+  for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
+    if (cl->state == DCM_CLUSTER_WAITING && !overlaps_stopping(cl)) spawn(cl);
+}
+
+/* ---- stdout -------------------------------------------------------------- */
+
+static void on_line(void *arg, const char *line, size_t len, int cut) {
+  dcm__cluster_t *cl = arg;
+  dcm__ctl_fatal_t f;
+  switch (dcm__ctl_parse_line(line, len, &f)) {
+    case DCM_CTL_LINE_READY:
+      if (cl->state == DCM_CLUSTER_STARTING) {
+        cl->state = DCM_CLUSTER_READY;
+        cl->ready_at = uv_now(cl->a->loop);
+        dcm__info(&cl->a->log, me(cl), "cluster %d ready (%zu shards)", cl->id, cl->nshards);
+        dcm__agent_cluster_changed(cl->a, cl);
+      }
+      break;
+    case DCM_CTL_LINE_FATAL:
+      dcm__agent_cluster_fatal(cl->a, cl, f.code, f.message, f.message_len, f.shard);
+      break;
+    default:
+      dcm__info(&cl->a->log, me(cl), "cluster %d: %.*s%s", cl->id, (int)len, line,
+                cut ? " [line cut]" : "");
+  }
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  dcm__cluster_t *cl = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(cl->rbuf, sizeof cl->rbuf);
+}
+
+static void stdout_done(dcm__cluster_t *cl) {
+  if (cl->out_eof) return;
+  cl->out_eof = 1;
+  dcm__ctl_lines_flush(&cl->lines, on_line, cl);
+  close_run_handle(cl, (uv_handle_t *)&cl->out);
+  if (cl->exited) {
+    uv_timer_stop(&cl->timer);
+    after_exit(cl);
+  }
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__cluster_t *cl = s->data;
+  if (nread > 0) {
+    dcm__ctl_lines_feed(&cl->lines, buf->base, (size_t)nread, on_line, cl);
+  } else if (nread < 0) {
+    stdout_done(cl);
+  }
+}
+
+/* ---- exits and restarts -------------------------------------------------- */
+
+static void drain_cb(uv_timer_t *t) { stdout_done(t->data); }
+
+static void exit_cb(uv_process_t *p, int64_t status, int sig) {
+  dcm__cluster_t *cl = p->data;
+  cl->running = 0;
+  cl->exited = 1;
+  cl->exit_status = (int)status;
+  cl->term_signal = sig;
+  /* Whatever the shell left behind in the group goes with it. */
+  if (cl->pid > 0) kill(-cl->pid, SIGKILL);
+  close_run_handle(cl, (uv_handle_t *)&cl->proc);
+  close_run_handle(cl, (uv_handle_t *)&cl->in);
+  uv_timer_stop(&cl->timer);
+  if (cl->out_eof) {
+    after_exit(cl);
+  } else {
+    /* A FATAL line printed just before the exit may still be in the pipe. */
+    uv_timer_start(&cl->timer, drain_cb, DRAIN_MS, 0);
+  }
+}
+
+static void backoff_cb(uv_timer_t *t) {
+  dcm__cluster_t *cl = t->data;
+  if (cl->run_handles > 0) { /* the last run's handles are still closing */
+    uv_timer_start(&cl->timer, backoff_cb, 10, 0);
+    return;
+  }
+  spawn(cl);
+}
+
+static void describe_exit(const dcm__cluster_t *cl, char *out, size_t n) {
+  if (cl->term_signal)
+    snprintf(out, n, "killed by signal %d", cl->term_signal);
+  else
+    snprintf(out, n, "exit status %d", cl->exit_status);
+}
+
+/* The process is gone and its stdout read: stop, restart or give up. */
+static void after_exit(dcm__cluster_t *cl) {
+  dcm__agent_t *a = cl->a;
+  char how[48];
+  describe_exit(cl, how, sizeof how);
+  if (cl->destroying || cl->state == DCM_CLUSTER_STOPPING) {
+    dcm__info(&a->log, me(cl), "cluster %d stopped (%s)", cl->id, how);
+    destroy(cl);
+    return;
+  }
+  if (cl->state == DCM_CLUSTER_READY && uv_now(a->loop) - cl->ready_at >= STABLE_MS)
+    cl->restarts = 0;
+  if (cl->restarts < DCM_CTL_RESTARTS) {
+    uint64_t wait = ms(a->cfg.restart_backoff) << cl->restarts;
+    cl->restarts++;
+    cl->state = DCM_CLUSTER_BACKOFF;
+    dcm__warn(&a->log, me(cl), "cluster %d crashed (%s); restart %d of %d in %.3gs", cl->id,
+              how, cl->restarts, DCM_CTL_RESTARTS, (double)wait / 1000.0);
+    uv_timer_start(&cl->timer, backoff_cb, wait, 0);
+    dcm__agent_cluster_changed(a, cl);
+  } else {
+    char list[256];
+    dcm__ctl_join(cl->shards, cl->nshards, list, sizeof list);
+    cl->state = DCM_CLUSTER_FAILED;
+    dcm__error(&a->log, me(cl), "cluster %d (shards %s) crashed (%s) after %d restarts; "
+               "giving up on it", cl->id, list[0] ? list : "...", how, DCM_CTL_RESTARTS);
+    dcm__agent_cluster_failed(a, cl);
+  }
+}
+
+/* ---- spawning ------------------------------------------------------------ */
+
+static char *env_entry(const char *key, const char *value) {
+  size_t n = strlen(key) + strlen(value) + 2;
+  char *s = malloc(n);
+  if (s) snprintf(s, n, "%s=%s", key, value);
+  return s;
+}
+
+static void wipe_free(char *s) {
+  if (s == NULL) return;
+  memset(s, 0, strlen(s));
+  free(s);
+}
+
+static void spawn(dcm__cluster_t *cl) {
+  dcm__agent_t *a = cl->a;
+  size_t nbase = 0, listlen = cl->nshards * 12 + 1;
+  char num[32], *ids = malloc(listlen), *own[4] = {NULL, NULL, NULL, NULL};
+  while (a->environ_base[nbase]) nbase++;
+  char **env = calloc(nbase + 5, sizeof *env);
+  int r = UV_ENOMEM;
+  if (ids && env) {
+    dcm__ctl_join(cl->shards, cl->nshards, ids, listlen);
+    own[0] = env_entry("SHARD_IDS", ids);
+    snprintf(num, sizeof num, "%d", a->shard_count);
+    own[1] = env_entry("SHARD_COUNT", num);
+    snprintf(num, sizeof num, "%d", cl->id);
+    own[2] = env_entry("CLUSTER_ID", num);
+    own[3] = env_entry("DISCORD_TOKEN", a->token ? a->token : "");
+    if (own[0] && own[1] && own[2] && own[3]) r = 0;
+  }
+  cl->exited = cl->out_eof = 0;
+  cl->exit_status = cl->term_signal = 0;
+  cl->pid = 0;
+  memset(&cl->lines, 0, sizeof cl->lines);
+  uv_pipe_init(a->loop, &cl->in, 0);
+  uv_pipe_init(a->loop, &cl->out, 0);
+  cl->in.data = cl->out.data = cl->proc.data = cl;
+  cl->run_handles = 2;
+  cl->handles += 2;
+  if (r == 0) {
+    char *args[] = {"/bin/sh", "-c", (char *)a->cfg.cluster_command, NULL};
+    uv_stdio_container_t stdio[3];
+    uv_process_options_t o;
+    memcpy(env, a->environ_base, nbase * sizeof *env);
+    memcpy(env + nbase, own, sizeof own);
+    stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
+    stdio[0].data.stream = (uv_stream_t *)&cl->in;
+    stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[1].data.stream = (uv_stream_t *)&cl->out;
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    memset(&o, 0, sizeof o);
+    o.exit_cb = exit_cb;
+    o.file = "/bin/sh";
+    o.args = args;
+    o.env = env;
+    o.stdio = stdio;
+    o.stdio_count = 3;
+    o.flags = UV_PROCESS_DETACHED; /* setsid: its own process group */
+    r = uv_spawn(a->loop, &cl->proc, &o);
+    /* libuv initialises the handle even when the spawn fails. */
+    cl->run_handles++;
+    cl->handles++;
+  }
+  for (int i = 0; i < 4; i++) wipe_free(own[i]);
+  free(env);
+  if (r == 0) {
+    cl->pid = cl->proc.pid;
+    cl->running = 1;
+    cl->state = DCM_CLUSTER_STARTING;
+    dcm__info(&a->log, me(cl), "cluster %d started: pid %d, shards %s", cl->id, (int)cl->pid,
+              ids);
+    r = uv_read_start((uv_stream_t *)&cl->out, alloc_cb, read_cb);
+    if (r != 0) stdout_done(cl); /* it still runs; its READY cannot be seen */
+    free(ids);
+    dcm__agent_cluster_changed(a, cl);
+    return;
+  }
+  free(ids);
+  dcm__error(&a->log, me(cl), "cluster %d: cannot start: %s", cl->id, uv_strerror(r));
+  if (cl->run_handles == 3) close_run_handle(cl, (uv_handle_t *)&cl->proc);
+  close_run_handle(cl, (uv_handle_t *)&cl->in);
+  close_run_handle(cl, (uv_handle_t *)&cl->out);
+  cl->state = DCM_CLUSTER_STARTING;
+  cl->exited = cl->out_eof = 1;
+  cl->exit_status = r;
+  after_exit(cl);
+}
+
+/* ---- stopping ------------------------------------------------------------ */
+
+static void kill_cb(uv_timer_t *t) {
+  dcm__cluster_t *cl = t->data;
+  if (!cl->running) return;
+  dcm__warn(&cl->a->log, me(cl), "cluster %d did not stop within %.3gs; SIGKILL", cl->id,
+            cl->a->cfg.stop_timeout);
+  kill(-cl->pid, SIGKILL);
+}
+
+void dcm__cluster_stop(dcm__cluster_t *cl) {
+  if (cl->destroying) return;
+  if (cl->running) {
+    cl->state = DCM_CLUSTER_STOPPING;
+    cl->destroying = 1;
+    dcm__info(&cl->a->log, me(cl), "stopping cluster %d (pid %d)", cl->id, (int)cl->pid);
+    kill(-cl->pid, SIGTERM);
+    close_run_handle(cl, (uv_handle_t *)&cl->in);
+    uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
+  } else if (cl->exited && !cl->out_eof) {
+    cl->state = DCM_CLUSTER_STOPPING; /* after_exit finishes it */
+    cl->destroying = 1;
+  } else {
+    destroy(cl);
+  }
+}
+
+void dcm__clusters_kill_all(dcm__agent_t *a) {
+  for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
+    if (cl->running && cl->state == DCM_CLUSTER_STOPPING) kill(-cl->pid, SIGKILL);
+}
+
+void dcm__cluster_retry(dcm__cluster_t *cl) {
+  if (cl->state != DCM_CLUSTER_FAILED || cl->run_handles > 0) return;
+  cl->restarts = 0;
+  dcm__info(&cl->a->log, me(cl), "retrying failed cluster %d on a new connect", cl->id);
+  spawn(cl);
+}

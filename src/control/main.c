@@ -1,0 +1,278 @@
+/*
+ * main.c: the discluster-control CLI: flags and environment into a config,
+ * one agent on a private loop, exit status. Depends on agent.h.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "agent.h"
+#include "discluster/master.h"
+#include "protocol.h"
+
+static const char usage[] =
+    "Usage: discluster-control --master ws://HOST[:PORT][/PATH] --cluster-command CMD [OPTION...]\n"
+    "\n"
+    "The CONTROL agent of one bot machine: connects to a discluster MASTER\n"
+    "(protocol v1) and runs the shards it assigns as cluster processes.\n"
+    "\n"
+    "      --master URL              MASTER's address, ws:// only (env DISCLUSTER_MASTER)\n"
+    "      --id ID                   machine id, [A-Za-z0-9._:-]{1,128} (the hostname)\n"
+    "      --standby                 a spare: no shards unless another machine fails\n"
+    "      --cluster-command CMD     run with /bin/sh -c for each cluster\n"
+    "                                (env DISCLUSTER_CLUSTER_COMMAND)\n"
+    "      --shards-per-cluster N    shards per cluster process; rounded up to a\n"
+    "                                multiple of max_concurrency (10)\n"
+    "      --retry S                 seconds between connection attempts (30)\n"
+    "      --drain-timeout S         on SIGTERM, how long to wait for MASTER to move\n"
+    "                                the shards away (30)\n"
+    "      --stop-timeout S          SIGTERM to SIGKILL for a cluster (5)\n"
+    "      --restart-backoff S       first restart delay of a crashed cluster, doubled\n"
+    "                                for each of its 3 restarts (1)\n"
+    "      --connect-timeout S       TCP connect plus upgrade plus initialise (10)\n"
+    "      --log-format text|json    log line format (text)\n"
+    "      --log-level debug|info|warn|error\n"
+    "                                lowest level logged (info)\n"
+    "  -h, --help                    print this help and exit\n"
+    "  -V, --version                 print the version and exit\n"
+    "\n"
+    "Times are seconds and may be fractions (0.25). The shared secret comes from\n"
+    "DISCLUSTER_AUTH and goes in the upgrade's Authorization header.\n"
+    "Clusters get SHARD_IDS (comma-separated), SHARD_COUNT, CLUSTER_ID and\n"
+    "DISCORD_TOKEN; a line READY on stdout means connected, a line\n"
+    "FATAL <code> [shard=<id>] <message> stops the whole fleet.\n"
+    "Signals: SIGTERM/SIGINT offload the shards to other machines, then stop (a\n"
+    "second one stops at once). Exit status: 0 after a stop, 1 on a runtime\n"
+    "error, 2 on bad usage.\n";
+
+enum {
+  OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_RETRY, OPT_DRAIN,
+  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_LFORMAT, OPT_LLEVEL
+};
+
+static const struct option longopts[] = {
+    {"master", required_argument, NULL, OPT_MASTER},
+    {"id", required_argument, NULL, OPT_ID},
+    {"standby", no_argument, NULL, OPT_STANDBY},
+    {"cluster-command", required_argument, NULL, OPT_COMMAND},
+    {"shards-per-cluster", required_argument, NULL, OPT_PER},
+    {"retry", required_argument, NULL, OPT_RETRY},
+    {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+    {"stop-timeout", required_argument, NULL, OPT_STOP},
+    {"restart-backoff", required_argument, NULL, OPT_BACKOFF},
+    {"connect-timeout", required_argument, NULL, OPT_CONNECT},
+    {"log-format", required_argument, NULL, OPT_LFORMAT},
+    {"log-level", required_argument, NULL, OPT_LLEVEL},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0}};
+
+static int fail(const char *fmt, const char *a, const char *b) {
+  fprintf(stderr, "discluster-control: ");
+  fprintf(stderr, fmt, a, b);
+  fprintf(stderr, "\n");
+  return -1;
+}
+
+static int parse_seconds(const char *flag, const char *v, double min, double *out) {
+  char *end;
+  errno = 0;
+  double d = strtod(v, &end);
+  if (errno || end == v || *end || !isfinite(d) || d < min || d > 86400.0 * 365)
+    return fail("--%s: '%s' is not a usable number of seconds", flag, v);
+  *out = d;
+  return 0;
+}
+
+/* ws://HOST[:PORT][/PATH]; HOST may be [IPv6]. */
+static int parse_url(const char *url, dcm__ctl_url_t *u) {
+  const char *p = url, *host, *hend, *rest;
+  if (strncasecmp(p, "wss://", 6) == 0)
+    return fail("--master %s: wss:// is not supported (no TLS here); "
+                "put a TLS terminator in front of MASTER or use a private network%s", url, "");
+  if (strncasecmp(p, "ws://", 5) != 0) return fail("--master %s: must start with ws://%s", url, "");
+  p += 5;
+  if (*p == '[') {
+    host = p + 1;
+    hend = strchr(host, ']');
+    if (hend == NULL) return fail("--master %s: unclosed [ in the host%s", url, "");
+    rest = hend + 1;
+  } else {
+    host = p;
+    hend = p + strcspn(p, ":/");
+    rest = hend;
+  }
+  size_t hl = (size_t)(hend - host);
+  if (hl == 0 || hl >= sizeof u->host) return fail("--master %s: bad host%s", url, "");
+  memcpy(u->host, host, hl);
+  u->host[hl] = '\0';
+  u->port = 8642;
+  if (*rest == ':') {
+    char *end;
+    long port = strtol(rest + 1, &end, 10);
+    if (end == rest + 1 || port < 1 || port > 65535 || (*end && *end != '/'))
+      return fail("--master %s: bad port%s", url, "");
+    u->port = (int)port;
+    rest = end;
+  } else if (*rest && *rest != '/') {
+    return fail("--master %s: bad host%s", url, "");
+  }
+  if (*rest == '\0') rest = "/";
+  if (strlen(rest) >= sizeof u->path || strpbrk(rest, " \r\n\t"))
+    return fail("--master %s: bad path%s", url, "");
+  snprintf(u->path, sizeof u->path, "%s", rest);
+  snprintf(u->hostport, sizeof u->hostport, "%s%s%s:%d", *p == '[' ? "[" : "", u->host,
+           *p == '[' ? "]" : "", u->port);
+  return 0;
+}
+
+/* The hostname, with characters outside the id alphabet replaced by '-'. */
+static void default_id(char *out, size_t n) {
+  char host[256];
+  size_t len = sizeof host;
+  if (uv_os_gethostname(host, &len) != 0 || len == 0) snprintf(host, sizeof host, "control");
+  snprintf(out, n, "%.128s", host);
+  for (char *s = out; *s; s++)
+    if (!dcm__valid_id(s, 1)) *s = '-';
+}
+
+typedef struct {
+  dcm__ctl_config_t cfg;
+  dcm_log_level level;
+  dcm_log_format format;
+} args_t;
+
+/* Returns 0 to run, 1 to exit 0 (help, version), -1 on bad usage. */
+static int parse_args(int argc, char **argv, args_t *a) {
+  const char *master = getenv("DISCLUSTER_MASTER");
+  const char *command = getenv("DISCLUSTER_CLUSTER_COMMAND");
+  dcm__ctl_config_t *c = &a->cfg;
+  int opt;
+  long per;
+  char *end;
+  memset(a, 0, sizeof *a);
+  c->shards_per_cluster = 10;
+  c->retry = 30;
+  c->drain_timeout = 30;
+  c->stop_timeout = 5;
+  c->restart_backoff = 1;
+  c->connect_timeout = 10;
+  a->level = DCM_LOG_INFO;
+  a->format = DCM_LOG_TEXT;
+  default_id(c->id, sizeof c->id);
+  opterr = 0;
+  while ((opt = getopt_long(argc, argv, ":hV", longopts, NULL)) != -1) {
+    const char *v = optarg;
+    switch (opt) {
+      case 'h':
+        fputs(usage, stdout);
+        return 1;
+      case 'V':
+        printf("discluster-control %s (protocol %d)\n", DCM_VERSION, DCM_PROTOCOL_VERSION);
+        return 1;
+      case OPT_MASTER: master = v; break;
+      case OPT_ID:
+        if (!dcm__valid_id(v, strlen(v)))
+          return fail("--id '%s': must be 1-128 characters of [A-Za-z0-9._:-]%s", v, "");
+        snprintf(c->id, sizeof c->id, "%s", v);
+        break;
+      case OPT_STANDBY: c->standby = 1; break;
+      case OPT_COMMAND: command = v; break;
+      case OPT_PER:
+        errno = 0;
+        per = strtol(v, &end, 10);
+        if (errno || end == v || *end || per < 1 || per > 100000)
+          return fail("--shards-per-cluster '%s': must be an integer from 1 to 100000%s", v, "");
+        c->shards_per_cluster = (size_t)per;
+        break;
+      case OPT_RETRY: if (parse_seconds("retry", v, 0.01, &c->retry)) return -1; break;
+      case OPT_DRAIN: if (parse_seconds("drain-timeout", v, 0, &c->drain_timeout)) return -1; break;
+      case OPT_STOP: if (parse_seconds("stop-timeout", v, 0, &c->stop_timeout)) return -1; break;
+      case OPT_BACKOFF:
+        if (parse_seconds("restart-backoff", v, 0, &c->restart_backoff)) return -1;
+        break;
+      case OPT_CONNECT:
+        if (parse_seconds("connect-timeout", v, 0.01, &c->connect_timeout)) return -1;
+        break;
+      case OPT_LFORMAT:
+        if (strcmp(v, "text") == 0) a->format = DCM_LOG_TEXT;
+        else if (strcmp(v, "json") == 0) a->format = DCM_LOG_JSON;
+        else return fail("--log-format '%s': must be text or json%s", v, "");
+        break;
+      case OPT_LLEVEL: {
+        static const char *const names[] = {"debug", "info", "warn", "error"};
+        int found = -1;
+        for (int i = 0; i < 4; i++)
+          if (strcmp(v, names[i]) == 0) found = i;
+        if (found < 0) return fail("--log-level '%s': must be debug, info, warn or error%s", v, "");
+        a->level = (dcm_log_level)found;
+        break;
+      }
+      case ':':
+        return fail("%s needs a value%s", argv[optind - 1], "");
+      default:
+        return fail("unknown option '%s' (see --help)%s", argv[optind - 1], "");
+    }
+  }
+  if (optind < argc) return fail("unexpected argument '%s' (see --help)%s", argv[optind], "");
+  if (master == NULL || *master == '\0') return fail("--master is required (see --help)%s%s", "", "");
+  if (command == NULL || *command == '\0')
+    return fail("--cluster-command is required (see --help)%s%s", "", "");
+  if (parse_url(master, &c->master) != 0) return -1;
+  c->cluster_command = command;
+  return 0;
+}
+
+static void report_handle(uv_handle_t *h, void *arg) {
+  (void)arg;
+  fprintf(stderr, "discluster-control: handle still open at exit: %s\n",
+          uv_handle_type_name(uv_handle_get_type(h)));
+}
+
+int main(int argc, char **argv) {
+  args_t args;
+  dcm__agent_t agent;
+  uv_loop_t loop;
+  char *auth = NULL;
+  int status = 0;
+
+  signal(SIGPIPE, SIG_IGN);
+  int r = parse_args(argc, argv, &args);
+  if (r != 0) return r > 0 ? (fflush(stdout) == 0 ? 0 : 1) : 2;
+  const char *secret = getenv("DISCLUSTER_AUTH");
+  if (secret && *secret) {
+    if (strpbrk(secret, "\r\n")) {
+      fprintf(stderr, "discluster-control: DISCLUSTER_AUTH must be one line\n");
+      return 2;
+    }
+    auth = strdup(secret);
+    if (auth == NULL) return 1;
+    args.cfg.auth = auth;
+  }
+  if (uv_loop_init(&loop) != 0) return 1;
+  r = dcm__agent_init(&agent, &loop, &args.cfg, args.level, args.format);
+  if (r != 0) {
+    fprintf(stderr, "discluster-control: %s\n", dcm_strerror(r));
+    status = 1; /* init made no handles: it fails before them */
+  } else {
+    dcm__agent_start(&agent);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    status = agent.exit_status;
+  }
+  r = uv_loop_close(&loop);
+  if (r != 0) {
+    uv_walk(&loop, report_handle, NULL);
+    if (status == 0) status = 1;
+  }
+  dcm__agent_free(&agent);
+  if (auth) {
+    memset(auth, 0, strlen(auth));
+    free(auth);
+  }
+  return status;
+}

@@ -1,0 +1,252 @@
+/* packets.c: see packets.h. */
+#include "packets.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+#define FAIL(code, ...) \
+  do { snprintf(err, errlen, __VA_ARGS__); return (code); } while (0)
+
+void dcm__ctl_packet_clear(dcm__ctl_packet_t *p) {
+  if (p->token) {
+    memset(p->token, 0, strlen(p->token));
+    free(p->token);
+  }
+  free(p->shards);
+  p->token = NULL;
+  p->shards = NULL;
+  p->nshards = 0;
+}
+
+static int int_field(lua_State *L, int d, const char *key, long long lo, long long hi,
+                     long long *out) {
+  int ok = dcm__json_field(L, d, key) == LUA_TNUMBER && dcm__json_tointeger(L, -1, out) &&
+           *out >= lo && *out <= hi;
+  lua_pop(L, 1);
+  return ok;
+}
+
+/* Copies an optional string field into out; 0 if present but not a string. */
+static int str_field(lua_State *L, int d, const char *key, char *out, size_t n) {
+  int t = dcm__json_field(L, d, key);
+  if (t == LUA_TSTRING) snprintf(out, n, "%s", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  return t == LUA_TSTRING || t == LUA_TNIL;
+}
+
+static int decode_initialise(lua_State *L, int d, dcm__ctl_packet_t *p, char *err,
+                             size_t errlen) {
+  long long v;
+  size_t n;
+  if (!int_field(L, d, "protocol", 0, 1000000, &v))
+    FAIL(DCM_ERR_MALFORMED, "initialise: d.protocol must be an integer");
+  p->protocol = (int)v;
+  int t = dcm__json_field(L, d, "token");
+  if (t != LUA_TSTRING && t != LUA_TNIL) FAIL(DCM_ERR_MALFORMED, "initialise: d.token must be a string");
+  const char *tok = t == LUA_TSTRING ? lua_tolstring(L, -1, &n) : "";
+  if (t == LUA_TNIL) n = 0;
+  if (n > DCM_CTL_TOKEN_MAX || memchr(tok, '\0', n) != NULL)
+    FAIL(DCM_ERR_MALFORMED, "initialise: d.token is not a usable token");
+  p->token = malloc(n + 1);
+  if (p->token == NULL) FAIL(DCM_ERR_MALFORMED, "out of memory");
+  memcpy(p->token, tok, n + 1);
+  lua_pop(L, 1);
+  if (!int_field(L, d, "heartbeat_interval", 1, 86400000LL, &v))
+    FAIL(DCM_ERR_MALFORMED, "initialise: d.heartbeat_interval must be a positive integer (ms)");
+  p->heartbeat_ms = v;
+  if (!int_field(L, d, "shard_count", 1, 1 << 20, &v))
+    FAIL(DCM_ERR_MALFORMED, "initialise: d.shard_count must be an integer >= 1");
+  p->shard_count = (int)v;
+  p->max_concurrency = 1;
+  t = dcm__json_field(L, d, "max_concurrency");
+  lua_pop(L, 1);
+  if (t != LUA_TNIL) {
+    if (!int_field(L, d, "max_concurrency", 0, 1 << 20, &v))
+      FAIL(DCM_ERR_MALFORMED, "initialise: d.max_concurrency must be an integer");
+    p->max_concurrency = v > 0 ? (int)v : 1;
+  }
+  return 0;
+}
+
+static int decode_connect(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char *err,
+                          size_t errlen) {
+  size_t n;
+  long long v;
+  dcm__json_field(L, d, "shards");
+  if (!dcm__json_isarray(L, -1, &n)) FAIL(DCM_ERR_MALFORMED, "connect: d.shards must be an array");
+  if (n > max) FAIL(DCM_ERR_MALFORMED, "connect: d.shards has %zu entries, more than %zu", n, max);
+  p->shards = malloc((n ? n : 1) * sizeof *p->shards);
+  if (p->shards == NULL) FAIL(DCM_ERR_MALFORMED, "out of memory");
+  p->nshards = n;
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i + 1);
+    if (!dcm__json_tointeger(L, -1, &v) || v < 0 || v > 0x7fffffff)
+      FAIL(DCM_ERR_MALFORMED, "connect: d.shards[%zu] is not a shard id", i);
+    p->shards[i] = (int)v;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  int t = dcm__json_field(L, d, "redundant");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN) FAIL(DCM_ERR_MALFORMED, "connect: d.redundant must be a boolean");
+  p->redundant = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int decode_d(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char *err,
+                    size_t errlen) {
+  long long v;
+  switch (p->op) {
+    case DCM_OP_INITIALISE:
+      return decode_initialise(L, d, p, err, errlen);
+    case DCM_OP_CONNECT:
+      return decode_connect(L, d, max, p, err, errlen);
+    case DCM_OP_ACK:
+      if (!int_field(L, d, "o", 0, 255, &v)) FAIL(DCM_ERR_MALFORMED, "ack: d.o must be an opcode");
+      p->ack_op = (int)v;
+      return 0;
+    case DCM_OP_ERROR:
+    case DCM_OP_SHUTDOWN:
+      /* Lenient: a stop or an error report must never be lost to a bad field. */
+      if (int_field(L, d, "code", -0x80000000LL, 0x7fffffffLL, &v)) p->code = (int)v;
+      if (!str_field(L, d, p->op == DCM_OP_ERROR ? "message" : "reason", p->message,
+                     sizeof p->message))
+        p->message[0] = '\0';
+      return 0;
+    default: /* info request, command, and C->M opcodes the caller ignores */
+      return 0;
+  }
+}
+
+int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards,
+                    dcm__ctl_packet_t *p, char *err, size_t errlen) {
+  long long op;
+  int r;
+  memset(p, 0, sizeof *p);
+  err[0] = '\0';
+  int top = lua_gettop(L);
+  if (dcm__json_decode(L, buf, len) != 0) {
+    snprintf(err, errlen, "not valid JSON");
+    r = DCM_ERR_MALFORMED;
+  } else if (!dcm__json_isobject(L, -1)) {
+    snprintf(err, errlen, "a packet must be a JSON object");
+    r = DCM_ERR_MALFORMED;
+  } else if (dcm__json_field(L, top + 1, "o") != LUA_TNUMBER ||
+             !dcm__json_tointeger(L, -1, &op)) {
+    snprintf(err, errlen, "\"o\" must be an integer");
+    r = DCM_ERR_MALFORMED;
+  } else if (op < 0 || op > DCM_OP_READY) {
+    snprintf(err, errlen, "unknown opcode %lld", op);
+    r = DCM_ERR_UNKNOWN_OP;
+  } else if (dcm__json_field(L, top + 1, "d") != LUA_TTABLE || !dcm__json_isobject(L, -1)) {
+    p->op = (int)op;
+    snprintf(err, errlen, "\"d\" must be an object");
+    r = DCM_ERR_MALFORMED;
+  } else {
+    p->op = (int)op;
+    r = decode_d(L, lua_gettop(L), max_shards, p, err, errlen);
+  }
+  lua_settop(L, top);
+  if (r != 0) dcm__ctl_packet_clear(p);
+  return r;
+}
+
+/* Wraps the d table on top of the stack into {"o": op, "d": d}, encodes. */
+static const char *finish(lua_State *L, int op, size_t *len) {
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, op);
+  lua_setfield(L, -2, "o");
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "d");
+  const char *s = dcm__json_encode(L, -1, len);
+  if (s == NULL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  lua_remove(L, -2);
+  return s;
+}
+
+const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
+                              int standby, const int *shards, size_t n,
+                              const char *version, size_t *len) {
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, cores);
+  lua_setfield(L, -2, "cores");
+  lua_pushnumber(L, loadavg);
+  lua_setfield(L, -2, "loadavg");
+  lua_pushboolean(L, standby);
+  lua_setfield(L, -2, "standby");
+  dcm__json_push_int_array(L, shards, n);
+  lua_setfield(L, -2, "shards");
+  if (version) {
+    lua_pushstring(L, version);
+    lua_setfield(L, -2, "version");
+  }
+  return finish(L, DCM_OP_INFO, len);
+}
+
+const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
+                                   const dcm__ctl_failed_t *failed, size_t nfailed,
+                                   size_t *len) {
+  lua_createtable(L, 0, 2);
+  lua_pushnumber(L, loadavg);
+  lua_setfield(L, -2, "loadavg");
+  if (nfailed == 0) {
+    dcm__json_push_empty_array(L);
+  } else {
+    lua_createtable(L, (int)nfailed, 0);
+    for (size_t i = 0; i < nfailed; i++) {
+      lua_createtable(L, 0, 4);
+      lua_pushinteger(L, failed[i].cluster);
+      lua_setfield(L, -2, "cluster");
+      dcm__json_push_int_array(L, failed[i].shards, failed[i].nshards);
+      lua_setfield(L, -2, "shards");
+      lua_pushinteger(L, failed[i].exit_status);
+      lua_setfield(L, -2, "exit");
+      lua_pushinteger(L, failed[i].term_signal);
+      lua_setfield(L, -2, "signal");
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+  }
+  lua_setfield(L, -2, "failed_clusters");
+  return finish(L, DCM_OP_HEARTBEAT, len);
+}
+
+const char *dcm__ctl_enc_ack(lua_State *L, int op, size_t *len) {
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, op);
+  lua_setfield(L, -2, "o");
+  return finish(L, DCM_OP_ACK, len);
+}
+
+const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len) {
+  lua_createtable(L, 0, 1);
+  dcm__json_push_int_array(L, shards, n);
+  lua_setfield(L, -2, "shards");
+  return finish(L, DCM_OP_READY, len);
+}
+
+const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
+                               size_t *len) {
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, code);
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, message);
+  lua_setfield(L, -2, "message");
+  if (shard >= 0) {
+    lua_pushinteger(L, shard);
+    lua_setfield(L, -2, "shard");
+  }
+  return finish(L, DCM_OP_FATAL, len);
+}
+
+const char *dcm__ctl_enc_offload(lua_State *L, size_t *len) {
+  lua_createtable(L, 0, 0);
+  return finish(L, DCM_OP_OFFLOAD, len);
+}

@@ -1,0 +1,71 @@
+/*
+ * packets.h: protocol v1 as the CONTROL side sees it: decoding what MASTER
+ * sends (info request, initialise, connect, error, ack, shutdown, command)
+ * and encoding what CONTROL sends (info, heartbeat, ack, ready, fatal,
+ * offload). Opcodes come from the core's protocol.h; JSON goes through
+ * lua-cjson (json.h). Pure: no sockets.
+ */
+#ifndef DCM_CTL_PACKETS_H
+#define DCM_CTL_PACKETS_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "protocol.h"
+
+#define DCM_CTL_TOKEN_MAX 1024
+
+typedef struct {
+  int op;
+  /* initialise */
+  int protocol;
+  char *token; /* malloc'd; the receiver may take it (set to NULL) */
+  long long heartbeat_ms;
+  int shard_count;
+  int max_concurrency;
+  /* connect */
+  int *shards;
+  size_t nshards;
+  int redundant;
+  /* error (code, message), shutdown (code, reason in message) */
+  int code;
+  char message[DCM_MESSAGE_MAX + 1];
+  /* ack */
+  int ack_op;
+} dcm__ctl_packet_t;
+
+/*
+ * Decodes one message from MASTER. Returns 0; DCM_ERR_MALFORMED or
+ * DCM_ERR_UNKNOWN_OP with a reason in err. max_shards bounds connect's
+ * array. Release with dcm__ctl_packet_clear (it wipes the token).
+ */
+int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards,
+                    dcm__ctl_packet_t *p, char *err, size_t errlen);
+void dcm__ctl_packet_clear(dcm__ctl_packet_t *p);
+
+/* One crashed-for-good cluster, for the heartbeat's failed_clusters. */
+typedef struct {
+  int cluster;
+  const int *shards;
+  size_t nshards;
+  int exit_status;
+  int term_signal;
+} dcm__ctl_failed_t;
+
+/*
+ * Encoders. Each returns the JSON text, valid until the caller resets L's
+ * stack (lua_settop(L, 0)), or NULL on memory exhaustion.
+ */
+const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
+                              int standby, const int *shards, size_t n,
+                              const char *version, size_t *len);
+const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
+                                   const dcm__ctl_failed_t *failed, size_t nfailed,
+                                   size_t *len);
+const char *dcm__ctl_enc_ack(lua_State *L, int op, size_t *len);
+const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len);
+const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
+                               size_t *len);
+const char *dcm__ctl_enc_offload(lua_State *L, size_t *len);
+
+#endif

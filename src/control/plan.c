@@ -1,0 +1,146 @@
+/* plan.c: see plan.h. */
+#include "plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_int(const void *a, const void *b) {
+  int p = *(const int *)a, q = *(const int *)b;
+  return (p > q) - (p < q);
+}
+
+size_t dcm__ctl_sort_unique(int *v, size_t n) {
+  if (n == 0) return 0;
+  qsort(v, n, sizeof *v, cmp_int);
+  size_t k = 1;
+  for (size_t i = 1; i < n; i++)
+    if (v[i] != v[k - 1]) v[k++] = v[i];
+  return k;
+}
+
+size_t dcm__ctl_group_size(size_t per, int max_concurrency) {
+  size_t k = max_concurrency > 1 ? (size_t)max_concurrency : 1;
+  if (per < 1) per = 1;
+  return (per + k - 1) / k * k;
+}
+
+static int contains(const int *s, size_t n, int x) {
+  return bsearch(&x, s, n, sizeof *s, cmp_int) != NULL;
+}
+
+int dcm__ctl_subset(const int *g, size_t n, const int *s, size_t ns) {
+  for (size_t i = 0; i < n; i++)
+    if (!contains(s, ns, g[i])) return 0;
+  return 1;
+}
+
+size_t dcm__ctl_rest(const int *want, size_t nwant, const int *const *groups,
+                     const size_t *ngroups, size_t nkept, int *rest) {
+  size_t k = 0;
+  for (size_t i = 0; i < nwant; i++) {
+    int kept = 0;
+    for (size_t g = 0; g < nkept && !kept; g++) kept = contains(groups[g], ngroups[g], want[i]);
+    if (!kept) rest[k++] = want[i];
+  }
+  return k;
+}
+
+size_t dcm__ctl_join(const int *v, size_t n, char *out, size_t len) {
+  size_t o = 0;
+  if (len == 0) return 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    int w = snprintf(out + o, len - o, "%s%d", i ? "," : "", v[i]);
+    if (w < 0 || (size_t)w >= len - o) {
+      out[0] = '\0';
+      return 0;
+    }
+    o += (size_t)w;
+  }
+  return o;
+}
+
+/* Parses a decimal int at *p (optional '-'); advances *p. */
+static int parse_int(const char **p, const char *end, long long lo, long long hi, int *out) {
+  const char *s = *p;
+  int neg = 0;
+  long long v = 0;
+  if (s < end && *s == '-') {
+    neg = 1;
+    s++;
+  }
+  const char *digits = s;
+  while (s < end && *s >= '0' && *s <= '9') {
+    v = v * 10 + (*s - '0');
+    if (v > 0x7fffffffLL + 1) return 0;
+    s++;
+  }
+  if (s == digits) return 0;
+  if (neg) v = -v;
+  if (v < lo || v > hi) return 0;
+  *out = (int)v;
+  *p = s;
+  return 1;
+}
+
+dcm__ctl_line_kind dcm__ctl_parse_line(const char *line, size_t len,
+                                       dcm__ctl_fatal_t *fatal) {
+  while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
+    len--;
+  if (len == 5 && memcmp(line, "READY", 5) == 0) return DCM_CTL_LINE_READY;
+  if (len < 7 || memcmp(line, "FATAL ", 6) != 0) return DCM_CTL_LINE_OTHER;
+  const char *p = line + 6, *end = line + len;
+  dcm__ctl_fatal_t f = {0, -1, "", 0};
+  if (!parse_int(&p, end, -0x80000000LL, 0x7fffffffLL, &f.code)) return DCM_CTL_LINE_OTHER;
+  if (p < end && *p != ' ') return DCM_CTL_LINE_OTHER;
+  while (p < end && *p == ' ') p++;
+  if (end - p > 6 && memcmp(p, "shard=", 6) == 0) {
+    const char *q = p + 6;
+    int shard;
+    if (parse_int(&q, end, 0, 0x7fffffffLL, &shard) && (q == end || *q == ' ')) {
+      f.shard = shard;
+      p = q;
+      while (p < end && *p == ' ') p++;
+    }
+  }
+  f.message = p;
+  f.message_len = (size_t)(end - p);
+  if (fatal) *fatal = f;
+  return DCM_CTL_LINE_FATAL;
+}
+
+void dcm__ctl_lines_feed(dcm__ctl_lines_t *ls, const char *data, size_t n,
+                         dcm__ctl_line_cb cb, void *arg) {
+  while (n > 0) {
+    const char *nl = memchr(data, '\n', n);
+    size_t take = nl ? (size_t)(nl - data) : n;
+    if (!ls->discarding) {
+      size_t room = sizeof ls->buf - ls->len;
+      size_t k = take < room ? take : room;
+      memcpy(ls->buf + ls->len, data, k);
+      ls->len += k;
+      if (take > k || (!nl && ls->len == sizeof ls->buf)) {
+        /* Over the bound: hand over what fits, drop the rest of the line. */
+        cb(arg, ls->buf, ls->len, 1);
+        ls->len = 0;
+        ls->discarding = 1;
+      }
+    }
+    if (nl == NULL) return;
+    if (ls->discarding) {
+      ls->discarding = 0;
+    } else {
+      cb(arg, ls->buf, ls->len, 0);
+      ls->len = 0;
+    }
+    data += take + 1;
+    n -= take + 1;
+  }
+}
+
+void dcm__ctl_lines_flush(dcm__ctl_lines_t *ls, dcm__ctl_line_cb cb, void *arg) {
+  if (ls->len > 0 && !ls->discarding) cb(arg, ls->buf, ls->len, 0);
+  ls->len = 0;
+  ls->discarding = 0;
+}

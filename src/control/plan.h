@@ -1,0 +1,70 @@
+/*
+ * plan.h: the agent's pure helpers, kept apart so unit tests can drive them
+ * without processes or sockets: turning an assignment into shard groups
+ * (one cluster each), and the cluster stdout line contract (READY, FATAL).
+ * No I/O, no libuv.
+ */
+#ifndef DCM_CTL_PLAN_H
+#define DCM_CTL_PLAN_H
+
+#include <stddef.h>
+
+/* Longest stdout line kept from a cluster; the rest of a longer line is cut. */
+#define DCM_CTL_LINE_MAX 4096
+
+/* Sorts v and drops duplicates; returns the new length. */
+size_t dcm__ctl_sort_unique(int *v, size_t n);
+
+/* Group size: per rounded up to a multiple of max_concurrency (>= 1). */
+size_t dcm__ctl_group_size(size_t per, int max_concurrency);
+
+/* 1 if every element of sorted group g (n) is in sorted set s (ns). */
+int dcm__ctl_subset(const int *g, size_t n, const int *s, size_t ns);
+
+/*
+ * Writes into rest the elements of sorted want that are in none of the
+ * kept groups (each sorted); returns how many. rest has room for nwant.
+ */
+size_t dcm__ctl_rest(const int *want, size_t nwant, const int *const *groups,
+                     const size_t *ngroups, size_t nkept, int *rest);
+
+/* "0,1,2" into out (len bytes, NUL-terminated); returns the length, or 0
+ * with out = "" when it does not fit. */
+size_t dcm__ctl_join(const int *v, size_t n, char *out, size_t len);
+
+typedef enum {
+  DCM_CTL_LINE_OTHER = 0, /* ordinary output */
+  DCM_CTL_LINE_READY,     /* "READY" */
+  DCM_CTL_LINE_FATAL      /* "FATAL <code> [shard=<id>] <message>" */
+} dcm__ctl_line_kind;
+
+typedef struct {
+  int code;
+  int shard;          /* -1 when absent */
+  const char *message; /* points into the line */
+  size_t message_len;
+} dcm__ctl_fatal_t;
+
+/* Classifies one line (no newline; a trailing \r and blanks are ignored). */
+dcm__ctl_line_kind dcm__ctl_parse_line(const char *line, size_t len,
+                                       dcm__ctl_fatal_t *fatal);
+
+/*
+ * A bounded line splitter: feed bytes, get whole lines through cb. A line
+ * longer than DCM_CTL_LINE_MAX is delivered cut at that length and the
+ * rest of it is dropped.
+ */
+typedef struct {
+  char buf[DCM_CTL_LINE_MAX];
+  size_t len;
+  int discarding;
+} dcm__ctl_lines_t;
+
+typedef void (*dcm__ctl_line_cb)(void *arg, const char *line, size_t len, int cut);
+
+void dcm__ctl_lines_feed(dcm__ctl_lines_t *ls, const char *data, size_t n,
+                         dcm__ctl_line_cb cb, void *arg);
+/* Delivers a last unterminated line, if any (at EOF). */
+void dcm__ctl_lines_flush(dcm__ctl_lines_t *ls, dcm__ctl_line_cb cb, void *arg);
+
+#endif
