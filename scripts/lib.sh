@@ -3,7 +3,7 @@
 
 DCM_PACKAGES="build-essential cmake pkg-config libuv1-dev libwslay-dev libhttp-parser-dev
 libcurl4-openssl-dev liblua5.4-dev lua5.4 lua-cjson-dev lua-busted python3
-python3-websockets curl procps"
+python3-websockets curl procps valgrind"
 
 # Installs the missing packages only; apt-get update runs only when needed.
 dcm_install_deps() {

@@ -1,0 +1,49 @@
+"""MASTER under valgrind: a short life with CONTROLs, bad input and a stop
+must end with no memory error, no leak and every handle closed (exit 0).
+Skipped in the sanitizer build, where ASan plays this part.
+"""
+import asyncio
+import os
+import shutil
+import unittest
+
+import harness
+from harness import Control, Master, raw_request, run, status
+
+VALGRIND = shutil.which("valgrind")
+
+
+@unittest.skipIf(os.environ.get("DCM_SANITIZED") == "1" or not VALGRIND,
+                 "valgrind does not run beside ASan, or is missing")
+class Valgrind(unittest.TestCase):
+
+    def test_clean_exit_under_valgrind(self):
+        real = harness.BIN
+        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
+              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
+              real]
+        harness.BIN = vg[0]
+        try:
+            with Master(*vg[1:], "--shards", "4", "--expected-machines", "2",
+                        "--collect-window", "30", "--heartbeat-interval", "1",
+                        "--heartbeat-grace", "2", "--reconnect-grace", "0.5") as m:
+                async def go():
+                    a, b = Control(m, "a"), Control(m, "b")
+                    await a.start()
+                    await b.start()
+                    await a.next_connect(20)
+                    await b.next_connect(20)
+                    await a.ws.send("not json")
+                    await a.drop()
+                    await b.next_connect(20)
+                    await b.close()
+                run(go())
+                raw_request(m.port, b"GET /nope HTTP/1.1\r\n\r\n")
+                self.assertEqual(status(m)["state"], "running")
+                self.assertEqual(m.stop(60), 0)
+        finally:
+            harness.BIN = real
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
