@@ -1,0 +1,134 @@
+"""Policies on a running MASTER: a user policy decides, SIGHUP reloads it
+transactionally (a broken file keeps the previous one), a reload alone moves
+no shard, and a policy that misbehaves at call time falls back to the
+default while MASTER keeps serving.
+"""
+import asyncio
+import os
+import signal
+import tempfile
+import unittest
+
+from harness import Control, Master, http_get, machine, run, status
+
+ALL_TO_FIRST = """
+-- every shard to the machine with the lowest id
+return {
+  allocate = function(machines, ctx)
+    table.sort(machines, function(a, b) return a.id < b.id end)
+    local list = {}
+    for s = 0, ctx.shard_count - 1 do list[#list + 1] = s end
+    return { [machines[1].id] = list }
+  end,
+}
+"""
+
+FAILOVER_TO_LAST = """
+-- a dead machine's shards all go to the live machine with the highest id
+return {
+  failover = function(dead, machines, ctx)
+    table.sort(machines, function(a, b) return a.id > b.id end)
+    return { [machines[1].id] = dead.shards }
+  end,
+}
+"""
+
+BROKEN = "return { allocate = function( }"
+
+BAD_RESULT = """
+-- passes the load-time self-check, misbehaves on the real machine "a"
+return {
+  failover = function(dead, machines, ctx)
+    if dead.id == "a" then return { ["no-such-machine"] = dead.shards } end
+    return { [machines[1].id] = dead.shards }
+  end,
+}
+"""
+
+
+class PolicyReload(unittest.TestCase):
+
+    def setUp(self):
+        fd, self.path = tempfile.mkstemp(suffix=".lua")
+        os.close(fd)
+        self.write(ALL_TO_FIRST)
+
+    def tearDown(self):
+        os.unlink(self.path)
+
+    def write(self, text):
+        with open(self.path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.path + ".tmp", self.path)
+
+    def test_user_policy_reload_and_rollback(self):
+        with Master("--shards", "6", "--expected-machines", "3", "--collect-window", "30",
+                    "--heartbeat-interval", "1", "--heartbeat-grace", "1",
+                    "--reconnect-grace", "0.3", "--policy", self.path) as m:
+            async def go():
+                a, b, c = Control(m, "a"), Control(m, "b"), Control(m, "c")
+                for x in (a, b, c):
+                    await x.start()
+                self.assertEqual((await a.next_connect())["shards"], list(range(6)))
+                self.assertEqual((await b.next_connect())["shards"], [])
+                self.assertEqual((await c.next_connect())["shards"], [])
+
+                # a good reload: nothing moves until the next decision
+                mark = m.mark()
+                self.write(FAILOVER_TO_LAST)
+                m.signal(signal.SIGHUP)
+                m.wait_log(r"policy reloaded from", 5, mark)
+                await b.no_connect(0.3)
+                await c.no_connect(0.1)
+
+                # a broken file: the previous generation stays
+                mark = m.mark()
+                self.write(BROKEN)
+                m.signal(signal.SIGHUP)
+                line = m.wait_log(r"error", 5, mark)
+                self.assertIn(os.path.basename(self.path), line)
+                self.assertEqual(http_get(m.port, "/healthz")[0], 200)
+
+                # the next decision uses FAILOVER_TO_LAST: all of a's shards to c
+                await a.drop()
+                self.assertEqual((await c.next_connect(4))["shards"], list(range(6)))
+                await b.no_connect(0.3)
+                for x in (b, c):
+                    await x.close()
+            run(go())
+            self.assertEqual(m.stop(), 0)
+
+    def test_bad_result_falls_back_to_the_default(self):
+        self.write(BAD_RESULT)
+        with Master("--shards", "4", "--expected-machines", "3", "--collect-window", "30",
+                    "--heartbeat-interval", "1", "--heartbeat-grace", "1",
+                    "--reconnect-grace", "0.3", "--policy", self.path) as m:
+            async def go():
+                a, b = Control(m, "a"), Control(m, "b")
+                s = Control(m, "s", standby=True)
+                for x in (a, b, s):
+                    await x.start()
+                sa = (await a.next_connect())["shards"]
+                await b.next_connect()
+                await s.next_connect()
+                await a.drop()
+                # the default failover: everything to the standby
+                self.assertEqual((await s.next_connect(4))["shards"], sa)
+                st = status(m)
+                self.assertEqual(machine(st, "s")["shards"], sa)
+                for x in (b, s):
+                    await x.close()
+            run(go())
+            m.wait_log(r"no-such-machine")
+            self.assertEqual(m.stop(), 0)
+
+    def test_broken_policy_at_start_is_refused(self):
+        self.write(BROKEN)
+        with Master("--shards", "4", "--policy", self.path, wait=False) as m:
+            rc = m.wait(10)
+            self.assertNotEqual(rc, 0)
+            self.assertIn(os.path.basename(self.path), m.log())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
