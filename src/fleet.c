@@ -84,6 +84,7 @@ static void machine_free_cb(uv_handle_t *h) {
   free(x->shards);
   free(x->reported);
   free(x->sent);
+  free(x->failed_clusters);
   free(x);
   dcm__master_release(m);
 }

@@ -123,6 +123,7 @@ struct dcm__machine_s {
   dcm__connect_state connect;
   int connect_pending;    /* needs (another) `connect` */
   int info_pending;       /* refresh `info` asked, not yet answered */
+  char *failed_clusters;  /* JSON array from its heartbeat, NULL if none */
   int *sent;              /* shards of the last `connect` sent */
   size_t nsent;
   uint64_t identified_at;

@@ -32,7 +32,9 @@ int dcm__valid_id(const char *id, size_t len) {
 
 void dcm__packet_clear(dcm__packet_t *p) {
   free(p->shards);
+  free(p->failed_json);
   p->shards = NULL;
+  p->failed_json = NULL;
   p->nshards = 0;
 }
 
@@ -97,6 +99,34 @@ static int decode_info(lua_State *L, int d, size_t max, dcm__packet_t *p,
   return 0;
 }
 
+/* heartbeat.failed_clusters: [{"cluster": int, "shards": [int], ...}] */
+static int decode_failed(lua_State *L, int d, dcm__packet_t *p, char *err, size_t errlen) {
+  size_t n, k, len;
+  long long v;
+  if (dcm__json_field(L, d, "failed_clusters") == LUA_TNIL) return 0;
+  int arr = lua_gettop(L);
+  if (!dcm__json_isarray(L, arr, &n))
+    FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters must be an array");
+  p->has_failed = 1;
+  if (n == 0) return 0;
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(L, arr, (lua_Integer)i);
+    int item = lua_gettop(L);
+    if (!dcm__json_isobject(L, item) || (dcm__json_field(L, item, "cluster"),
+                                         !dcm__json_tointeger(L, -1, &v)) ||
+        (dcm__json_field(L, item, "shards"), !dcm__json_isarray(L, -1, &k)))
+      FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters[%zu] needs cluster and shards", i - 1);
+    lua_settop(L, arr);
+  }
+  const char *s = dcm__json_encode(L, arr, &len);
+  if (s == NULL || len > DCM_FAILED_JSON_MAX)
+    FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters is too large");
+  p->failed_json = malloc(len + 1);
+  if (p->failed_json == NULL) FAIL(DCM_ERR_MALFORMED, "out of memory");
+  memcpy(p->failed_json, s, len + 1);
+  return 0;
+}
+
 static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
                     char *err, size_t errlen) {
   long long v;
@@ -129,12 +159,13 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
       return 0;
     case DCM_OP_HEARTBEAT:
       t = dcm__json_field(L, d, "loadavg");
-      if (t == LUA_TNIL) return 0;
-      if (t != LUA_TNUMBER || !isfinite(lua_tonumber(L, -1)) || lua_tonumber(L, -1) < 0)
-        FAIL(DCM_ERR_MALFORMED, "heartbeat: d.loadavg must be a number >= 0");
-      p->loadavg = lua_tonumber(L, -1);
-      p->has_loadavg = 1;
-      return 0;
+      if (t != LUA_TNIL) {
+        if (t != LUA_TNUMBER || !isfinite(lua_tonumber(L, -1)) || lua_tonumber(L, -1) < 0)
+          FAIL(DCM_ERR_MALFORMED, "heartbeat: d.loadavg must be a number >= 0");
+        p->loadavg = lua_tonumber(L, -1);
+        p->has_loadavg = 1;
+      }
+      return decode_failed(L, d, p, err, errlen);
     case DCM_OP_READY:
       t = read_shards(L, d, "shards", max, p, err, errlen);
       if (t == 1) FAIL(DCM_ERR_MALFORMED, "ready: d.shards must be an array of shard ids");

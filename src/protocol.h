@@ -62,7 +62,11 @@ typedef struct {
   int ack_op;
   /* heartbeat */
   int has_loadavg;
+  int has_failed;     /* d.failed_clusters present (an extension) */
+  char *failed_json;  /* re-encoded when non-empty, else NULL */
 } dcm__packet_t;
+
+#define DCM_FAILED_JSON_MAX 16384
 
 /*
  * Decodes one message. Returns 0, DCM_ERR_MALFORMED or DCM_ERR_UNKNOWN_OP

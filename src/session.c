@@ -111,11 +111,25 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
   dcm__coord_joined(m, x, resumed);
 }
 
-static void heartbeat(dcm__conn_t *c, const dcm__packet_t *p) {
+static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
+  const char *was = x->failed_clusters ? x->failed_clusters : "";
+  const char *now = p->failed_json ? p->failed_json : "";
+  if (strcmp(was, now) == 0) return;
+  if (p->failed_json)
+    dcm__warn(&x->m->log, x->id, "reports failed clusters: %.300s", p->failed_json);
+  else
+    dcm__info(&x->m->log, x->id, "reports no failed clusters any more");
+  free(x->failed_clusters);
+  x->failed_clusters = p->failed_json;
+  p->failed_json = NULL;
+}
+
+static void heartbeat(dcm__conn_t *c, dcm__packet_t *p) {
   dcm_master_t *m = c->m;
   c->last_heartbeat = uv_now(m->loop);
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
   if (p->has_loadavg) c->machine->loadavg = p->loadavg;
+  if (p->has_failed) failed_clusters(c->machine, p);
   if (m->heartbeat_ack[0] == '\0') { /* the same bytes every time: encode once */
     size_t n;
     const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);
@@ -234,6 +248,9 @@ static void push_machine(dcm_master_t *m, dcm__machine_t *x, uint64_t now) {
     lua_pushstring(L, x->version);
     lua_setfield(L, -2, "version");
   }
+  if (x->failed_clusters &&
+      dcm__json_decode(L, x->failed_clusters, strlen(x->failed_clusters)) == 0)
+    lua_setfield(L, -2, "failed_clusters");
 }
 
 const char *dcm__status_json(dcm_master_t *m, size_t *len) {

@@ -173,6 +173,25 @@ class ProtocolV1(unittest.TestCase):
             await ws.close()
         run(go())
 
+    def test_failed_clusters_show_in_status(self):
+        async def go():
+            ws, _ = await hello(self.m, "fc-1", self.auth)
+            failed = [{"cluster": 3, "shards": [6, 7], "exit": 1, "signal": 0}]
+            await send(ws, OP_HEARTBEAT, {"loadavg": 1, "failed_clusters": failed})
+            self.assertEqual((await recv(ws))["o"], OP_ACK)
+            st = json.loads(http_get(self.m.port, "/status", self.auth)[1])
+            me = [x for x in st["machines"] if x["id"] == "fc-1"][0]
+            self.assertEqual(me["failed_clusters"], failed)
+            await send(ws, OP_HEARTBEAT, {"failed_clusters": []})
+            self.assertEqual((await recv(ws))["o"], OP_ACK)
+            st = json.loads(http_get(self.m.port, "/status", self.auth)[1])
+            me = [x for x in st["machines"] if x["id"] == "fc-1"][0]
+            self.assertNotIn("failed_clusters", me)
+            await send(ws, OP_HEARTBEAT, {"failed_clusters": "nope"})
+            self.assertEqual((await recv(ws))["d"]["code"], 4004)
+            await ws.close()
+        run(go())
+
     def test_missed_heartbeats_close_4001(self):
         async def go():
             ws, _ = await hello(self.m, "dead-1", self.auth)

@@ -107,6 +107,15 @@ static void other_ops(void) {
   CHECK_EQ(decode("{\"o\":9,\"d\":{\"loadavg\":1.25}}", &p, err), 0);
   CHECK(p.has_loadavg && p.loadavg == 1.25);
   expect("{\"o\":9,\"d\":{\"loadavg\":\"x\"}}", DCM_ERR_MALFORMED, "loadavg");
+  CHECK_EQ(decode("{\"o\":9,\"d\":{\"failed_clusters\":[]}}", &p, err), 0);
+  CHECK(p.has_failed && p.failed_json == NULL);
+  CHECK_EQ(decode("{\"o\":9,\"d\":{\"failed_clusters\":[{\"cluster\":2,\"shards\":[4,5],"
+                  "\"exit\":1}]}}", &p, err), 0);
+  CHECK(p.has_failed && p.failed_json && strstr(p.failed_json, "\"cluster\":2"));
+  dcm__packet_clear(&p);
+  expect("{\"o\":9,\"d\":{\"failed_clusters\":3}}", DCM_ERR_MALFORMED, "failed_clusters");
+  expect("{\"o\":9,\"d\":{\"failed_clusters\":[1]}}", DCM_ERR_MALFORMED, "failed_clusters[0]");
+  expect("{\"o\":9,\"d\":{\"failed_clusters\":[{\"shards\":[]}]}}", DCM_ERR_MALFORMED, "cluster");
   CHECK_EQ(decode("{\"o\":8,\"d\":{\"o\":6}}", &p, err), 0);
   CHECK_EQ(p.ack_op, 6);
   expect("{\"o\":8,\"d\":{}}", DCM_ERR_MALFORMED, "ack");
