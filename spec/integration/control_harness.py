@@ -1,0 +1,312 @@
+"""Helpers for the discluster-control integration tests.
+
+They run the real discluster-master (harness.Master) and the real agent
+binary on loopback. The agent is found at $DCM_BUILD_DIR/src/control/
+discluster-control (DCM_CONTROL_BIN overrides). Cluster commands are small
+shell scripts written into a temporary directory; they record what they
+saw (environment, pid) in files there.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from harness import BIN as MASTER_BIN, Master, http_get  # noqa: F401 (re-exported)
+
+BUILD = os.environ.get("DCM_BUILD_DIR", "build")
+CONTROL_BIN = os.environ.get("DCM_CONTROL_BIN",
+                             os.path.join(BUILD, "src", "control", "discluster-control"))
+
+# Short timings for a whole fleet on loopback.
+MASTER_FAST = ["--heartbeat-interval", "0.5", "--heartbeat-grace", "1",
+               "--reconnect-grace", "1", "--handshake-timeout", "3", "--connect-timeout", "10"]
+AGENT_FAST = ["--retry", "0.2", "--stop-timeout", "2", "--restart-backoff", "0.1",
+              "--drain-timeout", "10", "--log-level", "debug"]
+
+# A cluster that records its environment and pid, prints READY and idles
+# until SIGTERM or EOF on stdin (the agent gone).
+RECORDING_CLUSTER = r"""#!/bin/sh
+d="$TEST_DIR"
+f="$d/cluster.$$"
+env > "$f.env"
+echo "start $$ $SHARD_IDS" >> "$d/starts"
+[ -n "$READY_DELAY" ] && [ "$CLUSTER_ID" = "${SLOW_CLUSTER:-x}" ] && sleep "$READY_DELAY"
+echo READY
+exec cat >/dev/null
+"""
+
+
+class Fleet:
+    """A temp dir with cluster scripts, and every process started, for cleanup."""
+
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="dcm-control-")
+        self.dir = self.tmp.name
+        self.agents = []
+        self.masters = []
+        self.script("cluster", RECORDING_CLUSTER)
+
+    def script(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+        return path
+
+    def master(self, *args, **kw):
+        m = Master(*args, **kw)
+        m.auth = kw.get("auth")
+        self.masters.append(m)
+        return m
+
+    def agent(self, master_port, id, *args, command=None, env=None, auth=None):
+        a = Agent(master_port, id, *args, command=command or os.path.join(self.dir, "cluster"),
+                  env=dict({"TEST_DIR": self.dir}, **(env or {})), auth=auth)
+        self.agents.append(a)
+        return a
+
+    def starts(self):
+        """[(pid, [shards])] in start order."""
+        try:
+            with open(os.path.join(self.dir, "starts")) as f:
+                lines = f.read().split("\n")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "start":
+                shards = [int(x) for x in parts[2].split(",")] if len(parts) > 2 else []
+                out.append((int(parts[1]), shards))
+        return out
+
+    def envs(self):
+        """{pid: {var: value}} of every cluster started."""
+        out = {}
+        for name in os.listdir(self.dir):
+            m = re.match(r"cluster\.(\d+)\.env$", name)
+            if m:
+                with open(os.path.join(self.dir, name)) as f:
+                    env = {}
+                    for line in f.read().split("\n"):
+                        if "=" in line:
+                            k, v = line.split("=", 1)
+                            env[k] = v
+                    out[int(m.group(1))] = env
+        return out
+
+    def close(self):
+        for a in self.agents:
+            a.kill()
+        for m in self.masters:
+            m.__exit__()
+        # Clusters of SIGKILLed agents see EOF on stdin and leave; make sure.
+        for pid, _ in self.starts():
+            kill_group(pid)
+        self.tmp.cleanup()
+
+
+def kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(0.05)
+
+
+class Agent:
+    """One discluster-control process; its stderr lines are collected."""
+
+    def __init__(self, port, id, *args, command, env=None, auth=None):
+        e = {k: v for k, v in os.environ.items() if k not in ("DISCLUSTER_AUTH", "DISCORD_TOKEN")}
+        if auth is not None:
+            e["DISCLUSTER_AUTH"] = auth
+        e.update(env or {})
+        self.id = id
+        argv = [CONTROL_BIN, "--master", "ws://127.0.0.1:%d" % port, "--id", id,
+                "--cluster-command", command] + AGENT_FAST + list(args)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=e, text=True, errors="replace")
+        self.lines = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def log(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def mark(self):
+        with self.cond:
+            return len(self.lines)
+
+    def wait_log(self, pattern, timeout=10, start=0):
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines[start:]:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    raise AssertionError("agent %s: no log line matching %r within %ss; log:\n%s"
+                                         % (self.id, pattern, timeout, "\n".join(self.lines)))
+                self.cond.wait(min(left, 0.1))
+
+    def count(self, pattern):
+        rx = re.compile(pattern)
+        with self.cond:
+            return sum(1 for line in self.lines if rx.search(line))
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=15):
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("agent %s did not exit within %ss; log:\n%s"
+                                 % (self.id, timeout, self.log()))
+        self.reader.join(5)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(5)
+        self.proc.stderr.close()
+
+
+def status(master):
+    auth = getattr(master, "auth", None)
+    code, body, _ = http_get(master.port, "/status", {"Authorization": auth} if auth else None)
+    assert code == 200, (code, body)
+    return json.loads(body)
+
+
+def shards_by_machine(master):
+    return {x["id"]: sorted(x["shards"]) for x in status(master)["machines"]}
+
+
+def wait_running(master, timeout=15):
+    """Waits until MASTER is running with every shard assigned."""
+    def ok():
+        st = status(master)
+        return st["state"] == "running" and not st["unassigned"] and st
+    return wait_for(ok, timeout, "MASTER running with every shard assigned")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class FakeMaster:
+    """A scripted MASTER (python3-websockets) for what the real one never
+    sends, such as a shrinking `connect`. Use inside asyncio: `await start()`,
+    then `await accept()` for the agent's connection."""
+
+    def __init__(self):
+        self.port = None
+        self.conns = None
+        self.server = None
+
+    async def start(self):
+        import asyncio
+        import websockets
+        self.conns = asyncio.Queue()
+
+        async def handler(ws, path=None):
+            done = asyncio.get_running_loop().create_future()
+            await self.conns.put((ws, done))
+            await done  # keep the connection until the test is finished with it
+
+        self.server = await websockets.serve(handler, "127.0.0.1", 0, ping_interval=None)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def accept(self, timeout=10):
+        import asyncio
+        ws, done = await asyncio.wait_for(self.conns.get(), timeout)
+        return Peer(ws, done)
+
+    async def stop(self):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class Peer:
+    def __init__(self, ws, done):
+        self.ws = ws
+        self.done = done
+        self.seen = []  # every packet received, in order
+
+    async def send(self, op, d):
+        await self.ws.send(json.dumps({"o": op, "d": d}))
+
+    async def recv(self, op, timeout=10, where=None):
+        """Next packet with opcode op (and where(d) true); others are kept in seen."""
+        import asyncio
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no packet o=%d within %ss; seen %r" % (op, timeout, self.seen))
+            try:
+                p = json.loads(await asyncio.wait_for(self.ws.recv(), left))
+            except asyncio.TimeoutError:
+                continue
+            self.seen.append(p)
+            if p["o"] == op and (where is None or where(p["d"])):
+                return p
+
+    def release(self):
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def initialise(shard_count, heartbeat_ms=200, token="", max_concurrency=1):
+    return {"protocol": 1, "token": token, "heartbeat_interval": heartbeat_ms,
+            "shard_count": shard_count, "max_concurrency": max_concurrency}
