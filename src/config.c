@@ -87,7 +87,7 @@ static int fail(char *err, size_t n, const char *fmt, ...) {
 
 /* A user value made safe to echo: one line, bounded. */
 static const char *quote(const char *s, char *buf, size_t n) {
-  size_t i = 0, max = n > 52 ? 48 : n - 4;
+  size_t i = 0, max = n - 4; /* room for "..." and NUL */
   for (; s[i] && i < max; i++)
     buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
   if (s[i]) buf[i++] = '.', buf[i++] = '.', buf[i++] = '.';
@@ -242,7 +242,7 @@ static int apply_number(dcm__config_t *cfg, const ckey_t *k, const char *name, d
 static int apply_string(dcm__config_t *cfg, const ckey_t *k, const char *name, const char *s,
                         const char *dir, char *err, size_t n) {
   dcm_options_t *o = &cfg->opts;
-  char q[64];
+  char q[52];
   double d;
   long long ll;
   switch (k->kind) {
@@ -276,14 +276,14 @@ static int apply_string(dcm__config_t *cfg, const ckey_t *k, const char *name, c
         return fail(err, n, "%s: '%s' is not an https:// (or http://) URL", name, quote(s, q, sizeof q));
       return set_str(cfg, str_field(o, k), s, strlen(s));
     case K_PATH: {
-      char path[PATH_MAX];
+      char path[PATH_MAX], qp[256];
       if (*s == '\0' || has_ctl(s)) return fail(err, n, "%s: must be a file name", name);
       if (dir && *s != '/')
         snprintf(path, sizeof path, "%s/%s", dir, s);
       else
         snprintf(path, sizeof path, "%s", s);
       if (access(path, R_OK) != 0)
-        return fail(err, n, "%s: cannot read '%s': %s", name, quote(path, q, sizeof q), strerror(errno));
+        return fail(err, n, "%s: cannot read '%s': %s", name, quote(path, qp, sizeof qp), strerror(errno));
       return set_str(cfg, str_field(o, k), path, strlen(path));
     }
     case K_FORMAT:
@@ -394,7 +394,7 @@ static const char *lua_type_name(lua_State *L, int idx) {
  * 0, or -1 with a message in sb->err (no location).
  */
 static int sb_check(lua_State *L, sandbox_t *sb) {
-  char q[64];
+  char q[52];
   const ckey_t *k;
   size_t n = sizeof(sb->err);
   if (lua_type(L, -2) != LUA_TSTRING) {
@@ -462,7 +462,9 @@ static int sb_index(lua_State *L) {
 
 /* Builds the environment on the stack: [values, env]. */
 static void sb_open(lua_State *L, sandbox_t *sb) {
-  static const char *const banned[] = {"load", "loadfile", "dofile", "require", "_G", NULL};
+  /* setmetatable too: finalizers (__gc) run with hooks off, beyond the limit. */
+  static const char *const banned[] = {"load", "loadfile", "dofile", "require",
+                                       "setmetatable", "_G", NULL};
   int lib, values, env;
   luaL_requiref(L, "_G", luaopen_base, 0);
   lua_newtable(L);
@@ -516,10 +518,10 @@ static void sb_open(lua_State *L, sandbox_t *sb) {
 
 static int read_file(const char *path, char **out, size_t *len, char *err, size_t n) {
   FILE *f = fopen(path, "rb");
-  char q[64];
+  char qp[256];
   size_t cap = 4096, used = 0;
   char *buf;
-  if (f == NULL) return fail(err, n, "%s: cannot open: %s", quote(path, q, sizeof q), strerror(errno));
+  if (f == NULL) return fail(err, n, "%s: cannot open: %s", quote(path, qp, sizeof qp), strerror(errno));
   buf = malloc(cap);
   for (;;) {
     size_t got;
@@ -532,7 +534,7 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
     if (used > CFG_FILE_MAX) {
       fclose(f);
       free(buf);
-      return fail(err, n, "%s: larger than %u bytes", quote(path, q, sizeof q), CFG_FILE_MAX);
+      return fail(err, n, "%s: larger than %u bytes", quote(path, qp, sizeof qp), CFG_FILE_MAX);
     }
     if (got == 0) break;
     if (used == cap) {
@@ -546,7 +548,7 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
     int e = errno;
     fclose(f);
     free(buf);
-    return fail(err, n, "%s: cannot read: %s", quote(path, q, sizeof q), strerror(e));
+    return fail(err, n, "%s: cannot read: %s", quote(path, qp, sizeof qp), strerror(e));
   }
   fclose(f);
   *out = buf;
@@ -558,7 +560,7 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
 static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) {
   sandbox_t sb;
   lua_State *L;
-  char *src = NULL, *chunk, dir[PATH_MAX], q[64];
+  char *src = NULL, *chunk, dir[PATH_MAX], qp[256];
   const char *slash;
   size_t len;
   int rc = read_file(path, &src, &len, err, n);
@@ -598,39 +600,40 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
   }
   if (rc != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    size_t pl = strlen(path);
+    const char *colon = msg ? strchr(msg, ':') : NULL;
+    size_t pl = strlen(path), tl = colon ? (size_t)(colon - msg) : 0;
     if (rc == LUA_ERRMEM)
-      fail(err, n, "%s: uses more than %u MiB of memory", quote(path, q, sizeof q), CFG_MEM_MAX >> 20);
+      fail(err, n, "%s: uses more than %u MiB of memory", quote(path, qp, sizeof qp), CFG_MEM_MAX >> 20);
     else if (msg == NULL)
-      fail(err, n, "%s: error object is not a string", quote(path, q, sizeof q));
+      fail(err, n, "%s: error object is not a string", quote(path, qp, sizeof qp));
     else if (strncmp(msg, path, pl) == 0 && msg[pl] == ':')
       fail(err, n, "%s", msg);
+    else if (strncmp(msg, "...", 3) == 0 && tl - 3 <= pl && tl >= 3 &&
+             memcmp(msg + 3, path + pl - (tl - 3), tl - 3) == 0)
+      fail(err, n, "%s%s", quote(path, qp, sizeof qp), colon); /* Lua shortened the name */
     else
-      fail(err, n, "%s: %s", quote(path, q, sizeof q), msg);
+      fail(err, n, "%s: %s", quote(path, qp, sizeof qp), msg);
     rc = DCM_EINVAL;
   } else {
-    /* values: [values, env]; rawset() on the env bypasses __newindex */
-    lua_sethook(L, NULL, 0, 0);
+    /* The checked values, then anything rawset() put straight into the env
+     * (it bypasses __newindex). Nothing here allocates, so no Lua runs. */
+    int tabs[2] = {lua_absindex(L, -2), lua_absindex(L, -1)};
     rc = 0;
-    lua_pushnil(L);
-    while (rc == 0 && lua_next(L, -2)) {
-      if (sb_check(L, &sb) != 0) {
-        rc = fail(err, n, "%s: %s", quote(path, q, sizeof q), sb.err);
-        lua_pop(L, 2);
-        break;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+      lua_pushnil(L);
+      while (rc == 0 && lua_next(L, tabs[i])) {
+        const ckey_t *k;
+        if (sb_check(L, &sb) != 0) {
+          rc = fail(err, n, "%s: %s", quote(path, qp, sizeof qp), sb.err);
+          break;
+        }
+        k = find_key(lua_tostring(L, -2));
+        if (lua_type(L, -1) == LUA_TNUMBER)
+          rc = apply_number(cfg, k, k->name, lua_tonumber(L, -1), err, n);
+        else
+          rc = apply_string(cfg, k, k->name, lua_tostring(L, -1), sb.dir, err, n);
+        lua_pop(L, 1);
       }
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_rawset(L, -5);
-    }
-    lua_pushnil(L);
-    while (rc == 0 && lua_next(L, -3)) {
-      const ckey_t *k = find_key(lua_tostring(L, -2));
-      if (lua_type(L, -1) == LUA_TNUMBER)
-        rc = apply_number(cfg, k, k->name, lua_tonumber(L, -1), err, n);
-      else
-        rc = apply_string(cfg, k, k->name, lua_tostring(L, -1), sb.dir, err, n);
-      lua_pop(L, 1);
     }
   }
   if (rc) {
@@ -689,7 +692,7 @@ static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FI
                 char *err, size_t n) {
   unsigned set = 0; /* bit i: keys[i] was given as a flag */
   const char *file = NULL, *env;
-  char q[64];
+  char q[52];
   int rc;
 
   for (int i = 1; i < argc; i++) {

@@ -289,11 +289,28 @@ static void test_bad_files(void) {
   BAD_FILE("%s:1: more than", "while true do end\n");
   BAD_FILE("%s:1: more than", "while true do pcall(function() while true do end end) end\n");
   BAD_FILE("%s: uses more than", "local t = {} for i = 1, 100 do t[i] = string.rep('x', 1 << 20) end\n");
-  BAD_FILE("%s:1: cannot change a protected metatable", "setmetatable(_G, nil)\n");
+  BAD_FILE("%s:1: attempt to call a nil value (global 'setmetatable')", "setmetatable(_G, nil)\n");
   BAD_FILE("%s: unknown key 'sneaky'", "rawset(_G, 'sneaky', 1)\n");
   BAD_FILE("%s: collect_window: expected a number", "rawset(_G, 'collect_window', 'x')\n");
   BAD_FILE("%s:1: global with a number key", "_G[1] = 2\n");
   BAD_FILE("%s:1: unknown key 'print'", "print = 1\n");
+
+  /* no finalizers: Lua runs them with hooks off, beyond the instruction limit */
+  BAD_FILE("%s:1: attempt to call a nil value (global 'setmetatable')",
+           "setmetatable({}, {__gc = function() while true do end end})\n");
+  /* Lua shortens long chunk names; errors still carry the whole path */
+  {
+    dcm__config_t c;
+    char name[200], want[300];
+    snprintf(name, sizeof name, "%s/a-long-directory-name-for-this-test", tmpdir);
+    mkdir(name, 0700);
+    const char *p = write_file("a-long-directory-name-for-this-test/and-a-long-file-name.lua",
+                               "shards = 1\nerror('deep')\n");
+    snprintf(want, sizeof want, "%s:2: deep", p);
+    expect_error(__LINE__, LOAD(&c, "-c", p), DCM_EINVAL, want);
+    CHECK(strncmp(err, p, strlen(p)) == 0, "%s", err);
+    dcm__config_free(&c);
+  }
 
   /* unreadable: missing, a directory, unreadable mode (unless root) */
   BAD("/nonexistent/dcm.lua: cannot open: No such file or directory", "-c", "/nonexistent/dcm.lua");
