@@ -684,8 +684,8 @@ static void usage(FILE *out) {
           "the config file's token and auth. A non-loopback listen address needs auth.\n"
           "Signals: SIGINT/SIGTERM stop (CONTROLs keep their shards; a second one forces\n"
           "exit), SIGHUP reloads the policy.\n"
-          "Exit status: 0 after a clean stop, 1 on a runtime or fatal error, 2 on a bad\n"
-          "configuration.\n");
+          "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on a bad\n"
+          "configuration, 3 after a fatal from a CONTROL, 4 when Discord failed.\n");
 }
 
 static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FILE *out,

@@ -306,9 +306,28 @@ def test_secrets_not_logged():
                 assert s not in log, "%s log holds a secret:\n%s" % (fmt, log)
 
 
+async def _fatal(m):
+    ws, _ = await harness.hello(m, "cli-fatal-1", {"Authorization": AUTH})
+    await harness.send(ws, harness.OP_FATAL, {"code": 4004, "message": "Authentication failed"})
+    bye = await harness.recv_op(ws, harness.OP_SHUTDOWN)
+    assert isinstance(bye["d"].get("reason"), str), bye
+    await harness.closed_with(ws)
+
+
+def test_fatal_exits_nonzero():
+    with Master("--shards", "2", token=TOKEN, auth=AUTH) as m:
+        run(_fatal(m))
+        rc = m.wait(10)
+        log = m.log()
+        assert rc == 3, "exit %d after a fatal:\n%s" % (rc, log)
+        for s in SECRETS:
+            assert s not in log, log
+
+
 TESTS = [test_help_and_version, test_bad_flags, test_bad_config_files, test_secrets_never_echoed,
          test_insecure_listen_refused, test_start_healthz_hup_term, test_port_in_use,
-         test_file_flags_override_and_relative_policy, test_secrets_not_logged]
+         test_file_flags_override_and_relative_policy, test_secrets_not_logged,
+         test_fatal_exits_nonzero]
 
 
 def main():
