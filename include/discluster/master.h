@@ -138,7 +138,12 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb,
 /* Exit status the CLI should use: 0, or non-zero after a fatal stop. */
 int dcm_master_exit_status(const dcm_master_t *m);
 
-/* Frees a master that was never started or whose stop callback ran. */
+/*
+ * Frees a master that was never started, whose start failed, or whose stop
+ * callback ran. After a failed start the listener may still be closing: the
+ * free then completes in its close callback, so run the loop before
+ * uv_loop_close().
+ */
 void dcm_master_free(dcm_master_t *m);
 
 #ifdef __cplusplus
