@@ -239,7 +239,10 @@ class ProtocolV1(unittest.TestCase):
     def test_message_over_1mib_closes_1009(self):
         async def go():
             ws, _ = await hello(self.m, "big-1", self.auth)
-            await ws.send("x" * ((1 << 20) + 1))
+            try:  # MASTER may close before the whole frame is written
+                await ws.send("x" * ((1 << 20) + 1))
+            except websockets.ConnectionClosed:
+                pass
             self.assertEqual(await closed_with(ws), 1009)
             ws2, _ = await hello(self.m, "big-2", self.auth)
             # exactly 1 MiB is allowed: it is answered (as malformed JSON)
