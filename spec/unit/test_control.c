@@ -1,0 +1,219 @@
+/*
+ * test_control.c: the agent's pure parts: shard grouping, the cluster
+ * stdout line contract (READY, FATAL, bounded lines) and the CONTROL-side
+ * packet codec. The agent is its own executable, not part of the library,
+ * so its two pure sources are compiled in here.
+ */
+#include "check.h"
+#include "json.h"
+
+#include "control/packets.c"
+#include "control/plan.c"
+
+static void test_groups(void) {
+  int v[] = {5, 3, 3, 9, 1, 5};
+  CHECK_EQ(dcm__ctl_sort_unique(v, 6), 4u);
+  CHECK(v[0] == 1 && v[1] == 3 && v[2] == 5 && v[3] == 9);
+  CHECK_EQ(dcm__ctl_sort_unique(v, 0), 0u);
+  CHECK_EQ(dcm__ctl_group_size(10, 1), 10u);
+  CHECK_EQ(dcm__ctl_group_size(10, 0), 10u);
+  CHECK_EQ(dcm__ctl_group_size(10, 4), 12u);
+  CHECK_EQ(dcm__ctl_group_size(10, 16), 16u);
+  CHECK_EQ(dcm__ctl_group_size(5, 5), 5u);
+  CHECK_EQ(dcm__ctl_group_size(0, 1), 1u);
+
+  int want[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  int g1[] = {0, 1, 2}, g2[] = {7, 8};
+  CHECK(dcm__ctl_subset(g1, 3, want, 10));
+  CHECK(dcm__ctl_subset(g1, 0, want, 0));
+  int g3[] = {9, 10};
+  CHECK(!dcm__ctl_subset(g3, 2, want, 10));
+  const int *groups[] = {g1, g2};
+  size_t sizes[] = {3, 2};
+  int rest[10];
+  size_t n = dcm__ctl_rest(want, 10, groups, sizes, 2, rest);
+  CHECK_EQ(n, 5u);
+  CHECK(rest[0] == 3 && rest[1] == 4 && rest[2] == 5 && rest[3] == 6 && rest[4] == 9);
+
+  char out[16];
+  CHECK_EQ(dcm__ctl_join(rest, 5, out, sizeof out), 9u);
+  CHECK_STR(out, "3,4,5,6,9");
+  CHECK_EQ(dcm__ctl_rest(want, 10, groups, sizes, 0, rest), 10u);
+  CHECK_EQ(dcm__ctl_join(want, 10, out, 8), 0u); /* does not fit: empty */
+  CHECK_STR(out, "");
+  CHECK_EQ(dcm__ctl_join(want, 0, out, sizeof out), 0u);
+  CHECK_STR(out, "");
+}
+
+static void test_line_kinds(void) {
+  dcm__ctl_fatal_t f;
+  CHECK_EQ(dcm__ctl_parse_line("READY", 5, NULL), DCM_CTL_LINE_READY);
+  CHECK_EQ(dcm__ctl_parse_line("READY\r", 6, NULL), DCM_CTL_LINE_READY);
+  CHECK_EQ(dcm__ctl_parse_line("READY  ", 7, NULL), DCM_CTL_LINE_READY);
+  CHECK_EQ(dcm__ctl_parse_line("READY!", 6, NULL), DCM_CTL_LINE_OTHER);
+  CHECK_EQ(dcm__ctl_parse_line(" READY", 6, NULL), DCM_CTL_LINE_OTHER);
+  CHECK_EQ(dcm__ctl_parse_line("ready", 5, NULL), DCM_CTL_LINE_OTHER);
+  CHECK_EQ(dcm__ctl_parse_line("", 0, NULL), DCM_CTL_LINE_OTHER);
+
+  const char *l = "FATAL 4004 Authentication failed";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_FATAL);
+  CHECK_EQ(f.code, 4004);
+  CHECK_EQ(f.shard, -1);
+  CHECK(f.message_len == 21 && memcmp(f.message, "Authentication failed", 21) == 0);
+  l = "FATAL 4014 shard=7 Disallowed intents\r";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_FATAL);
+  CHECK(f.code == 4014 && f.shard == 7);
+  CHECK(f.message_len == 18 && memcmp(f.message, "Disallowed intents", 18) == 0);
+  l = "FATAL 4013";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_FATAL);
+  CHECK(f.code == 4013 && f.message_len == 0);
+  l = "FATAL -1 shard=x odd";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_FATAL);
+  CHECK(f.code == -1 && f.shard == -1 && f.message_len == 11);
+  l = "FATAL nope";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_OTHER);
+  l = "FATAL 12x oops";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_OTHER);
+  l = "FATAL 99999999999 big";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_OTHER);
+}
+
+typedef struct {
+  char got[8][DCM_CTL_LINE_MAX + 1];
+  size_t len[8];
+  int cut[8];
+  int n;
+} lines_seen_t;
+
+static void collect(void *arg, const char *line, size_t len, int cut) {
+  lines_seen_t *s = arg;
+  CHECK(s->n < 8);
+  memcpy(s->got[s->n], line, len);
+  s->got[s->n][len] = '\0';
+  s->len[s->n] = len;
+  s->cut[s->n++] = cut;
+}
+
+static void test_line_splitter(void) {
+  static dcm__ctl_lines_t ls;
+  static lines_seen_t s;
+  static char big[3 * DCM_CTL_LINE_MAX];
+  memset(&ls, 0, sizeof ls);
+  memset(&s, 0, sizeof s);
+  dcm__ctl_lines_feed(&ls, "RE", 2, collect, &s);
+  CHECK_EQ(s.n, 0);
+  dcm__ctl_lines_feed(&ls, "ADY\nhello\n\npart", 16, collect, &s);
+  CHECK_EQ(s.n, 3);
+  CHECK_STR(s.got[0], "READY");
+  CHECK_STR(s.got[1], "hello");
+  CHECK_STR(s.got[2], "");
+  /* An overlong line arrives cut once; the rest of it is dropped. */
+  memset(big, 'x', sizeof big);
+  dcm__ctl_lines_feed(&ls, big, sizeof big, collect, &s);
+  CHECK_EQ(s.n, 4);
+  CHECK(s.cut[3] && s.len[3] == DCM_CTL_LINE_MAX && memcmp(s.got[3], "part", 4) == 0);
+  dcm__ctl_lines_feed(&ls, "tail\nREADY\n", 11, collect, &s);
+  CHECK_EQ(s.n, 5);
+  CHECK_STR(s.got[4], "READY");
+  CHECK(!s.cut[4]);
+  dcm__ctl_lines_feed(&ls, "last", 4, collect, &s);
+  dcm__ctl_lines_flush(&ls, collect, &s);
+  CHECK_EQ(s.n, 6);
+  CHECK_STR(s.got[5], "last");
+  dcm__ctl_lines_flush(&ls, collect, &s);
+  CHECK_EQ(s.n, 6);
+}
+
+static int decode(lua_State *L, const char *text, dcm__ctl_packet_t *p) {
+  char err[160];
+  return dcm__ctl_decode(L, text, strlen(text), 16, p, err, sizeof err);
+}
+
+static void test_decode(void) {
+  lua_State *L = dcm__json_new();
+  dcm__ctl_packet_t p;
+  CHECK(L != NULL);
+  CHECK_EQ(decode(L, "{\"o\":5,\"d\":{\"protocol\":1,\"token\":\"T\",\"heartbeat_interval\":1500,"
+                     "\"shard_count\":16,\"max_concurrency\":4}}", &p), 0);
+  CHECK(p.op == 5 && p.protocol == 1 && p.heartbeat_ms == 1500 && p.shard_count == 16 &&
+        p.max_concurrency == 4);
+  CHECK_STR(p.token, "T");
+  dcm__ctl_packet_clear(&p);
+  CHECK(p.token == NULL);
+  CHECK_EQ(decode(L, "{\"o\":5,\"d\":{\"protocol\":1,\"heartbeat_interval\":0,\"shard_count\":1}}",
+                  &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":5,\"d\":{\"protocol\":1,\"heartbeat_interval\":10,\"shard_count\":0}}",
+                  &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[3,1,2],\"redundant\":false}}", &p), 0);
+  CHECK(p.op == 6 && p.nshards == 3 && p.shards[0] == 3 && !p.redundant);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[],\"redundant\":true}}", &p), 0);
+  CHECK(p.nshards == 0 && p.redundant);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[-1]}}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[1.5]}}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}}",
+                  &p), DCM_ERR_MALFORMED); /* more than max_shards */
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{}}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":4,\"d\":{\"code\":3,\"reason\":\"fatal\"}}", &p), 0);
+  CHECK(p.op == 4 && p.code == 3);
+  CHECK_STR(p.message, "fatal");
+  CHECK_EQ(decode(L, "{\"o\":4,\"d\":{}}", &p), 0); /* a shutdown is never lost */
+  CHECK_EQ(decode(L, "{\"o\":7,\"d\":{\"code\":4006,\"message\":\"no\"}}", &p), 0);
+  CHECK(p.code == 4006 && strcmp(p.message, "no") == 0);
+  CHECK_EQ(decode(L, "{\"o\":8,\"d\":{\"o\":9}}", &p), 0);
+  CHECK_EQ(p.ack_op, 9);
+  CHECK_EQ(decode(L, "{\"o\":0,\"d\":{}}", &p), 0);
+  CHECK_EQ(p.op, 0);
+  CHECK_EQ(decode(L, "{\"o\":11,\"d\":{}}", &p), DCM_ERR_UNKNOWN_OP);
+  CHECK_EQ(decode(L, "{\"o\":0}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "[1]", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "nope", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(lua_gettop(L), 0);
+  lua_close(L);
+}
+
+static void test_encode(void) {
+  lua_State *L = dcm__json_new();
+  size_t len;
+  int shards[] = {1, 2};
+  /* cjson's key order follows Lua's hash order: look for pieces. */
+  const char *s = dcm__ctl_enc_ready(L, NULL, 0, &len);
+  CHECK(strstr(s, "\"o\":10") && strstr(s, "\"d\":{\"shards\":[]}"));
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_ack(L, 6, &len);
+  CHECK(strstr(s, "\"o\":8") && strstr(s, "\"d\":{\"o\":6}"));
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_offload(L, &len);
+  CHECK(strstr(s, "\"o\":3") && strstr(s, "\"d\":{}"));
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, &len);
+  CHECK(strstr(s, "\"failed_clusters\":[]") && strstr(s, "\"loadavg\":0.5") &&
+        strstr(s, "\"o\":9"));
+  lua_settop(L, 0);
+  dcm__ctl_failed_t f = {2, shards, 2, 7, 0};
+  s = dcm__ctl_enc_heartbeat(L, 0, &f, 1, &len);
+  CHECK(strstr(s, "\"cluster\":2") && strstr(s, "\"shards\":[1,2]") && strstr(s, "\"exit\":7") &&
+        strstr(s, "\"signal\":0"));
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_fatal(L, 4004, "auth", -1, &len);
+  CHECK(strstr(s, "\"code\":4004") && strstr(s, "\"message\":\"auth\"") && !strstr(s, "shard"));
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_fatal(L, 4014, "intents", 3, &len);
+  CHECK(strstr(s, "\"shard\":3"));
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_info(L, "m-1", 4, 0.25, 1, NULL, 0, "0.1.0", &len);
+  CHECK(strstr(s, "\"id\":\"m-1\"") && strstr(s, "\"cores\":4") && strstr(s, "\"standby\":true") &&
+        strstr(s, "\"shards\":[]") && strstr(s, "\"version\":\"0.1.0\""));
+  lua_settop(L, 0);
+  lua_close(L);
+}
+
+int main(void) {
+  RUN(test_groups);
+  RUN(test_line_kinds);
+  RUN(test_line_splitter);
+  RUN(test_decode);
+  RUN(test_encode);
+  return 0;
+}
