@@ -261,7 +261,13 @@ class ProtocolV1(unittest.TestCase):
     def test_unmasked_frames_are_a_protocol_error(self):
         s = raw_upgrade(self.m.port, auth=SECRET)
         s.sendall(ws_frame(b"{}", mask=False))
-        data = s.recv(64)
+        s.settimeout(5)
+        data = b""
+        while len(data) < 4:
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            data += chunk
         self.assertEqual(data[0] & 0x0f, 8)  # close
         self.assertEqual(struct.unpack(">H", data[2:4])[0], 1002)
         s.close()
