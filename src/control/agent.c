@@ -339,7 +339,7 @@ void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
 /* ---- clusters report ----------------------------------------------------- */
 
 void dcm__agent_cluster_changed(dcm__agent_t *a, dcm__cluster_t *cl) {
-  (void)cl;
+  dcm__debug(&a->log, me(a), "cluster %d is %s", cl->id, dcm__cluster_state_name(cl->state));
   check_ready(a);
 }
 
