@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from harness import BIN as MASTER_BIN, Master, http_get  # noqa: F401 (re-exported)
+from harness import Master, http_get
 
 BUILD = os.environ.get("DCM_BUILD_DIR", "build")
 CONTROL_BIN = os.environ.get("DCM_CONTROL_BIN",
