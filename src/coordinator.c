@@ -21,11 +21,12 @@ static const char *const state_names[] = {"idle",       "fetching", "collecting"
 
 const char *dcm__state_name(dcm__state s) { return state_names[s]; }
 
-static void set_state(dcm_master_t *m, dcm__state s) {
-  if (m->state == s) return;
+/* Returns 1 when an event callback stopped the master. */
+static int set_state(dcm_master_t *m, dcm__state s) {
+  if (m->state == s) return m->stopping;
   dcm__info(&m->log, NULL, "state %s -> %s", state_names[m->state], state_names[s]);
   m->state = s;
-  dcm__emit(m, DCM_EVENT_STATE, NULL, (int)s, state_names[s]);
+  return dcm__emit(m, DCM_EVENT_STATE, NULL, (int)s, state_names[s]);
 }
 
 int dcm__coord_accepting(const dcm_master_t *m) {
@@ -41,6 +42,34 @@ static void fatal_stop(dcm_master_t *m, int status, const char *machine, int cod
            machine ? ": " : "", message);
   dcm__emit(m, DCM_EVENT_FATAL, machine, code, message);
   dcm_master_stop(m, 1, NULL, NULL);
+}
+
+/* ---- identify budget ---------------------------------------------------- */
+
+static void fetch_gateway(dcm_master_t *m);
+
+static void budget_timer_cb(uv_timer_t *t) {
+  dcm_master_t *m = t->data;
+  dcm__info(&m->log, NULL, "identify budget should have reset; asking Discord again");
+  fetch_gateway(m);
+}
+
+/*
+ * 1 if Discord's identify budget covers `needed` new identifies. Otherwise
+ * nothing may start: wait for the reset, ask Discord again, then resume.
+ */
+static int budget_allows(dcm_master_t *m, size_t needed) {
+  if (!m->have_gw || needed == 0) return 1;
+  if (!m->budget_wait && (size_t)m->gw.remaining >= needed) return 1;
+  if (!m->budget_wait) {
+    uint64_t elapsed = uv_now(m->loop) - m->gw_at, reset = ms(m->gw.reset_after);
+    uint64_t wait = (reset > elapsed ? reset - elapsed : 0) + 1000;
+    dcm__warn(&m->log, NULL, "identify budget: %d sessions left, %zu needed; waiting %.0fs for the reset",
+              m->gw.remaining, needed, (double)wait / 1000.0);
+    m->budget_wait = 1;
+    uv_timer_start(&m->budget_timer, budget_timer_cb, wait, 0);
+  }
+  return 0;
 }
 
 /* ---- policy calls ------------------------------------------------------ */
@@ -78,6 +107,7 @@ static void spend_identifies(dcm_master_t *m, size_t n) {
 static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
                     dcm__machine_t **xs, size_t n) {
   if (dead->nshards == 0 || n == 0) return 0;
+  if (!budget_allows(m, dead->nshards)) return 0;
   dcm__pmachine_t *pm = policy_view(xs, n);
   int *owner = malloc(dead->nshards * sizeof *owner);
   size_t placed = 0;
@@ -102,6 +132,7 @@ static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
 }
 
 static void place_unassigned(dcm_master_t *m, int active_only) {
+  if (m->nunassigned == 0 || m->budget_wait) return;
   int *un = malloc(((size_t)m->shard_count + 1) * sizeof *un);
   dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
   if (un && xs) {
@@ -150,8 +181,7 @@ static int send_connect(dcm_master_t *m, dcm__machine_t *x) {
   summarize(x->shards, x->nshards, list, sizeof list);
   dcm__info(&m->log, x->id, "connect: %zu shards (%s)%s", x->nshards, list,
             x->nshards == 0 ? ", redundant" : "");
-  dcm__emit(m, DCM_EVENT_ASSIGNED, x->id, (int)x->nshards, NULL);
-  return 0;
+  return dcm__emit(m, DCM_EVENT_ASSIGNED, x->id, (int)x->nshards, NULL) ? DCM_ECANCELED : 0;
 }
 
 static void pump(dcm_master_t *m) {
@@ -167,7 +197,7 @@ static void pump(dcm_master_t *m) {
     uv_timer_start(&m->timer, connect_timeout_cb, ms(m->o.connect_timeout), 0);
   }
   if (m->connecting == NULL && dcm__list_empty(&m->connect_queue) &&
-      m->state == DCM_STATE_CONNECTING)
+      m->state == DCM_STATE_CONNECTING && !m->stopping)
     set_state(m, DCM_STATE_RUNNING);
 }
 
@@ -190,14 +220,7 @@ static void done_connecting(dcm_master_t *m, dcm__machine_t *x) {
 
 /* ---- allocation -------------------------------------------------------- */
 
-static void fetch_gateway(dcm_master_t *m);
 static void allocate(dcm_master_t *m);
-
-static void budget_timer_cb(uv_timer_t *t) {
-  dcm_master_t *m = t->data;
-  dcm__info(&m->log, NULL, "identify budget should have reset; asking Discord again");
-  fetch_gateway(m);
-}
 
 /* Takes what the machines report running, first id wins a conflict. */
 static size_t adopt(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
@@ -221,10 +244,20 @@ static size_t adopt(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
   return adopted;
 }
 
+/* Distinct in-range shards the machines report running. */
 static size_t reported_total(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
+  unsigned char *seen = calloc((size_t)m->shard_count, 1);
   size_t total = 0;
-  for (size_t i = 0; i < n; i++) total += xs[i]->has_reported ? xs[i]->nreported : 0;
-  (void)m;
+  if (seen == NULL) return 0; /* then every shard counts as new: the safe side */
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; xs[i]->has_reported && k < xs[i]->nreported; k++) {
+      int s = xs[i]->reported[k];
+      if (s < m->shard_count && !seen[s]) {
+        seen[s] = 1;
+        total++;
+      }
+    }
+  free(seen);
   return total;
 }
 
@@ -251,12 +284,8 @@ static void allocate(dcm_master_t *m) {
     free(xs);
     return;
   }
-  size_t reported = reported_total(m, xs, n);
-  size_t needed = (size_t)m->shard_count - (reported < (size_t)m->shard_count ? reported : (size_t)m->shard_count);
-  if (m->have_gw && (size_t)m->gw.remaining < needed) {
-    dcm__warn(&m->log, NULL, "identify budget: %d sessions left, %zu needed; waiting %.0fs for the reset",
-              m->gw.remaining, needed, m->gw.reset_after);
-    uv_timer_start(&m->timer, budget_timer_cb, ms(m->gw.reset_after) + 1000, 0);
+  size_t needed = (size_t)m->shard_count - reported_total(m, xs, n);
+  if (!budget_allows(m, needed)) {
     free(xs);
     return;
   }
@@ -293,7 +322,7 @@ static void allocate(dcm_master_t *m) {
   }
   free(xs);
   m->allocated = 1;
-  set_state(m, DCM_STATE_CONNECTING);
+  if (set_state(m, DCM_STATE_CONNECTING)) return;
   pump(m);
 }
 
@@ -332,7 +361,7 @@ static void end_window(dcm_master_t *m, const char *why) {
 static void window_timer_cb(uv_timer_t *t) { end_window(t->data, "window elapsed"); }
 
 static void begin_collecting(dcm_master_t *m) {
-  set_state(m, DCM_STATE_COLLECTING);
+  if (set_state(m, DCM_STATE_COLLECTING)) return;
   dcm__info(&m->log, NULL, "collecting CONTROLs for %.3gs (%d shards, max_concurrency %d%s)",
             m->o.collect_window, m->shard_count, m->max_concurrency,
             m->o.expected_machines ? ", ends early at the expected machine count" : "");
@@ -351,6 +380,8 @@ static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, 
   }
   m->gw = *gw;
   m->have_gw = 1;
+  m->gw_at = uv_now(m->loop);
+  m->budget_wait = 0;
   dcm__info(&m->log, NULL, "Discord: %d shards recommended, max_concurrency %d, "
                            "identify budget %d/%d, resets in %.0fs",
             gw->shards, gw->max_concurrency, gw->remaining, gw->total, gw->reset_after);
@@ -362,8 +393,11 @@ static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, 
     }
     m->max_concurrency = m->o.max_concurrency ? m->o.max_concurrency : gw->max_concurrency;
     begin_collecting(m);
-  } else if (!m->allocated && m->window_over) {
-    allocate(m);
+  } else if (!m->allocated) {
+    if (m->window_over && !m->refreshing) allocate(m);
+  } else {
+    place_unassigned(m, 0);
+    pump(m);
   }
 }
 
@@ -383,7 +417,7 @@ int dcm__coord_start(dcm_master_t *m) {
   }
   int r = dcm__discord_new(m->loop, m->o.api_base, m->o.token, &m->log, &m->discord);
   if (r != 0) return r;
-  set_state(m, DCM_STATE_FETCHING);
+  if (set_state(m, DCM_STATE_FETCHING)) return 0;
   return dcm__discord_fetch(m->discord, on_gateway, m);
 }
 
@@ -399,7 +433,10 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   done_connecting(m, x);
   dcm__fleet_remove(m, x);
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
-  dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why);
+  if (dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why)) {
+    free(shards);
+    return;
+  }
   if (shards && n) {
     dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
     size_t live = xs ? dcm__fleet_live(m, xs, 1) : 0;
@@ -425,14 +462,14 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
   int was_pending = x->info_pending;
   x->info_pending = 0;
   if (timed_out) {
-    dcm__emit(m, DCM_EVENT_TIMED_OUT, x->id, DCM_CLOSE_DEAD, NULL);
+    if (dcm__emit(m, DCM_EVENT_TIMED_OUT, x->id, DCM_CLOSE_DEAD, NULL)) return;
     failover(m, x, "heartbeat timeout");
   } else if (!m->allocated && x->nshards == 0) {
-    dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
+    if (dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL)) return;
     dcm__info(&m->log, x->id, "left before the allocation");
     dcm__fleet_remove(m, x);
   } else {
-    dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
+    if (dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL)) return;
     done_connecting(m, x);
     x->state = DCM_MACHINE_DISCONNECTED;
     dcm__info(&m->log, x->id, "connection lost; keeping its %zu shards for %.3gs", x->nshards,
@@ -448,7 +485,7 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
 
 void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed) {
   if (!m->allocated) {
-    if (m->window_over && !m->refreshing) {
+    if (m->window_over && !m->refreshing && !m->budget_wait) {
       allocate(m);
     } else if (!m->window_over && m->o.expected_machines > 0 &&
                m->nmachines >= (size_t)m->o.expected_machines) {
@@ -502,8 +539,8 @@ int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards, size
   if (x == m->connecting) {
     x->connect = DCM_CONNECT_READY;
     dcm__info(&m->log, x->id, "ready with %zu shards", n);
-    dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL);
     done_connecting(m, x);
+    if (dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL)) return 0;
     pump(m);
   } else {
     dcm__info(&m->log, x->id, "ready with %zu shards (after its turn)", n);
@@ -524,6 +561,7 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   dcm__pmachine_t dead = {x->id, x->cores, x->loadavg, 1, shards, n};
   dcm__fleet_release(m, x);
   done_connecting(m, x);
+  dcm__list_remove(&x->queue_link); /* its empty connect goes after the receivers' */
   dcm__info(&m->log, x->id, "offload: moving its %zu shards, then it stands by", n);
   dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
   size_t live = xs ? dcm__fleet_live(m, xs, 1) : 0, k = 0;

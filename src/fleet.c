@@ -31,6 +31,7 @@ int dcm__fleet_set_shards(dcm_master_t *m, int shard_count) {
   free(m->owner);
   m->owner = owner;
   m->shard_count = shard_count;
+  m->nunassigned = (size_t)shard_count;
   return 0;
 }
 
@@ -122,13 +123,16 @@ int dcm__fleet_give(dcm_master_t *m, dcm__machine_t *x, int s) {
   x->shards[i] = s;
   x->nshards++;
   m->owner[s] = x;
+  m->nunassigned--;
   return 0;
 }
 
 void dcm__fleet_release(dcm_master_t *m, dcm__machine_t *x) {
   for (size_t i = 0; i < x->nshards; i++)
-    if (x->shards[i] < m->shard_count && m->owner[x->shards[i]] == x)
+    if (x->shards[i] < m->shard_count && m->owner[x->shards[i]] == x) {
       m->owner[x->shards[i]] = NULL;
+      m->nunassigned++;
+    }
   x->nshards = 0;
 }
 

@@ -15,6 +15,7 @@
 #include "discluster/master.h"
 #include "discord.h"
 #include "log.h"
+#include "outq.h"
 #include "policy.h"
 #include "protocol.h"
 #include "ws.h"
@@ -80,12 +81,13 @@ struct dcm__conn_s {
   /* WebSocket */
   dcm__ws_t ws;
   int ws_ready;
-  size_t out_bytes; /* written but not yet on the wire */
+  dcm__outq_t out;  /* bounded outbound queue */
   /* Protocol */
   dcm__machine_t *machine;
   uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
   uint64_t last_heartbeat;
   int timed_out; /* closed for a missed heartbeat: fail over at once */
+  int send_failed; /* a write failed: the timer aborts it next turn */
 };
 
 typedef enum {
@@ -167,7 +169,11 @@ struct dcm_master_s {
   int max_concurrency;
   /* lifecycle */
   dcm__state state;
-  uv_timer_t timer; /* collection window, identify budget, connect timeout */
+  uv_timer_t timer; /* collection window, info refresh, connect timeout */
+  uv_timer_t budget_timer; /* waits for the identify budget to reset */
+  int budget_wait;
+  uint64_t gw_at;   /* uv_now() when gw was fetched */
+  size_t nunassigned;
   dcm__link_t connect_queue;
   dcm__machine_t *connecting; /* the one CONTROL told to connect, if any */
   dcm__gateway_t gw;
@@ -179,7 +185,7 @@ struct dcm_master_s {
   dcm__policy_t *policy;
   dcm__discord_t *discord;
   /* stop */
-  int started, stopping, start_failed, free_pending;
+  int started, stopping, start_failed, free_pending, in_finish;
   int open_handles;
   dcm_close_cb close_cb;
   void *close_arg;
@@ -219,8 +225,9 @@ void dcm__coord_stop(dcm_master_t *m);
 const char *dcm__state_name(dcm__state s);
 
 /* master.c */
-void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine,
-               int code, const char *message);
+/* Returns 1 when the callback stopped the master: the caller must return. */
+int dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine,
+              int code, const char *message);
 void dcm__handle_closed(uv_handle_t *h); /* close cb of handles whose data is m */
 void dcm__master_release(dcm_master_t *m); /* one master-owned handle closed */
 

@@ -63,11 +63,13 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
   return 0;
 }
 
-void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine, int code,
-               const char *message) {
-  if (m->cb == NULL) return;
-  dcm_event_t ev = {type, machine, code, message};
-  m->cb(m, &ev, m->cb_arg);
+int dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine, int code,
+              const char *message) {
+  if (m->cb) {
+    dcm_event_t ev = {type, machine, code, message};
+    m->cb(m, &ev, m->cb_arg);
+  }
+  return m->stopping;
 }
 
 int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
@@ -85,13 +87,14 @@ int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
   m->cb = cb;
   m->cb_arg = arg;
   uv_timer_init(m->loop, &m->timer);
-  m->timer.data = m;
-  m->open_handles++;
+  uv_timer_init(m->loop, &m->budget_timer);
+  m->timer.data = m->budget_timer.data = m;
+  m->open_handles += 2;
   snprintf(where, sizeof where, "%s%s%s:%d", strchr(m->o.listen_host, ':') ? "[" : "",
            m->o.listen_host, strchr(m->o.listen_host, ':') ? "]" : "", m->port);
   dcm__info(&m->log, NULL, "listening on %s (discluster-master %s, protocol %d, policy %s)",
             where, DCM_VERSION, DCM_PROTOCOL_VERSION, dcm__policy_path(m->policy));
-  dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where);
+  if (dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where)) return 0;
   r = dcm__coord_start(m);
   if (r != 0) {
     dcm__error(&m->log, NULL, "cannot start: %s", dcm_strerror(r));
@@ -116,8 +119,10 @@ int dcm_master_reload_policy(dcm_master_t *m) {
 
 static void finish_stop(dcm_master_t *m) {
   dcm__info(&m->log, NULL, "stopped (exit status %d)", m->exit_status);
+  m->in_finish = 1; /* the embedder may free m from either callback */
   dcm__emit(m, DCM_EVENT_STOPPED, NULL, m->exit_status, NULL);
   if (m->close_cb) m->close_cb(m, m->close_arg);
+  m->in_finish = 0;
 }
 
 void dcm__master_release(dcm_master_t *m) {
@@ -141,6 +146,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
   m->open_handles++; /* held until this function is done closing */
   dcm__server_stop(m);
   uv_close((uv_handle_t *)&m->timer, dcm__handle_closed);
+  uv_close((uv_handle_t *)&m->budget_timer, dcm__handle_closed);
   if (m->discord) {
     m->open_handles++;
     dcm__discord_close(m->discord, discord_closed, m);
@@ -174,7 +180,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
 
 void dcm_master_free(dcm_master_t *m) {
   if (m == NULL) return;
-  if (m->open_handles > 0) { /* handles still closing: the last one frees */
+  if (m->open_handles > 0 || m->in_finish) { /* the last close, or finish_stop, frees */
     m->free_pending = 1;
     return;
   }

@@ -10,16 +10,11 @@
 #include <strings.h>
 
 #include "internal.h"
+#include "outq.h"
 #include "wskey.h"
 
 #define CLOSE_LINGER_MS 2000
 
-typedef struct {
-  uv_write_t req;
-  dcm__conn_t *conn;
-  size_t len;
-  char data[];
-} write_req_t;
 
 static void conn_finish(dcm__conn_t *c);
 
@@ -81,41 +76,18 @@ static void conn_finish(dcm__conn_t *c) {
 
 /* ---- writes ----------------------------------------------------------- */
 
-static void write_cb(uv_write_t *req, int status) {
-  write_req_t *w = (write_req_t *)req;
-  dcm__conn_t *c = w->conn;
-  c->out_bytes -= w->len;
-  free(w);
-  if (status < 0 && status != UV_ECANCELED) dcm__conn_abort(c);
+static void outq_error(dcm__outq_t *q, int status) {
+  (void)status;
+  dcm__conn_abort(DCM_CONTAINER(q, dcm__conn_t, out));
 }
 
 static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
-  if (uv_is_closing((uv_handle_t *)&c->tcp)) return UV_EPIPE;
-  uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
-  int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
-  if (n == (int)len) return 0;
-  if (n < 0 && n != UV_EAGAIN) return n;
-  if (n < 0) n = 0;
-  size_t left = len - (size_t)n;
-  if (c->out_bytes + left > c->m->o.max_outbound) {
+  int r = dcm__outq_write(&c->out, (uv_stream_t *)&c->tcp, data, len);
+  if (r == UV_ENOBUFS)
     dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
               "peer %s is not reading: outbound queue over %zu bytes, closing",
               c->peer, c->m->o.max_outbound);
-    return UV_ENOBUFS;
-  }
-  write_req_t *w = malloc(sizeof *w + left);
-  if (w == NULL) return UV_ENOMEM;
-  memcpy(w->data, (const char *)data + n, left);
-  w->conn = c;
-  w->len = left;
-  buf = uv_buf_init(w->data, (unsigned)left);
-  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_cb);
-  if (r != 0) {
-    free(w);
-    return r;
-  }
-  c->out_bytes += left;
-  return 0;
+  return r;
 }
 
 static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
@@ -124,8 +96,14 @@ static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
 
 int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len) {
   if (c->phase != DCM_CONN_HELLO && c->phase != DCM_CONN_ACTIVE) return DCM_ESTATE;
+  if (c->send_failed) return DCM_ESTATE;
   int r = dcm__ws_send(&c->ws, text, len);
-  if (r != 0) dcm__conn_abort(c);
+  if (r != 0) {
+    /* Callers are in the middle of a change: abort on the next loop turn
+       rather than under their feet. */
+    c->send_failed = 1;
+    dcm__conn_set_deadline(c, uv_now(c->m->loop));
+  }
   return r;
 }
 
@@ -146,6 +124,10 @@ void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason) {
 static void timer_cb(uv_timer_t *t) {
   dcm__conn_t *c = t->data;
   uint64_t now = uv_now(c->m->loop);
+  if (c->send_failed) {
+    dcm__conn_abort(c);
+    return;
+  }
   if (now < c->deadline) { /* moved later since armed: re-arm lazily */
     uv_timer_start(&c->timer, timer_cb, c->deadline - now, 0);
     return;
@@ -446,7 +428,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   dcm__conn_t *c = ws->data;
-  if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
+  if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed)
     dcm__session_message(c, msg, len);
 }
 
@@ -509,6 +491,8 @@ static void connection_cb(uv_stream_t *server, int status) {
   uv_timer_init(m->loop, &c->timer);
   c->tcp.data = c->timer.data = c;
   c->handles_open = 2;
+  c->out.cap = m->o.max_outbound;
+  c->out.on_error = outq_error;
   m->open_handles++; /* released in conn_free_cb */
   dcm__list_push(&m->conns, &c->link);
   c->phase = DCM_CONN_HTTP;

@@ -107,7 +107,8 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
             x->loadavg, x->standby ? "yes" : "no", x->version[0] ? " version=" : "",
             x->version);
   send_initialise(c);
-  dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer);
+  if (dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer))
+    return;
   dcm__coord_joined(m, x, resumed);
 }
 
@@ -179,7 +180,9 @@ void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
   dcm_master_t *m = c->m;
   dcm__packet_t p;
   char err[192];
-  size_t max = m->shard_count > 0 ? (size_t)m->shard_count : 1u << 20;
+  /* Not shard_count: info.shards may name shards of an older, larger fleet
+     (adoption skips them); the 1 MiB message cap bounds the rest. */
+  size_t max = 1u << 20;
   int r = dcm__packet_decode(m->json, msg, len, max, &p, err, sizeof err);
   if (c->phase == DCM_CONN_HELLO) {
     if (r == 0 && p.op != DCM_OP_INFO) {
@@ -270,7 +273,8 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
     lua_setfield(L, -2, "total");
     lua_pushinteger(L, m->gw.remaining);
     lua_setfield(L, -2, "remaining");
-    lua_pushinteger(L, (lua_Integer)(m->gw.reset_after * 1000.0));
+    double left = m->gw.reset_after * 1000.0 - (double)(now - m->gw_at);
+    lua_pushinteger(L, (lua_Integer)(left > 0 ? left : 0)); /* aged since the fetch */
     lua_setfield(L, -2, "reset_after");
     lua_pushinteger(L, m->gw.max_concurrency);
     lua_setfield(L, -2, "max_concurrency");

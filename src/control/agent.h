@@ -17,6 +17,7 @@
 #include "log.h"
 #include "plan.h"
 #include "protocol.h"
+#include "outq.h"
 #include "ws.h"
 
 #define DCM_CTL_MAX_MESSAGE (1u << 20) /* protocol v1's bound */
@@ -74,7 +75,7 @@ struct dcm__client_s {
   char accept[32]; /* the Sec-WebSocket-Accept we expect */
   dcm__ws_t ws;
   int ws_ready;
-  size_t out_bytes;
+  dcm__outq_t out;
   uint64_t idle_ms; /* 0 = no idle deadline */
   uint64_t last_rx;
   char why[400]; /* why it closed, for the log */

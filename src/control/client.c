@@ -5,6 +5,7 @@
  * frames). Writes are queued with a bound; every phase has a deadline.
  * Protocol decisions are agent.c's; this file only moves messages.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,16 +14,11 @@
 
 #include "agent.h"
 #include "discluster/master.h"
+#include "outq.h"
 #include "wskey.h"
 
 #define CLOSE_LINGER_MS 2000
 
-typedef struct {
-  uv_write_t req;
-  dcm__client_t *c;
-  size_t len;
-  char data[];
-} write_req_t;
 
 static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
@@ -56,37 +52,15 @@ void dcm__client_abort(dcm__client_t *c, const char *why) {
 
 /* ---- writes -------------------------------------------------------------- */
 
-static void write_cb(uv_write_t *req, int status) {
-  write_req_t *w = (write_req_t *)req;
-  dcm__client_t *c = w->c;
-  c->out_bytes -= w->len;
-  memset(w->data, 0, w->len); /* the upgrade head carries the secret */
-  free(w);
-  if (status < 0 && status != UV_ECANCELED) dcm__client_abort(c, uv_strerror(status));
+static void outq_error(dcm__outq_t *q, int status) {
+  dcm__client_abort((dcm__client_t *)((char *)q - offsetof(dcm__client_t, out)),
+                    uv_strerror(status));
 }
 
+/* The upgrade head carries the secret: queued copies are wiped (out.wipe). */
 static int raw_write(dcm__client_t *c, const void *data, size_t len) {
-  if (!c->tcp_open || uv_is_closing((uv_handle_t *)&c->tcp)) return UV_EPIPE;
-  uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
-  int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
-  if (n == (int)len) return 0;
-  if (n < 0 && n != UV_EAGAIN) return n;
-  if (n < 0) n = 0;
-  size_t left = len - (size_t)n;
-  if (c->out_bytes + left > DCM_CTL_MAX_OUTBOUND) return UV_ENOBUFS;
-  write_req_t *w = malloc(sizeof *w + left);
-  if (w == NULL) return UV_ENOMEM;
-  memcpy(w->data, (const char *)data + n, left);
-  w->c = c;
-  w->len = left;
-  buf = uv_buf_init(w->data, (unsigned)left);
-  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_cb);
-  if (r != 0) {
-    free(w);
-    return r;
-  }
-  c->out_bytes += left;
-  return 0;
+  if (!c->tcp_open) return UV_EPIPE;
+  return dcm__outq_write(&c->out, (uv_stream_t *)&c->tcp, data, len);
 }
 
 static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
@@ -387,6 +361,9 @@ int dcm__client_start(dcm__agent_t *a, dcm__client_t **out) {
   dcm__client_t *c = calloc(1, sizeof *c);
   if (c == NULL) return DCM_ENOMEM;
   c->a = a;
+  c->out.cap = DCM_CTL_MAX_OUTBOUND;
+  c->out.wipe = 1;
+  c->out.on_error = outq_error;
   c->phase = DCM_CLIENT_RESOLVING;
   uv_timer_init(a->loop, &c->timer);
   c->timer.data = c;
