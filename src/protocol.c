@@ -175,44 +175,48 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
   }
 }
 
+int dcm__packet_open(lua_State *L, const char *buf, size_t len, int *op,
+                     char *err, size_t errlen) {
+  long long o;
+  int top = lua_gettop(L);
+  int r = DCM_ERR_MALFORMED;
+  err[0] = '\0';
+  if (dcm__json_decode(L, buf, len) != 0) {
+    snprintf(err, errlen, "not valid JSON");
+  } else if (!dcm__json_isobject(L, -1)) {
+    snprintf(err, errlen, "a packet must be a JSON object");
+  } else if (dcm__json_field(L, top + 1, "o") != LUA_TNUMBER ||
+             !dcm__json_tointeger(L, -1, &o)) {
+    snprintf(err, errlen, "\"o\" must be an integer");
+  } else if (o < 0 || o > DCM_OP_READY) {
+    snprintf(err, errlen, "unknown opcode %lld", o);
+    r = DCM_ERR_UNKNOWN_OP;
+  } else if (*op = (int)o, dcm__json_field(L, top + 1, "d") != LUA_TTABLE ||
+                               !dcm__json_isobject(L, -1)) {
+    snprintf(err, errlen, "\"d\" must be an object");
+  } else {
+    lua_replace(L, top + 1); /* d takes the packet's slot */
+    lua_settop(L, top + 1);
+    return 0;
+  }
+  lua_settop(L, top);
+  return r;
+}
+
 int dcm__packet_decode(lua_State *L, const char *buf, size_t len,
                        size_t max_shards, dcm__packet_t *p, char *err,
                        size_t errlen) {
-  long long op;
   memset(p, 0, sizeof(*p));
   p->shard = -1;
-  err[0] = '\0';
   int top = lua_gettop(L);
-  int r;
-  if (dcm__json_decode(L, buf, len) != 0) {
-    snprintf(err, errlen, "not valid JSON");
-    r = DCM_ERR_MALFORMED;
-  } else if (!dcm__json_isobject(L, -1) || lua_rawlen(L, -1) != 0) {
-    snprintf(err, errlen, "a packet must be a JSON object");
-    r = DCM_ERR_MALFORMED;
-  } else if (dcm__json_field(L, top + 1, "o") != LUA_TNUMBER ||
-             !dcm__json_tointeger(L, -1, &op)) {
-    snprintf(err, errlen, "\"o\" must be an integer");
-    r = DCM_ERR_MALFORMED;
-  } else if (op < 0 || op > DCM_OP_READY) {
-    snprintf(err, errlen, "unknown opcode %lld", op);
-    r = DCM_ERR_UNKNOWN_OP;
-  } else if (dcm__json_field(L, top + 1, "d") != LUA_TTABLE ||
-             !dcm__json_isobject(L, -1)) {
-    p->op = (int)op;
-    snprintf(err, errlen, "\"d\" must be an object");
-    r = DCM_ERR_MALFORMED;
-  } else {
-    p->op = (int)op;
-    r = decode_d(L, lua_gettop(L), max_shards, p, err, errlen);
-  }
+  int r = dcm__packet_open(L, buf, len, &p->op, err, errlen);
+  if (r == 0) r = decode_d(L, top + 1, max_shards, p, err, errlen);
   lua_settop(L, top);
   if (r != 0) dcm__packet_clear(p);
   return r;
 }
 
-/* Wraps the d table on top of the stack into {"o": op, "d": d}, encodes. */
-static const char *finish(lua_State *L, int op, size_t *len) {
+const char *dcm__packet_seal(lua_State *L, int op, size_t *len) {
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, op);
   lua_setfield(L, -2, "o");
@@ -229,7 +233,7 @@ static const char *finish(lua_State *L, int op, size_t *len) {
 
 const char *dcm__enc_info_request(lua_State *L, size_t *len) {
   lua_createtable(L, 0, 0);
-  return finish(L, DCM_OP_INFO, len);
+  return dcm__packet_seal(L, DCM_OP_INFO, len);
 }
 
 const char *dcm__enc_initialise(lua_State *L, const char *token,
@@ -246,7 +250,7 @@ const char *dcm__enc_initialise(lua_State *L, const char *token,
   lua_setfield(L, -2, "shard_count");
   lua_pushinteger(L, max_concurrency);
   lua_setfield(L, -2, "max_concurrency");
-  return finish(L, DCM_OP_INITIALISE, len);
+  return dcm__packet_seal(L, DCM_OP_INITIALISE, len);
 }
 
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
@@ -256,7 +260,7 @@ const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
   lua_setfield(L, -2, "shards");
   lua_pushboolean(L, redundant);
   lua_setfield(L, -2, "redundant");
-  return finish(L, DCM_OP_CONNECT, len);
+  return dcm__packet_seal(L, DCM_OP_CONNECT, len);
 }
 
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
@@ -266,14 +270,14 @@ const char *dcm__enc_error(lua_State *L, int code, const char *message,
   lua_setfield(L, -2, "code");
   lua_pushstring(L, message);
   lua_setfield(L, -2, "message");
-  return finish(L, DCM_OP_ERROR, len);
+  return dcm__packet_seal(L, DCM_OP_ERROR, len);
 }
 
 const char *dcm__enc_ack(lua_State *L, int op, size_t *len) {
   lua_createtable(L, 0, 1);
   lua_pushinteger(L, op);
   lua_setfield(L, -2, "o");
-  return finish(L, DCM_OP_ACK, len);
+  return dcm__packet_seal(L, DCM_OP_ACK, len);
 }
 
 const char *dcm__enc_shutdown(lua_State *L, int code, const char *reason,
@@ -283,5 +287,5 @@ const char *dcm__enc_shutdown(lua_State *L, int code, const char *reason,
   lua_setfield(L, -2, "code");
   lua_pushstring(L, reason);
   lua_setfield(L, -2, "reason");
-  return finish(L, DCM_OP_SHUTDOWN, len);
+  return dcm__packet_seal(L, DCM_OP_SHUTDOWN, len);
 }

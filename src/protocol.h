@@ -69,6 +69,18 @@ typedef struct {
 #define DCM_FAILED_JSON_MAX 16384
 
 /*
+ * The envelope, for both directions: decodes {"o": op, "d": {...}}, checks
+ * o and d, pushes d and sets *op. Returns 0, or DCM_ERR_MALFORMED /
+ * DCM_ERR_UNKNOWN_OP with a reason in err and nothing pushed (*op is set
+ * when it was read).
+ */
+int dcm__packet_open(lua_State *L, const char *buf, size_t len, int *op,
+                     char *err, size_t errlen);
+
+/* Wraps the d table on top of the stack into {"o": op, "d": d}, encodes. */
+const char *dcm__packet_seal(lua_State *L, int op, size_t *len);
+
+/*
  * Decodes one message. Returns 0, DCM_ERR_MALFORMED or DCM_ERR_UNKNOWN_OP
  * with a short reason in err. An invalid info report is DCM_ERR_MALFORMED
  * too; the caller turns it into close 4002 during the handshake.

@@ -123,51 +123,13 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char 
 
 int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards,
                     dcm__ctl_packet_t *p, char *err, size_t errlen) {
-  long long op;
-  int r;
   memset(p, 0, sizeof *p);
-  err[0] = '\0';
   int top = lua_gettop(L);
-  if (dcm__json_decode(L, buf, len) != 0) {
-    snprintf(err, errlen, "not valid JSON");
-    r = DCM_ERR_MALFORMED;
-  } else if (!dcm__json_isobject(L, -1)) {
-    snprintf(err, errlen, "a packet must be a JSON object");
-    r = DCM_ERR_MALFORMED;
-  } else if (dcm__json_field(L, top + 1, "o") != LUA_TNUMBER ||
-             !dcm__json_tointeger(L, -1, &op)) {
-    snprintf(err, errlen, "\"o\" must be an integer");
-    r = DCM_ERR_MALFORMED;
-  } else if (op < 0 || op > DCM_OP_READY) {
-    snprintf(err, errlen, "unknown opcode %lld", op);
-    r = DCM_ERR_UNKNOWN_OP;
-  } else if (dcm__json_field(L, top + 1, "d") != LUA_TTABLE || !dcm__json_isobject(L, -1)) {
-    p->op = (int)op;
-    snprintf(err, errlen, "\"d\" must be an object");
-    r = DCM_ERR_MALFORMED;
-  } else {
-    p->op = (int)op;
-    r = decode_d(L, lua_gettop(L), max_shards, p, err, errlen);
-  }
+  int r = dcm__packet_open(L, buf, len, &p->op, err, errlen);
+  if (r == 0) r = decode_d(L, top + 1, max_shards, p, err, errlen);
   lua_settop(L, top);
   if (r != 0) dcm__ctl_packet_clear(p);
   return r;
-}
-
-/* Wraps the d table on top of the stack into {"o": op, "d": d}, encodes. */
-static const char *finish(lua_State *L, int op, size_t *len) {
-  lua_createtable(L, 0, 2);
-  lua_pushinteger(L, op);
-  lua_setfield(L, -2, "o");
-  lua_insert(L, -2);
-  lua_setfield(L, -2, "d");
-  const char *s = dcm__json_encode(L, -1, len);
-  if (s == NULL) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  lua_remove(L, -2);
-  return s;
 }
 
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
@@ -188,7 +150,7 @@ const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double lo
     lua_pushstring(L, version);
     lua_setfield(L, -2, "version");
   }
-  return finish(L, DCM_OP_INFO, len);
+  return dcm__packet_seal(L, DCM_OP_INFO, len);
 }
 
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
@@ -215,21 +177,21 @@ const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
     }
   }
   lua_setfield(L, -2, "failed_clusters");
-  return finish(L, DCM_OP_HEARTBEAT, len);
+  return dcm__packet_seal(L, DCM_OP_HEARTBEAT, len);
 }
 
 const char *dcm__ctl_enc_ack(lua_State *L, int op, size_t *len) {
   lua_createtable(L, 0, 1);
   lua_pushinteger(L, op);
   lua_setfield(L, -2, "o");
-  return finish(L, DCM_OP_ACK, len);
+  return dcm__packet_seal(L, DCM_OP_ACK, len);
 }
 
 const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len) {
   lua_createtable(L, 0, 1);
   dcm__json_push_int_array(L, shards, n);
   lua_setfield(L, -2, "shards");
-  return finish(L, DCM_OP_READY, len);
+  return dcm__packet_seal(L, DCM_OP_READY, len);
 }
 
 const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
@@ -243,10 +205,10 @@ const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int 
     lua_pushinteger(L, shard);
     lua_setfield(L, -2, "shard");
   }
-  return finish(L, DCM_OP_FATAL, len);
+  return dcm__packet_seal(L, DCM_OP_FATAL, len);
 }
 
 const char *dcm__ctl_enc_offload(lua_State *L, size_t *len) {
   lua_createtable(L, 0, 0);
-  return finish(L, DCM_OP_OFFLOAD, len);
+  return dcm__packet_seal(L, DCM_OP_OFFLOAD, len);
 }
