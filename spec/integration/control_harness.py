@@ -13,10 +13,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 
-from harness import Master, http_get
+from harness import LoggedProcess, Master, free_port, http_get  # noqa: F401
 
 BUILD = os.environ.get("DCM_BUILD_DIR", "build")
 CONTROL_BIN = os.environ.get("DCM_CONTROL_BIN",
@@ -142,7 +141,7 @@ def wait_for(cond, timeout, what):
         time.sleep(0.05)
 
 
-class Agent:
+class Agent(LoggedProcess):
     """One discluster-control process; its stderr lines are collected."""
 
     def __init__(self, port, id, *args, command, env=None, auth=None):
@@ -151,70 +150,11 @@ class Agent:
             e["DISCLUSTER_AUTH"] = auth
         e.update(env or {})
         self.id = id
+        self.name = "agent " + id
         argv = [CONTROL_BIN, "--master", "ws://127.0.0.1:%d" % port, "--id", id,
                 "--cluster-command", command] + AGENT_FAST + list(args)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=e, text=True, errors="replace")
-        self.lines = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self._spawn(argv, e)
 
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def log(self):
-        with self.cond:
-            return "\n".join(self.lines)
-
-    def mark(self):
-        with self.cond:
-            return len(self.lines)
-
-    def wait_log(self, pattern, timeout=10, start=0):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines[start:]:
-                    if rx.search(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
-                    raise AssertionError("agent %s: no log line matching %r within %ss; log:\n%s"
-                                         % (self.id, pattern, timeout, "\n".join(self.lines)))
-                self.cond.wait(min(left, 0.1))
-
-    def count(self, pattern):
-        rx = re.compile(pattern)
-        with self.cond:
-            return sum(1 for line in self.lines if rx.search(line))
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout=15):
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("agent %s did not exit within %ss; log:\n%s"
-                                 % (self.id, timeout, self.log()))
-        self.reader.join(5)
-        return rc
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.reader.join(5)
-        self.proc.stderr.close()
 
 
 def status(master):
@@ -234,14 +174,6 @@ def wait_running(master, timeout=15):
         st = status(master)
         return st["state"] == "running" and not st["unassigned"] and st
     return wait_for(ok, timeout, "MASTER running with every shard assigned")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class FakeMaster:

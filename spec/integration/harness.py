@@ -30,31 +30,19 @@ FAST = ["--collect-window", "0.5", "--heartbeat-interval", "1", "--heartbeat-gra
         "--reconnect-grace", "1", "--handshake-timeout", "2", "--connect-timeout", "3"]
 
 
-class Master:
-    """One discluster-master process; its stderr lines are collected."""
+class LoggedProcess:
+    """A child process whose stderr lines are collected for wait_log()."""
 
-    def __init__(self, *args, env=None, token=None, auth=None, wait=True):
-        e = {k: v for k, v in os.environ.items()
-             if k not in ("DISCORD_TOKEN", "DISCLUSTER_AUTH")}
-        if token is not None:
-            e["DISCORD_TOKEN"] = token
-        if auth is not None:
-            e["DISCLUSTER_AUTH"] = auth
-        if env:
-            e.update(env)
-        argv = [BIN] + list(args)
-        if not any(a.startswith("--listen") for a in args):
-            argv += ["--listen", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=e, text=True)
+    name = "process"
+
+    def _spawn(self, argv, env):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=env, text=True,
+                                     errors="replace")
         self.lines = []
         self.cond = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.port = None
-        if wait:
-            line = self.wait_log(r"listening on \S+:(\d+)", 10)
-            self.port = int(re.search(r"listening on \S+:(\d+)", line).group(1))
 
     def _read(self):
         for line in self.proc.stderr:
@@ -68,6 +56,15 @@ class Master:
         with self.cond:
             return "\n".join(self.lines)
 
+    def mark(self):
+        with self.cond:
+            return len(self.lines)
+
+    def count(self, pattern):
+        rx = re.compile(pattern)
+        with self.cond:
+            return sum(1 for line in self.lines if rx.search(line))
+
     def wait_log(self, pattern, timeout=10, start=0):
         """Returns the first line (from index start) matching pattern."""
         rx = re.compile(pattern)
@@ -79,13 +76,9 @@ class Master:
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
-                    raise AssertionError("no log line matching %r within %ss; log:\n%s"
-                                         % (pattern, timeout, "\n".join(self.lines)))
+                    raise AssertionError("%s: no log line matching %r within %ss; log:\n%s"
+                                         % (self.name, pattern, timeout, "\n".join(self.lines)))
                 self.cond.wait(min(left, 0.1))
-
-    def mark(self):
-        with self.cond:
-            return len(self.lines)
 
     def signal(self, sig):
         self.proc.send_signal(sig)
@@ -96,9 +89,47 @@ class Master:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("master did not exit within %ss; log:\n%s" % (timeout, self.log()))
+            raise AssertionError("%s did not exit within %ss; log:\n%s"
+                                 % (self.name, timeout, self.log()))
         self.reader.join(5)
         return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(5)
+        self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+class Master(LoggedProcess):
+    """One discluster-master process."""
+
+    name = "master"
+
+    def __init__(self, *args, env=None, token=None, auth=None, wait=True):
+        e = {k: v for k, v in os.environ.items()
+             if k not in ("DISCORD_TOKEN", "DISCLUSTER_AUTH")}
+        if token is not None:
+            e["DISCORD_TOKEN"] = token
+        if auth is not None:
+            e["DISCLUSTER_AUTH"] = auth
+        if env:
+            e.update(env)
+        argv = [BIN] + list(args)
+        if not any(a.startswith("--listen") for a in args):
+            argv += ["--listen", "127.0.0.1:0"]
+        self._spawn(argv, e)
+        self.port = None
+        if wait:
+            line = self.wait_log(r"listening on \S+:(\d+)", 10)
+            self.port = int(re.search(r"listening on \S+:(\d+)", line).group(1))
 
     def stop(self, timeout=15, check=True):
         """SIGTERM, then the exit status; with check, it must be a clean 0."""
@@ -114,16 +145,6 @@ class Master:
 
     def url(self, path="/"):
         return "ws://127.0.0.1:%d%s" % (self.port, path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
 
 
 def http_get(port, path, headers=None, timeout=5):
