@@ -8,6 +8,10 @@
  *
  * Functions return 0 or a negative error code; dcm_strerror() names it.
  * A function that takes a callback and fails never calls that callback.
+ * Event and stop callbacks may call dcm_master_stop(), and the stop callback
+ * (or the DCM_EVENT_STOPPED event) may call dcm_master_free().
+ * As with any libuv program, the embedder must ignore SIGPIPE: a CONTROL
+ * that vanishes mid-write must be an error code, not a signal.
  */
 #ifndef DISCLUSTER_MASTER_H
 #define DISCLUSTER_MASTER_H
