@@ -88,6 +88,7 @@ struct dcm__conn_s {
   uint64_t last_heartbeat;
   int timed_out; /* closed for a missed heartbeat: fail over at once */
   int send_failed; /* a write failed: the timer aborts it next turn */
+  int finishing;   /* shutdown requested; the close follows */
 };
 
 typedef enum {

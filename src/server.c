@@ -60,7 +60,8 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
 
 /* Graceful end: flush what is queued, half-close, then close. */
 static void conn_finish(dcm__conn_t *c) {
-  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  if (c->finishing || uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  c->finishing = 1;
   conn_detach(c);
   c->phase = DCM_CONN_CLOSING;
   uv_read_stop((uv_stream_t *)&c->tcp);
