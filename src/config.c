@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "options.h"
+#include "sandbox.h"
 
 #define CFG_FILE_MAX (1u << 20)   /* bytes of config source */
 #define CFG_MEM_MAX (16u << 20)   /* bytes of Lua heap */
@@ -328,16 +329,23 @@ static int copy_key(dcm__config_t *to, const dcm__config_t *from, const ckey_t *
   }
 }
 
-/* Masks every occurrence of a secret in err (belt and braces). */
+/*
+ * Masks every occurrence of a secret in err (belt and braces), and of any
+ * prefix of it 8 characters or longer: quote() cuts long values short, so a
+ * misplaced secret may show only its start.
+ */
 static void scrub(char *err, const char *secret) {
   size_t sl = secret ? strlen(secret) : 0;
-  char *p = err;
+  size_t min = sl < 8 ? sl : 8;
   if (sl == 0) return;
-  while ((p = strstr(p, secret)) != NULL) {
-    size_t stars = sl < 3 ? sl : 3;
+  for (char *p = err; *p; p++) {
+    size_t k = 0;
+    while (k < sl && p[k] == secret[k]) k++;
+    if (k < min) continue;
+    size_t stars = k < 3 ? k : 3;
     memset(p, '*', stars);
-    memmove(p + stars, p + sl, strlen(p + sl) + 1);
-    p += stars;
+    memmove(p + stars, p + k, strlen(p + k) + 1);
+    p += stars - 1;
   }
 }
 
@@ -483,6 +491,7 @@ static void sb_open(lua_State *L, sandbox_t *sb) {
     lua_rawset(L, lib);
   }
   luaL_requiref(L, "string", luaopen_string, 0);
+  dcm__sandbox_harden(L, lib, -1);
   lua_setfield(L, lib, "string");
   luaL_requiref(L, "math", luaopen_math, 0);
   lua_setfield(L, lib, "math");

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sandbox.h"
+
 #define HOOK_EVERY 1000 /* instructions between budget checks */
 
 static void *pvm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -128,6 +130,7 @@ static int pvm_setup(lua_State *L) {
   lua_getfield(L, 1, "string");
   lua_pushnil(L);
   lua_setfield(L, -2, "dump"); /* bytecode could only be made, never run */
+  dcm__sandbox_harden(L, 1, -1);
   lua_pop(L, 1);
   /* os with only time and clock; the full library leaves the registry. */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* 2 */

@@ -197,6 +197,11 @@ def test_secrets_never_echoed():
                         ":1: auth: must not contain control characters")
     expect_config_error(["--shards", "1"], "DISCLUSTER_AUTH: must not contain control characters",
                         env=clean_env(DISCLUSTER_AUTH=AUTH + "\n"))
+    # a long secret cut short when echoed: its start must not show either
+    long_token = "MTAxMjM0NTY3ODkwMTIzNDU2Nzg5.GabcDE." + "x" * 40
+    line = expect_config_error(["--listen", long_token], "--listen: '***",
+                               env=clean_env(DISCORD_TOKEN=long_token))
+    assert long_token[:8] not in line, line
 
 
 def test_insecure_listen_refused():

@@ -71,6 +71,8 @@ describe("policy_helpers", function()
         bad_field = "field 'allocate' is a string", bad_load_floor = "load_floor",
         bad_ratio = "ratio(charlie) returned inf", bad_shape = "has the key 1",
         gc = "__gc metamethods are not allowed",
+        xpcall_handler = "global 'xpcall'", rep_bomb = "string.rep: result longer",
+        pattern_bomb = "field 'match'",
       }
       for name, text in pairs(why) do
         local ok, err = pcall(H.load_policy, fixtures .. "/bad/" .. name .. ".lua")

@@ -295,6 +295,12 @@ static void test_bad_files(void) {
   BAD_FILE("%s:1: global with a number key", "_G[1] = 2\n");
   BAD_FILE("%s:1: unknown key 'print'", "print = 1\n");
 
+  /* nothing that spins inside C or with hooks off, beyond the instruction limit */
+  BAD_FILE("%s:1: attempt to call a nil value (global 'xpcall')",
+           "xpcall(function() while true do end end, function() while true do end end)\n");
+  BAD_FILE("%s:1: string.rep: result longer than", "local s = string.rep('', math.maxinteger)\n");
+  BAD_FILE("%s:1: attempt to call a nil value (method 'match')",
+           "local s = ('a'):rep(3000):match('.-.-.-b')\n");
   /* no finalizers: Lua runs them with hooks off, beyond the instruction limit */
   BAD_FILE("%s:1: attempt to call a nil value (global 'setmetatable')",
            "setmetatable({}, {__gc = function() while true do end end})\n");

@@ -236,6 +236,9 @@ static const struct {
     {"bad_ratio.lua", "ratio(charlie) returned"},
     {"bad_shape.lua", "allocate result has the key 1"},
     {"gc.lua", "__gc metamethods are not allowed"},
+    {"xpcall_handler.lua", "attempt to call a nil value (global 'xpcall')"},
+    {"rep_bomb.lua", "string.rep: result longer than 1048576 bytes"},
+    {"pattern_bomb.lua", "attempt to call a nil value (field 'match')"},
     {"no-such-file.lua", "cannot open"},
 };
 
