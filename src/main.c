@@ -60,8 +60,9 @@ static void report_handle(uv_handle_t *h, void *arg) {
   dcm__error(arg, NULL, "handle still open at exit: %s", uv_handle_type_name(uv_handle_get_type(h)));
 }
 
+/* A broken policy file is bad configuration too: the log line above names file:line. */
 static int config_status(int rc) {
-  return rc == DCM_EINVAL || rc == DCM_EINSECURE ? 2 : 1;
+  return rc == DCM_EINVAL || rc == DCM_EINSECURE || rc == DCM_EPOLICY ? 2 : 1;
 }
 
 int main(int argc, char **argv) {
