@@ -56,16 +56,8 @@ typedef enum {
 #define DCM_HDR_FIELD_MAX 64
 #define DCM_HDR_VALUE_MAX 1024
 
-struct dcm__conn_s {
-  uv_tcp_t tcp;
-  uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
-  dcm_master_t *m;
-  dcm__link_t link;
-  dcm__conn_phase phase;
-  int handles_open; /* freed when both handles have closed */
-  int counted_unauth;
-  char peer[64];
-  /* HTTP head */
+/* What parsing one HTTP request head needs; gone after the upgrade. */
+typedef struct dcm__http_head_s {
   http_parser parser;
   size_t head_bytes;
   char field[DCM_HDR_FIELD_MAX + 1];
@@ -78,6 +70,18 @@ struct dcm__conn_s {
   unsigned hdr_upgrade : 1, hdr_conn_upgrade : 1, hdr_version13 : 1,
       hdr_auth_ok : 1, hdr_has_key : 1, hdr_has_version : 1;
   char wskey[32];
+} dcm__http_head_t;
+
+struct dcm__conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
+  dcm_master_t *m;
+  dcm__link_t link;
+  dcm__conn_phase phase;
+  int handles_open; /* freed when both handles have closed */
+  int counted_unauth;
+  char peer[64];
+  struct dcm__http_head_s *h; /* the request head's state; freed once routed */
   /* WebSocket */
   dcm__ws_t ws;
   int ws_ready;

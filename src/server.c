@@ -27,6 +27,7 @@ static void conn_free_cb(uv_handle_t *h) {
   dcm_master_t *m = c->m;
   if (--c->handles_open > 0) return;
   if (c->ws_ready) dcm__ws_free(&c->ws);
+  free(c->h);
   free(c);
   dcm__master_release(m);
 }
@@ -209,78 +210,78 @@ static int secret_equal(const char *cand, size_t clen, const char *secret) {
 }
 
 static void header_done(dcm__conn_t *c) {
-  if (!c->in_value) return;
-  c->in_value = 0;
-  char *v = c->value;
-  size_t vl = c->valuelen;
+  if (!c->h->in_value) return;
+  c->h->in_value = 0;
+  char *v = c->h->value;
+  size_t vl = c->h->valuelen;
   while (vl && (*v == ' ' || *v == '\t')) v++, vl--;
   while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
   v[vl] = '\0';
-  if (c->field_truncated) goto out;
-  if (strcasecmp(c->field, "upgrade") == 0) {
-    c->hdr_upgrade = has_token(v, "websocket");
-  } else if (strcasecmp(c->field, "connection") == 0) {
-    c->hdr_conn_upgrade |= has_token(v, "upgrade");
-  } else if (strcasecmp(c->field, "sec-websocket-version") == 0) {
-    c->hdr_has_version = 1;
-    c->hdr_version13 = strcmp(v, "13") == 0;
-  } else if (strcasecmp(c->field, "sec-websocket-key") == 0) {
-    c->hdr_has_key = !c->value_truncated && dcm__ws_key_valid(v, vl);
-    if (c->hdr_has_key) memcpy(c->wskey, v, vl + 1);
-  } else if (strcasecmp(c->field, "authorization") == 0) {
+  if (c->h->field_truncated) goto out;
+  if (strcasecmp(c->h->field, "upgrade") == 0) {
+    c->h->hdr_upgrade = has_token(v, "websocket");
+  } else if (strcasecmp(c->h->field, "connection") == 0) {
+    c->h->hdr_conn_upgrade |= has_token(v, "upgrade");
+  } else if (strcasecmp(c->h->field, "sec-websocket-version") == 0) {
+    c->h->hdr_has_version = 1;
+    c->h->hdr_version13 = strcmp(v, "13") == 0;
+  } else if (strcasecmp(c->h->field, "sec-websocket-key") == 0) {
+    c->h->hdr_has_key = !c->h->value_truncated && dcm__ws_key_valid(v, vl);
+    if (c->h->hdr_has_key) memcpy(c->h->wskey, v, vl + 1);
+  } else if (strcasecmp(c->h->field, "authorization") == 0) {
     const char *secret = c->m->o.auth;
-    if (secret && secret[0] && !c->value_truncated) {
+    if (secret && secret[0] && !c->h->value_truncated) {
       if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0)
-        c->hdr_auth_ok = secret_equal(v + 7, vl - 7, secret);
+        c->h->hdr_auth_ok = secret_equal(v + 7, vl - 7, secret);
       else
-        c->hdr_auth_ok = secret_equal(v, vl, secret);
+        c->h->hdr_auth_ok = secret_equal(v, vl, secret);
     }
-    memset(c->value, 0, sizeof c->value); /* do not keep the secret */
+    memset(c->h->value, 0, sizeof c->h->value); /* do not keep the secret */
   }
 out:
-  c->fieldlen = c->valuelen = 0;
-  c->field_truncated = c->value_truncated = 0;
+  c->h->fieldlen = c->h->valuelen = 0;
+  c->h->field_truncated = c->h->value_truncated = 0;
 }
 
 static int on_url(http_parser *p, const char *at, size_t len) {
   dcm__conn_t *c = p->data;
-  size_t room = sizeof c->path - 1 - c->pathlen;
+  size_t room = sizeof c->h->path - 1 - c->h->pathlen;
   if (len > room) len = room;
-  memcpy(c->path + c->pathlen, at, len);
-  c->pathlen += len;
-  c->path[c->pathlen] = '\0';
+  memcpy(c->h->path + c->h->pathlen, at, len);
+  c->h->pathlen += len;
+  c->h->path[c->h->pathlen] = '\0';
   return 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
   dcm__conn_t *c = p->data;
   header_done(c);
-  if (c->fieldlen + len > DCM_HDR_FIELD_MAX) {
-    c->field_truncated = 1;
-    len = DCM_HDR_FIELD_MAX - c->fieldlen;
+  if (c->h->fieldlen + len > DCM_HDR_FIELD_MAX) {
+    c->h->field_truncated = 1;
+    len = DCM_HDR_FIELD_MAX - c->h->fieldlen;
   }
-  memcpy(c->field + c->fieldlen, at, len);
-  c->fieldlen += len;
-  c->field[c->fieldlen] = '\0';
+  memcpy(c->h->field + c->h->fieldlen, at, len);
+  c->h->fieldlen += len;
+  c->h->field[c->h->fieldlen] = '\0';
   return 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
   dcm__conn_t *c = p->data;
-  c->in_value = 1;
-  if (c->valuelen + len > DCM_HDR_VALUE_MAX) {
-    c->value_truncated = 1;
-    len = DCM_HDR_VALUE_MAX - c->valuelen;
+  c->h->in_value = 1;
+  if (c->h->valuelen + len > DCM_HDR_VALUE_MAX) {
+    c->h->value_truncated = 1;
+    len = DCM_HDR_VALUE_MAX - c->h->valuelen;
   }
-  memcpy(c->value + c->valuelen, at, len);
-  c->valuelen += len;
+  memcpy(c->h->value + c->h->valuelen, at, len);
+  c->h->valuelen += len;
   return 0;
 }
 
 static int on_headers_complete(http_parser *p) {
   dcm__conn_t *c = p->data;
   header_done(c);
-  c->head_done = 1;
+  c->h->head_done = 1;
   return 0;
 }
 
@@ -293,18 +294,18 @@ static const http_parser_settings parser_settings = {
 
 static int authorized(dcm__conn_t *c) {
   const char *secret = c->m->o.auth;
-  return secret == NULL || secret[0] == '\0' || c->hdr_auth_ok;
+  return secret == NULL || secret[0] == '\0' || c->h->hdr_auth_ok;
 }
 
 static const dcm__ws_cbs_t ws_cbs;
 
 static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
   dcm_master_t *m = c->m;
-  if (!c->hdr_upgrade || !c->hdr_conn_upgrade || !c->hdr_has_key) {
+  if (!c->h->hdr_upgrade || !c->h->hdr_conn_upgrade || !c->h->hdr_has_key) {
     http_error(c, 400, "Bad Request", NULL);
     return;
   }
-  if (!c->hdr_version13) {
+  if (!c->h->hdr_version13) {
     http_error(c, 426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n");
     return;
   }
@@ -320,7 +321,7 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
   c->ws_ready = 1;
   char accept[DCM_WS_ACCEPT_LEN + 1];
   char head[256];
-  dcm__ws_accept(c->wskey, strlen(c->wskey), accept);
+  dcm__ws_accept(c->h->wskey, strlen(c->h->wskey), accept);
   int n = snprintf(head, sizeof head,
                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept);
@@ -338,17 +339,17 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
 
 static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   dcm_master_t *m = c->m;
-  char *q = strchr(c->path, '?');
+  char *q = strchr(c->h->path, '?');
   if (q) *q = '\0';
-  if (c->parser.http_major != 1 || c->parser.http_minor > 1) {
+  if (c->h->parser.http_major != 1 || c->h->parser.http_minor > 1) {
     http_error(c, 400, "Bad Request", NULL);
-  } else if (c->parser.method != HTTP_GET) {
+  } else if (c->h->parser.method != HTTP_GET) {
     http_error(c, 405, "Method Not Allowed", "Allow: GET\r\n");
-  } else if (c->parser.upgrade || c->hdr_upgrade) {
+  } else if (c->h->parser.upgrade || c->h->hdr_upgrade) {
     upgrade(c, rest, restlen);
-  } else if (strcmp(c->path, "/healthz") == 0) {
+  } else if (strcmp(c->h->path, "/healthz") == 0) {
     http_reply(c, 200, "OK", NULL, "text/plain", "ok\n", 3);
-  } else if (strcmp(c->path, "/status") == 0) {
+  } else if (strcmp(c->h->path, "/status") == 0) {
     if (!authorized(c)) {
       http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
       return;
@@ -368,20 +369,22 @@ static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
 
 static void feed_http(dcm__conn_t *c, const char *data, size_t len) {
   size_t limit = c->m->o.max_head;
-  size_t room = limit - c->head_bytes;
+  size_t room = limit - c->h->head_bytes;
   size_t take = len < room ? len : room;
-  size_t n = http_parser_execute(&c->parser, &parser_settings, data, take);
-  c->head_bytes += n;
-  if (c->head_done) {
+  size_t n = http_parser_execute(&c->h->parser, &parser_settings, data, take);
+  c->h->head_bytes += n;
+  if (c->h->head_done) {
     route(c, data + n, len - n);
+    free(c->h); /* routed: an idle CONTROL keeps none of the head's state */
+    c->h = NULL;
     return;
   }
-  enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+  enum http_errno e = HTTP_PARSER_ERRNO(&c->h->parser);
   if (e != HPE_OK) {
     dcm__debug(&c->m->log, NULL, "peer %s: bad request head: %s", c->peer,
                http_errno_description(e));
     http_error(c, 400, "Bad Request", NULL);
-  } else if (c->head_bytes >= limit) {
+  } else if (c->h->head_bytes >= limit) {
     dcm__warn(&c->m->log, NULL, "peer %s: request head over %zu bytes", c->peer, limit);
     http_error(c, 431, "Request Header Fields Too Large", NULL);
   }
@@ -505,8 +508,13 @@ static void connection_cb(uv_stream_t *server, int status) {
   peer_name(&c->tcp, c->peer, sizeof c->peer);
   c->counted_unauth = 1;
   m->unauth++;
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
+  c->h = calloc(1, sizeof *c->h);
+  if (c->h == NULL) {
+    dcm__conn_abort(c);
+    return;
+  }
+  http_parser_init(&c->h->parser, HTTP_REQUEST);
+  c->h->parser.data = c;
   dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.handshake_timeout));
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) dcm__conn_abort(c);
 }
