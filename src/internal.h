@@ -68,7 +68,7 @@ typedef struct dcm__http_head_s {
   char path[256];
   size_t pathlen;
   unsigned hdr_upgrade : 1, hdr_conn_upgrade : 1, hdr_version13 : 1,
-      hdr_auth_ok : 1, hdr_has_key : 1, hdr_has_version : 1;
+      hdr_auth_ok : 1, hdr_has_key : 1;
   char wskey[32];
 } dcm__http_head_t;
 
@@ -128,12 +128,10 @@ struct dcm__machine_s {
   size_t nreported;
   int has_reported;
   dcm__connect_state connect;
-  int connect_pending;    /* needs (another) `connect` */
   int info_pending;       /* refresh `info` asked, not yet answered */
   char *failed_clusters;  /* JSON array from its heartbeat, NULL if none */
   int *sent;              /* shards of the last `connect` sent */
   size_t nsent;
-  uint64_t identified_at;
 };
 
 

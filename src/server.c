@@ -223,7 +223,6 @@ static void header_done(dcm__conn_t *c) {
   } else if (strcasecmp(c->h->field, "connection") == 0) {
     c->h->hdr_conn_upgrade |= has_token(v, "upgrade");
   } else if (strcasecmp(c->h->field, "sec-websocket-version") == 0) {
-    c->h->hdr_has_version = 1;
     c->h->hdr_version13 = strcmp(v, "13") == 0;
   } else if (strcasecmp(c->h->field, "sec-websocket-key") == 0) {
     c->h->hdr_has_key = !c->h->value_truncated && dcm__ws_key_valid(v, vl);

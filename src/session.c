@@ -100,7 +100,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
     c->counted_unauth = 0;
     m->unauth--;
   }
-  x->identified_at = c->last_heartbeat = uv_now(m->loop);
+  c->last_heartbeat = uv_now(m->loop);
   dcm__conn_set_deadline(c, heartbeat_deadline(c));
   dcm__info(&m->log, x->id, "%s from %s: cores=%d loadavg=%.2f standby=%s%s%s",
             resumed ? "reconnected inside the grace" : "identified", c->peer, x->cores,
