@@ -111,6 +111,36 @@ class DiscordFlow(unittest.TestCase):
                 self.assertEqual(len(fd.requests()), 2)
                 m.stop()
 
+    def test_identify_budget_guards_failover(self):
+        # exactly enough sessions for the first start; a failover must wait
+        with FakeDiscord("200:shards=4:remaining=4:reset_after=1500,"
+                         "200:shards=4:remaining=1000") as fd:
+            with master(fd, "--expected-machines", "2", "--reconnect-grace", "0.2") as m:
+                m.wait_log(r"state fetching -> collecting")
+
+                async def go():
+                    a, b = Control(m, "a"), Control(m, "b")
+                    await a.start()
+                    await b.start()
+                    await a.next_connect()
+                    sb = (await b.next_connect())["shards"]
+                    self.assertEqual(status(m)["session_start_limit"]["remaining"], 0)
+                    await a.drop()
+                    await asyncio.sleep(0.6)
+                    st = status(m)
+                    self.assertEqual(len(st["unassigned"]), 2)  # held back, not started
+                    t0 = time.monotonic()
+                    d = await b.next_connect(6)
+                    self.assertGreater(time.monotonic() - t0, 0.3)
+                    self.assertEqual(sorted(d["shards"]), [0, 1, 2, 3])
+                    self.assertTrue(set(sb) <= set(d["shards"]))
+                    self.assertEqual(status(m)["unassigned"], [])
+                    await b.close()
+                run(go())
+                m.wait_log(r"identify budget: 0 sessions left, 2 needed; waiting")
+                self.assertEqual(len(fd.requests()), 2)
+                m.stop()
+
     def test_missing_token_is_a_startup_error(self):
         with Master("--shards", "auto", wait=False) as m:
             self.assertEqual(m.wait(5), 2)
