@@ -181,7 +181,7 @@ static void test_encode(void) {
   const char *s = dcm__ctl_enc_ready(L, NULL, 0, &len);
   CHECK(strstr(s, "\"o\":10") && strstr(s, "\"d\":{\"shards\":[]}"));
   lua_settop(L, 0);
-  s = dcm__ctl_enc_ack(L, 6, &len);
+  s = dcm__enc_ack(L, 6, &len);
   CHECK(strstr(s, "\"o\":8") && strstr(s, "\"d\":{\"o\":6}"));
   lua_settop(L, 0);
   s = dcm__ctl_enc_offload(L, &len);

@@ -192,7 +192,7 @@ static void apply(dcm__agent_t *a, int *want, size_t n) {
 
 static void on_connect(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   size_t len, n = 0;
-  const char *s = dcm__ctl_enc_ack(a->json, DCM_OP_CONNECT, &len);
+  const char *s = dcm__enc_ack(a->json, DCM_OP_CONNECT, &len);
   send_text(a, s, len);
   if (a->mode == DCM_AGENT_STOPPING) return;
   for (size_t i = 0; i < p->nshards; i++) {

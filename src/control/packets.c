@@ -180,13 +180,6 @@ const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
   return dcm__packet_seal(L, DCM_OP_HEARTBEAT, len);
 }
 
-const char *dcm__ctl_enc_ack(lua_State *L, int op, size_t *len) {
-  lua_createtable(L, 0, 1);
-  lua_pushinteger(L, op);
-  lua_setfield(L, -2, "o");
-  return dcm__packet_seal(L, DCM_OP_ACK, len);
-}
-
 const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len) {
   lua_createtable(L, 0, 1);
   dcm__json_push_int_array(L, shards, n);

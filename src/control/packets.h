@@ -62,7 +62,6 @@ const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double lo
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
                                    const dcm__ctl_failed_t *failed, size_t nfailed,
                                    size_t *len);
-const char *dcm__ctl_enc_ack(lua_State *L, int op, size_t *len);
 const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len);
 const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
                                size_t *len);
