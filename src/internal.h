@@ -181,6 +181,7 @@ struct dcm_master_s {
   dcm__machine_t *connecting; /* the one CONTROL told to connect, if any */
   dcm__gateway_t gw;
   int have_gw;
+  char gateway_url[512]; /* sent in initialise: Discord's url, or the option */
   int window_over; /* collection window ended */
   int refreshing;  /* waiting for `info` replies before allocating */
   int info_waiting;

@@ -11,10 +11,11 @@
 
 static const char *const op_names[] = {
     "info", "fatal", "command", "offload", "shutdown", "initialise",
-    "connect", "error", "ack", "heartbeat", "ready"};
+    "connect", "error", "ack", "heartbeat", "ready", "identify", "grant",
+    "release"};
 
 const char *dcm__op_name(int op) {
-  if (op < 0 || op > DCM_OP_READY) return "unknown";
+  if (op < 0 || op > DCM_OP_MAX) return "unknown";
   return op_names[op];
 }
 
@@ -93,6 +94,10 @@ static int decode_info(lua_State *L, int d, size_t max, dcm__packet_t *p,
   } else if (t != LUA_TNIL) {
     FAIL(DCM_ERR_MALFORMED, "info: d.version must be a string");
   }
+  t = dcm__json_field(L, d, "identify_queue");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN)
+    FAIL(DCM_ERR_MALFORMED, "info: d.identify_queue must be a boolean");
+  p->identify_queue = lua_toboolean(L, -1);
   int r = read_shards(L, d, "shards", max, p, err, errlen);
   if (r < 0) return DCM_ERR_MALFORMED;
   p->has_shards = r == 0;
@@ -166,6 +171,13 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
         p->has_loadavg = 1;
       }
       return decode_failed(L, d, p, err, errlen);
+    case DCM_OP_IDENTIFY:
+    case DCM_OP_RELEASE:
+      dcm__json_field(L, d, "shard");
+      if (!dcm__json_tointeger(L, -1, &v) || v < 0 || v > INT32_MAX)
+        FAIL(DCM_ERR_MALFORMED, "%s: d.shard must be a shard id", dcm__op_name(p->op));
+      p->shard = (int)v;
+      return 0;
     case DCM_OP_READY:
       t = read_shards(L, d, "shards", max, p, err, errlen);
       if (t == 1) FAIL(DCM_ERR_MALFORMED, "ready: d.shards must be an array of shard ids");
@@ -188,7 +200,7 @@ int dcm__packet_open(lua_State *L, const char *buf, size_t len, int *op,
   } else if (dcm__json_field(L, top + 1, "o") != LUA_TNUMBER ||
              !dcm__json_tointeger(L, -1, &o)) {
     snprintf(err, errlen, "\"o\" must be an integer");
-  } else if (o < 0 || o > DCM_OP_READY) {
+  } else if (o < 0 || o > DCM_OP_MAX) {
     snprintf(err, errlen, "unknown opcode %lld", o);
     r = DCM_ERR_UNKNOWN_OP;
   } else if (*op = (int)o, dcm__json_field(L, top + 1, "d") != LUA_TTABLE ||
@@ -238,8 +250,9 @@ const char *dcm__enc_info_request(lua_State *L, size_t *len) {
 
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
-                                int max_concurrency, size_t *len) {
-  lua_createtable(L, 0, 5);
+                                int max_concurrency, const char *gateway_url,
+                                size_t *len) {
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, 1);
   lua_setfield(L, -2, "protocol");
   lua_pushstring(L, token ? token : "");
@@ -250,6 +263,8 @@ const char *dcm__enc_initialise(lua_State *L, const char *token,
   lua_setfield(L, -2, "shard_count");
   lua_pushinteger(L, max_concurrency);
   lua_setfield(L, -2, "max_concurrency");
+  lua_pushstring(L, gateway_url ? gateway_url : "");
+  lua_setfield(L, -2, "gateway_url");
   return dcm__packet_seal(L, DCM_OP_INITIALISE, len);
 }
 
@@ -264,13 +279,24 @@ const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
 }
 
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
-                           size_t *len) {
-  lua_createtable(L, 0, 2);
+                           int shard, size_t *len) {
+  lua_createtable(L, 0, 3);
   lua_pushinteger(L, code);
   lua_setfield(L, -2, "code");
   lua_pushstring(L, message);
   lua_setfield(L, -2, "message");
+  if (shard >= 0) {
+    lua_pushinteger(L, shard);
+    lua_setfield(L, -2, "shard");
+  }
   return dcm__packet_seal(L, DCM_OP_ERROR, len);
+}
+
+const char *dcm__enc_shard_op(lua_State *L, int op, int shard, size_t *len) {
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, shard);
+  lua_setfield(L, -2, "shard");
+  return dcm__packet_seal(L, op, len);
 }
 
 const char *dcm__enc_ack(lua_State *L, int op, size_t *len) {

@@ -21,7 +21,12 @@ enum {
   DCM_OP_ERROR = 7,
   DCM_OP_ACK = 8,
   DCM_OP_HEARTBEAT = 9,
-  DCM_OP_READY = 10
+  DCM_OP_READY = 10,
+  /* extensions (docs/protocol.md) */
+  DCM_OP_IDENTIFY = 11, /* C->M: ask for an identify grant for one shard */
+  DCM_OP_GRANT = 12,    /* M->C: that shard may IDENTIFY now */
+  DCM_OP_RELEASE = 13,  /* C->M: withdraw a request or return an unused grant */
+  DCM_OP_MAX = DCM_OP_RELEASE
 };
 
 enum {
@@ -36,8 +41,15 @@ enum {
 enum {
   DCM_ERR_MALFORMED = 4004,
   DCM_ERR_UNKNOWN_OP = 4005,
-  DCM_ERR_BAD_STATE = 4006
+  DCM_ERR_BAD_STATE = 4006,
+  DCM_ERR_NOT_YOURS = 4007 /* identify for a shard not assigned to the machine */
 };
+
+/* 1 for Discord's close codes a bot may not reconnect after (4004,
+   4010-4014): the only `fatal` codes that stop the fleet. */
+static inline int dcm__discord_fatal_code(int code) {
+  return code == 4004 || (code >= 4010 && code <= 4014);
+}
 
 #define DCM_ID_MAX 128
 #define DCM_MESSAGE_MAX 512
@@ -51,13 +63,14 @@ typedef struct {
   int standby;
   int has_shards; /* info.shards present */
   char version[64];
+  int identify_queue; /* info.identify_queue: asks for grants */
   /* info.shards, ready.shards */
   int *shards;
   size_t nshards;
   /* fatal */
   int code;
   char message[DCM_MESSAGE_MAX + 1];
-  int shard; /* -1 when absent */
+  int shard; /* fatal (-1 when absent), identify, release */
   /* ack */
   int ack_op;
   /* heartbeat */
@@ -104,11 +117,15 @@ const char *dcm__op_name(int op);
 const char *dcm__enc_info_request(lua_State *L, size_t *len);
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
-                                int max_concurrency, size_t *len);
+                                int max_concurrency, const char *gateway_url,
+                                size_t *len);
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
                              int redundant, size_t *len);
+/* shard < 0: no d.shard. */
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
-                           size_t *len);
+                           int shard, size_t *len);
+/* {"shard": shard} under op: identify, grant, release. */
+const char *dcm__enc_shard_op(lua_State *L, int op, int shard, size_t *len);
 const char *dcm__enc_ack(lua_State *L, int op, size_t *len);
 const char *dcm__enc_shutdown(lua_State *L, int code, const char *reason,
                               size_t *len);

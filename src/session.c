@@ -26,7 +26,7 @@ static void send_text(dcm__conn_t *c, const char *s, size_t n) {
 static void send_error(dcm__conn_t *c, int code, const char *why) {
   size_t n;
   dcm__info(&c->m->log, mid(c), "peer %s: error %d: %s", c->peer, code, why);
-  const char *s = dcm__enc_error(c->m->json, code, why, &n);
+  const char *s = dcm__enc_error(c->m->json, code, why, -1, &n);
   send_text(c, s, n);
 }
 
@@ -50,7 +50,7 @@ static void send_initialise(dcm__conn_t *c) {
   size_t n;
   const char *s = dcm__enc_initialise(m->json, m->o.token,
                                       (long long)ms(m->o.heartbeat_interval),
-                                      m->shard_count, m->max_concurrency, &n);
+                                      m->shard_count, m->max_concurrency, m->gateway_url, &n);
   send_text(c, s, n);
 }
 
