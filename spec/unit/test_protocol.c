@@ -89,7 +89,9 @@ static void envelope(void) {
   expect("{\"o\":9}", DCM_ERR_MALFORMED, "\"d\"");
   expect("{\"o\":9,\"d\":[1]}", DCM_ERR_MALFORMED, "\"d\"");
   expect("{\"o\":9,\"d\":5}", DCM_ERR_MALFORMED, "\"d\"");
-  expect("{\"o\":11,\"d\":{}}", DCM_ERR_UNKNOWN_OP, "unknown opcode 11");
+  expect("{\"o\":14,\"d\":{}}", DCM_ERR_UNKNOWN_OP, "unknown opcode 14");
+  expect("{\"o\":11,\"d\":{}}", DCM_ERR_MALFORMED, "identify: d.shard must be a shard id");
+  expect("{\"o\":13,\"d\":{\"shard\":-1}}", DCM_ERR_MALFORMED, "release: d.shard");
   expect("{\"o\":-1,\"d\":{}}", DCM_ERR_UNKNOWN_OP, NULL);
   expect("{\"o\":99999999999,\"d\":{}}", DCM_ERR_UNKNOWN_OP, NULL);
   /* nesting is bounded */
@@ -146,13 +148,19 @@ static void encoders(void) {
   s = dcm__enc_connect(L, sh, 3, 0, &n);
   CHECK(strstr(s, "\"shards\":[4,5,6]") != NULL);
   lua_settop(L, 0);
-  s = dcm__enc_initialise(L, "tok", 30000, 16, 2, &n);
+  s = dcm__enc_initialise(L, "tok", 30000, 16, 2, "wss://gw.example", &n);
   CHECK(strstr(s, "\"heartbeat_interval\":30000") && strstr(s, "\"protocol\":1") &&
         strstr(s, "\"shard_count\":16") && strstr(s, "\"max_concurrency\":2") &&
-        strstr(s, "\"o\":5"));
+        strstr(s, "\"gateway_url\":\"wss:\\/\\/gw.example\"") && strstr(s, "\"o\":5"));
   lua_settop(L, 0);
-  s = dcm__enc_error(L, 4005, "unknown opcode 11", &n);
-  CHECK(strstr(s, "\"code\":4005") && strstr(s, "\"o\":7"));
+  s = dcm__enc_error(L, 4005, "unknown opcode 99", -1, &n);
+  CHECK(strstr(s, "\"code\":4005") && strstr(s, "\"o\":7") && !strstr(s, "shard"));
+  lua_settop(L, 0);
+  s = dcm__enc_error(L, 4007, "not yours", 12, &n);
+  CHECK(strstr(s, "\"code\":4007") && strstr(s, "\"shard\":12"));
+  lua_settop(L, 0);
+  s = dcm__enc_shard_op(L, DCM_OP_GRANT, 3, &n);
+  CHECK(strstr(s, "\"o\":12") && strstr(s, "\"d\":{\"shard\":3}"));
   lua_settop(L, 0);
   s = dcm__enc_ack(L, 9, &n);
   CHECK(strstr(s, "\"o\":8") && strstr(s, "\"d\":{\"o\":9}"));
