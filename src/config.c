@@ -65,6 +65,12 @@ static const ckey_t keys[] = {
    "how long a CONTROL may take to report ready"},
   {"handshake_timeout", "--handshake-timeout", K_TIME, OFF(handshake_timeout), 1, "S",
    "HTTP head plus info must arrive within this"},
+  {"identify_interval", "--identify-interval", K_TIME, OFF(identify_interval), 1, "S",
+   "least gap between identifies of one bucket"},
+  {"identify_reserve", "--identify-reserve", K_COUNT, OFF(identify_reserve), 1000000, "N",
+   "identifies of the daily budget never granted"},
+  {"gateway_url", "--gateway-url", K_URL, OFF(gateway_url), 1, "URL",
+   "gateway for clusters; default: Discord's"},
   {"log_format", "--log-format", K_FORMAT, OFF(log_format), 0, "text|json", "log line format"},
   {"log_level", "--log-level", K_LEVEL, OFF(log_level), 0, "debug|info|warn|error",
    "lowest level logged"},
@@ -198,8 +204,11 @@ static int parse_listen(const char *s, char *host, size_t hostn, int *port) {
   return 0;
 }
 
-static int is_url(const char *s) {
-  return (strncmp(s, "https://", 8) == 0 && s[8]) || (strncmp(s, "http://", 7) == 0 && s[7]);
+/* ws: 0 = https:// (or http://), 1 = wss:// (or ws://). */
+static int is_url(const char *s, int ws) {
+  const char *tls = ws ? "wss://" : "https://", *plain = ws ? "ws://" : "http://";
+  return (strncmp(s, tls, strlen(tls)) == 0 && s[strlen(tls)]) ||
+         (strncmp(s, plain, strlen(plain)) == 0 && s[strlen(plain)]);
 }
 
 static int has_ctl(const char *s) {
@@ -273,8 +282,9 @@ static int apply_string(dcm__config_t *cfg, const ckey_t *k, const char *name, c
         return fail(err, n, "%s: '%s' is not a number of seconds", name, quote(s, q, sizeof q));
       return apply_number(cfg, k, name, d, err, n);
     case K_URL:
-      if (!is_url(s) || has_ctl(s) || strlen(s) > 2048)
-        return fail(err, n, "%s: '%s' is not an https:// (or http://) URL", name, quote(s, q, sizeof q));
+      if (!is_url(s, k->max) || has_ctl(s) || strlen(s) > 2048)
+        return fail(err, n, "%s: '%s' is not a%s URL", name, quote(s, q, sizeof q),
+                    k->max ? " wss:// (or ws://)" : "n https:// (or http://)");
       return set_str(cfg, str_field(o, k), s, strlen(s));
     case K_PATH: {
       char path[PATH_MAX], qp[256];
@@ -675,7 +685,7 @@ static void usage(FILE *out) {
       case K_LISTEN: snprintf(def, sizeof def, "%s:%d", d.listen_host, d.listen_port); break;
       case K_SHARDS: snprintf(def, sizeof def, "auto"); break;
       case K_COUNT: snprintf(def, sizeof def, "%d", *int_field(&d, k)); break;
-      case K_URL: snprintf(def, sizeof def, "%s", d.api_base); break;
+      case K_URL: snprintf(def, sizeof def, "%s", *str_field(&d, k) ? *str_field(&d, k) : ""); break;
       case K_TIME: snprintf(def, sizeof def, "%g", *time_field(&d, k)); break;
       case K_FORMAT: snprintf(def, sizeof def, "%s", format_names[d.log_format]); break;
       case K_LEVEL: snprintf(def, sizeof def, "%s", level_names[d.log_level]); break;

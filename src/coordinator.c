@@ -38,38 +38,111 @@ static void fatal_stop(dcm_master_t *m, int status, const char *machine, int cod
   if (m->stopping) return;
   m->exit_status = status;
   m->shutdown_code = code;
-  snprintf(m->shutdown_reason, sizeof m->shutdown_reason, "%s%s%s", machine ? machine : "",
-           machine ? ": " : "", message);
+  snprintf(m->shutdown_reason, sizeof m->shutdown_reason, "%s%s%.*s", machine ? machine : "",
+           machine ? ": " : "", 120, message); /* bounded: the id is at most 128 */
   dcm__emit(m, DCM_EVENT_FATAL, machine, code, message);
   dcm_master_stop(m, 1, NULL, NULL);
 }
 
-/* ---- identify budget ---------------------------------------------------- */
+/* ---- identify queue and budget ------------------------------------------ */
 
 static void fetch_gateway(dcm_master_t *m);
+static void idq_timer_cb(uv_timer_t *t);
 
 static void budget_timer_cb(uv_timer_t *t) {
   dcm_master_t *m = t->data;
-  dcm__info(&m->log, NULL, "identify budget should have reset; asking Discord again");
+  dcm__info(&m->log, NULL, "asking Discord for the identify budget again");
   fetch_gateway(m);
 }
 
-/*
- * 1 if Discord's identify budget covers `needed` new identifies. Otherwise
- * nothing may start: wait for the reset, ask Discord again, then resume.
- */
-static int budget_allows(dcm_master_t *m, size_t needed) {
-  if (!m->have_gw || needed == 0) return 1;
-  if (!m->budget_wait && (size_t)m->gw.remaining >= needed) return 1;
-  if (!m->budget_wait) {
-    uint64_t elapsed = uv_now(m->loop) - m->gw_at, reset = ms(m->gw.reset_after);
-    uint64_t wait = (reset > elapsed ? reset - elapsed : 0) + 1000;
-    dcm__warn(&m->log, NULL, "identify budget: %d sessions left, %zu needed; waiting %.0fs for the reset",
-              m->gw.remaining, needed, (double)wait / 1000.0);
-    m->budget_wait = 1;
-    uv_timer_start(&m->budget_timer, budget_timer_cb, wait, 0);
+/* Runs the queue on the next loop turn, once the current decision is whole. */
+static void kick(dcm_master_t *m) {
+  if (m->idq && !m->stopping) uv_timer_start(&m->idq_timer, idq_timer_cb, 0, 0);
+}
+
+static void send_not_yours(dcm_master_t *m, dcm__machine_t *x, int shard, const char *why) {
+  size_t len;
+  char msg[96];
+  snprintf(msg, sizeof msg, "identify: shard %d is %s", shard, why);
+  dcm__info(&m->log, x->id, "error %d: %s", DCM_ERR_NOT_YOURS, msg);
+  const char *s = dcm__enc_error(m->json, DCM_ERR_NOT_YOURS, msg, shard, &len);
+  if (s && x->conn) dcm__conn_send(x->conn, s, len);
+  lua_settop(m->json, 0);
+}
+
+static int grant_cb(void *arg, int shard, void *owner) {
+  dcm_master_t *m = arg;
+  dcm__machine_t *x = owner;
+  size_t len;
+  if (x->conn == NULL) return -1;
+  if (m->owner[shard] != x) {
+    send_not_yours(m, x, shard, "no longer assigned to this machine");
+    return -1;
   }
+  const char *s = dcm__enc_shard_op(m->json, DCM_OP_GRANT, shard, &len);
+  if (s) dcm__conn_send(x->conn, s, len);
+  lua_settop(m->json, 0);
+  if (s == NULL) return -1;
+  dcm__debug(&m->log, x->id, "identify granted: shard %d (bucket %d)", shard,
+             shard % dcm__idq_buckets(m->idq));
   return 0;
+}
+
+/* Grants stop above the reserve: one line, then wait for Discord's reset. */
+static void wait_for_budget(dcm_master_t *m) {
+  if (m->budget_wait || !m->have_gw) return;
+  uint64_t elapsed = uv_now(m->loop) - m->gw_at, reset = ms(m->gw.reset_after);
+  uint64_t wait = (reset > elapsed ? reset - elapsed : 0) + 1000;
+  dcm__warn(&m->log, NULL, "identify budget: %ld left, reserve %ld: grants stop; %zu shards "
+            "wait for the reset in %.0fs", dcm__idq_remaining(m->idq), dcm__idq_reserve(m->idq),
+            dcm__idq_waiting(m->idq), (double)wait / 1000.0);
+  m->budget_wait = 1;
+  uv_timer_start(&m->budget_timer, budget_timer_cb, wait, 0);
+}
+
+static void idq_timer_cb(uv_timer_t *t) {
+  dcm_master_t *m = t->data;
+  uint64_t now = uv_now(m->loop);
+  uint64_t wake = dcm__idq_run(m->idq, now, grant_cb, m);
+  if (wake != DCM_IDQ_NEVER)
+    uv_timer_start(&m->idq_timer, idq_timer_cb, wake > now ? wake - now : 0, 0);
+  if (dcm__idq_budget_blocked(m->idq)) wait_for_budget(m);
+}
+
+static int start_queue(dcm_master_t *m) {
+  m->idq = dcm__idq_new(m->shard_count, m->max_concurrency, ms(m->o.identify_interval));
+  if (m->idq == NULL) return DCM_ENOMEM;
+  if (m->have_gw)
+    dcm__idq_set_budget(m->idq, m->gw.remaining, m->gw.total, m->o.identify_reserve);
+  return 0;
+}
+
+void dcm__coord_identify(dcm_master_t *m, dcm__machine_t *x, int shard) {
+  if (m->idq == NULL || shard >= m->shard_count || m->owner[shard] != x) {
+    send_not_yours(m, x, shard, "not assigned to this machine");
+    return;
+  }
+  x->identify_queue = 1; /* it asks: its identifies are counted by grant */
+  if (dcm__idq_request(m->idq, shard, x) == 0) kick(m);
+}
+
+void dcm__coord_release(dcm_master_t *m, dcm__machine_t *x, int shard) {
+  if (m->idq == NULL) return;
+  int r = dcm__idq_release(m->idq, shard, x, uv_now(m->loop));
+  if (r == DCM_IDQ_RETURNED)
+    dcm__info(&m->log, x->id, "shard %d: grant returned unused; the identify goes back to "
+              "the budget", shard);
+  else if (r == DCM_IDQ_DEQUEUED)
+    dcm__debug(&m->log, x->id, "shard %d: identify request withdrawn", shard);
+}
+
+/* Machines that may receive shards: live, not draining, not `but`. */
+static size_t receivers(dcm_master_t *m, dcm__machine_t **xs, const dcm__machine_t *but,
+                        int standby_too) {
+  size_t n = dcm__fleet_live(m, xs, standby_too), k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (xs[i] != but && !xs[i]->draining) xs[k++] = xs[i];
+  return k;
 }
 
 /* ---- policy calls ------------------------------------------------------ */
@@ -88,15 +161,9 @@ static dcm__pmachine_t *policy_view(dcm__machine_t **xs, size_t n) {
   return pm;
 }
 
+/* x is owed a `connect`; pump() sends it once the decision is whole. */
 static void queue_connect(dcm_master_t *m, dcm__machine_t *x) {
   if (dcm__list_empty(&x->queue_link)) dcm__list_push(&m->connect_queue, &x->queue_link);
-  x->connect = DCM_CONNECT_QUEUED;
-}
-
-static void spend_identifies(dcm_master_t *m, size_t n) {
-  if (!m->have_gw) return;
-  m->gw.remaining -= (int)n;
-  if (m->gw.remaining < 0) m->gw.remaining = 0;
 }
 
 /*
@@ -107,7 +174,6 @@ static void spend_identifies(dcm_master_t *m, size_t n) {
 static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
                     dcm__machine_t **xs, size_t n) {
   if (dead->nshards == 0 || n == 0) return 0;
-  if (!budget_allows(m, dead->nshards)) return 0;
   dcm__pmachine_t *pm = policy_view(xs, n);
   int *owner = malloc(dead->nshards * sizeof *owner);
   size_t placed = 0;
@@ -118,7 +184,7 @@ static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
       dcm__machine_t *to = xs[owner[i]];
       if (dcm__fleet_give(m, to, dead->shards[i]) == 0) {
         placed++;
-        if (to->connect != DCM_CONNECT_QUEUED) queue_connect(m, to);
+        queue_connect(m, to);
       }
     }
   } else {
@@ -127,17 +193,16 @@ static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
   }
   free(pm);
   free(owner);
-  spend_identifies(m, placed);
   return placed;
 }
 
 static void place_unassigned(dcm_master_t *m, int active_only) {
-  if (m->nunassigned == 0 || m->budget_wait) return;
+  if (m->nunassigned == 0) return;
   int *un = malloc(((size_t)m->shard_count + 1) * sizeof *un);
   dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
   if (un && xs) {
     size_t nu = dcm__fleet_unassigned(m, un);
-    size_t n = dcm__fleet_live(m, xs, !active_only);
+    size_t n = receivers(m, xs, NULL, !active_only);
     if (nu && n) {
       dcm__pmachine_t dead = {"(unassigned)", 0, 0, 0, un, nu};
       size_t placed = place(m, &dead, xs, n);
@@ -149,9 +214,7 @@ static void place_unassigned(dcm_master_t *m, int active_only) {
   free(xs);
 }
 
-/* ---- sequential connect ------------------------------------------------ */
-
-static void connect_timeout_cb(uv_timer_t *t);
+/* ---- connect ------------------------------------------------------------- */
 
 static void summarize(const int *s, size_t n, char *out, size_t len) {
   size_t o = 0;
@@ -166,11 +229,48 @@ static void summarize(const int *s, size_t n, char *out, size_t len) {
   if (n == 0) snprintf(out, len, "none");
 }
 
+/* Shards of a (sorted) that are not in b (sorted). */
+static size_t count_new(const int *a, size_t na, const int *b, size_t nb) {
+  size_t i = 0, j = 0, n = 0;
+  for (; i < na; i++) {
+    while (j < nb && b[j] < a[i]) j++;
+    if (j == nb || b[j] != a[i]) n++;
+  }
+  return n;
+}
+
+/* Connecting is over when no live machine still owes its first `ready`. */
+static void maybe_running(dcm_master_t *m) {
+  if (m->state != DCM_STATE_CONNECTING || m->stopping || !dcm__list_empty(&m->connect_queue))
+    return;
+  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
+    dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, link);
+    if (x->state == DCM_MACHINE_LIVE &&
+        (x->connect == DCM_CONNECT_SENT || x->connect == DCM_CONNECT_ACKED))
+      return;
+  }
+  set_state(m, DCM_STATE_RUNNING);
+}
+
+static void connect_timeout_cb(uv_timer_t *t) {
+  dcm__machine_t *x = t->data;
+  dcm_master_t *m = x->m;
+  if (x->connect != DCM_CONNECT_SENT && x->connect != DCM_CONNECT_ACKED) return;
+  dcm__warn(&m->log, x->id, "not ready within the connect timeout (%.3gs); it holds no other "
+            "machine back", m->o.connect_timeout);
+  x->connect = DCM_CONNECT_LATE;
+  maybe_running(m);
+}
+
 static int send_connect(dcm_master_t *m, dcm__machine_t *x) {
   size_t len;
   char list[160];
   int *copy = malloc((x->nshards ? x->nshards : 1) * sizeof *copy);
   if (copy == NULL) return DCM_ENOMEM;
+  /* A CONTROL that does not ask for grants identifies on its own: count
+     every shard new to it (an estimate, on the safe side). */
+  if (!x->identify_queue && m->idq)
+    dcm__idq_spend(m->idq, (long)count_new(x->shards, x->nshards, x->sent, x->nsent));
   if (x->nshards) memcpy(copy, x->shards, x->nshards * sizeof *copy);
   free(x->sent);
   x->sent = copy;
@@ -181,44 +281,34 @@ static int send_connect(dcm_master_t *m, dcm__machine_t *x) {
   summarize(x->shards, x->nshards, list, sizeof list);
   dcm__info(&m->log, x->id, "connect: %zu shards (%s)%s", x->nshards, list,
             x->nshards == 0 ? ", redundant" : "");
+  if (x->nshards > 0) {
+    x->connect = DCM_CONNECT_SENT;
+    uv_timer_start(&x->timer, connect_timeout_cb, ms(m->o.connect_timeout), 0);
+  } else {
+    x->connect = DCM_CONNECT_NONE; /* nothing to wait for */
+    uv_timer_stop(&x->timer);
+  }
   return dcm__emit(m, DCM_EVENT_ASSIGNED, x->id, (int)x->nshards, NULL) ? DCM_ECANCELED : 0;
 }
 
+/* Sends every `connect` owed, all in this turn: pacing is the queue's job. */
 static void pump(dcm_master_t *m) {
-  while (m->connecting == NULL && !dcm__list_empty(&m->connect_queue) && !m->stopping) {
+  while (!dcm__list_empty(&m->connect_queue) && !m->stopping) {
     dcm__link_t *l = m->connect_queue.next;
     dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, queue_link);
     dcm__list_remove(l);
-    x->connect = DCM_CONNECT_NONE;
     if (x->state != DCM_MACHINE_LIVE || x->conn == NULL) continue; /* re-queued on resume */
-    if (send_connect(m, x) != 0 || x->nshards == 0) continue;    /* nothing to wait for */
-    x->connect = DCM_CONNECT_SENT;
-    m->connecting = x;
-    uv_timer_start(&m->timer, connect_timeout_cb, ms(m->o.connect_timeout), 0);
+    if (send_connect(m, x) == DCM_ECANCELED) return;
   }
-  if (m->connecting == NULL && dcm__list_empty(&m->connect_queue) &&
-      m->state == DCM_STATE_CONNECTING && !m->stopping)
-    set_state(m, DCM_STATE_RUNNING);
-}
-
-static void connect_timeout_cb(uv_timer_t *t) {
-  dcm_master_t *m = t->data;
-  dcm__machine_t *x = m->connecting;
-  if (x == NULL) return;
-  dcm__warn(&m->log, x->id, "not ready within the connect timeout (%.3gs); moving on to the next",
-            m->o.connect_timeout);
-  x->connect = DCM_CONNECT_NONE;
-  m->connecting = NULL;
-  pump(m);
-}
-
-static void done_connecting(dcm_master_t *m, dcm__machine_t *x) {
-  if (m->connecting != x) return;
-  m->connecting = NULL;
-  uv_timer_stop(&m->timer);
+  maybe_running(m);
 }
 
 /* ---- allocation -------------------------------------------------------- */
+
+static int cmp_int(const void *a, const void *b) {
+  int p = *(const int *)a, q = *(const int *)b;
+  return (p > q) - (p < q);
+}
 
 static void allocate(dcm_master_t *m);
 
@@ -244,23 +334,6 @@ static size_t adopt(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
   return adopted;
 }
 
-/* Distinct in-range shards the machines report running. */
-static size_t reported_total(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
-  unsigned char *seen = calloc((size_t)m->shard_count, 1);
-  size_t total = 0;
-  if (seen == NULL) return 0; /* then every shard counts as new: the safe side */
-  for (size_t i = 0; i < n; i++)
-    for (size_t k = 0; xs[i]->has_reported && k < xs[i]->nreported; k++) {
-      int s = xs[i]->reported[k];
-      if (s < m->shard_count && !seen[s]) {
-        seen[s] = 1;
-        total++;
-      }
-    }
-  free(seen);
-  return total;
-}
-
 static int policy_allocate(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
   dcm__pmachine_t *pm = policy_view(xs, n);
   int *owner = malloc((size_t)m->shard_count * sizeof *owner);
@@ -284,11 +357,6 @@ static void allocate(dcm_master_t *m) {
     free(xs);
     return;
   }
-  size_t needed = (size_t)m->shard_count - reported_total(m, xs, n);
-  if (!budget_allows(m, needed)) {
-    free(xs);
-    return;
-  }
   size_t adopted = adopt(m, xs, n);
   size_t active = 0;
   for (size_t i = 0; i < n; i++) active += !xs[i]->standby;
@@ -309,12 +377,15 @@ static void allocate(dcm_master_t *m) {
       dcm__error(&m->log, NULL, "allocation failed; shards stay unassigned");
     } else {
       dcm__info(&m->log, NULL, "allocated %d shards over %zu machines", m->shard_count, k);
-      spend_identifies(m, (size_t)m->shard_count);
     }
     n = dcm__fleet_live(m, xs, 1);
   }
   for (size_t i = 0; i < n; i++) {
-    free(xs[i]->reported);
+    /* What it runs counts as sent: only new shards cost an identify. */
+    free(xs[i]->sent);
+    xs[i]->sent = xs[i]->reported;
+    xs[i]->nsent = xs[i]->nreported;
+    if (xs[i]->nsent) qsort(xs[i]->sent, xs[i]->nsent, sizeof(int), cmp_int);
     xs[i]->reported = NULL;
     xs[i]->nreported = 0;
     xs[i]->has_reported = 0;
@@ -371,34 +442,47 @@ static void begin_collecting(dcm_master_t *m) {
 static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, void *arg) {
   dcm_master_t *m = arg;
   (void)d;
-  if (status != 0) {
+  if (status != 0 && m->state == DCM_STATE_FETCHING) {
     const char *msg = status == DCM_EAUTH ? "Discord rejected the bot token"
                                           : "Discord's /gateway/bot failed permanently";
     dcm__error(&m->log, NULL, "%s; stopping", msg);
     fatal_stop(m, 4, NULL, status, msg);
     return;
   }
+  if (status != 0) { /* a running fleet is never stopped by one bad answer */
+    m->refetch_backoff = m->refetch_backoff > 0 ? m->refetch_backoff * 2 : 5;
+    if (m->refetch_backoff > 900) m->refetch_backoff = 900;
+    dcm__error(&m->log, NULL, "asking Discord for the identify budget failed (%s); the fleet "
+               "keeps running, grants stay stopped; asking again in %.0fs", dcm_strerror(status),
+               m->refetch_backoff);
+    uv_timer_start(&m->budget_timer, budget_timer_cb, ms(m->refetch_backoff), 0);
+    return;
+  }
+  m->refetch_backoff = 0;
   m->gw = *gw;
   m->have_gw = 1;
   m->gw_at = uv_now(m->loop);
   m->budget_wait = 0;
+  if (m->o.gateway_url == NULL) snprintf(m->gateway_url, sizeof m->gateway_url, "%s", gw->url);
   dcm__info(&m->log, NULL, "Discord: %d shards recommended, max_concurrency %d, "
                            "identify budget %d/%d, resets in %.0fs",
             gw->shards, gw->max_concurrency, gw->remaining, gw->total, gw->reset_after);
   if (m->state == DCM_STATE_FETCHING) {
     int r = dcm__fleet_set_shards(m, gw->shards);
+    m->max_concurrency = m->o.max_concurrency ? m->o.max_concurrency : gw->max_concurrency;
+    if (r == 0) r = start_queue(m);
     if (r != 0) {
       fatal_stop(m, 1, NULL, r, "out of memory");
       return;
     }
-    m->max_concurrency = m->o.max_concurrency ? m->o.max_concurrency : gw->max_concurrency;
     begin_collecting(m);
-  } else if (!m->allocated) {
-    if (m->window_over && !m->refreshing) allocate(m);
-  } else {
-    place_unassigned(m, 0);
-    pump(m);
+    return;
   }
+  if (gw->shards != m->shard_count)
+    dcm__info(&m->log, NULL, "Discord now recommends %d shards; the fleet keeps its %d",
+              gw->shards, m->shard_count);
+  dcm__idq_set_budget(m->idq, gw->remaining, gw->total, m->o.identify_reserve);
+  kick(m);
 }
 
 static void fetch_gateway(dcm_master_t *m) {
@@ -408,10 +492,13 @@ static void fetch_gateway(dcm_master_t *m) {
 
 int dcm__coord_start(dcm_master_t *m) {
   dcm__list_init(&m->connect_queue);
+  snprintf(m->gateway_url, sizeof m->gateway_url, "%s",
+           m->o.gateway_url ? m->o.gateway_url : "wss://gateway.discord.gg");
   if (m->o.shards > 0) {
     int r = dcm__fleet_set_shards(m, m->o.shards);
-    if (r != 0) return r;
     m->max_concurrency = m->o.max_concurrency ? m->o.max_concurrency : 1;
+    if (r == 0) r = start_queue(m);
+    if (r != 0) return r;
     begin_collecting(m);
     return 0;
   }
@@ -423,6 +510,19 @@ int dcm__coord_start(dcm_master_t *m) {
 
 /* ---- machine events ---------------------------------------------------- */
 
+/* Places shards (taken from `from`, unassigned now) on the receivers. */
+static size_t move_shards(dcm_master_t *m, const dcm__pmachine_t *from,
+                          const dcm__machine_t *but) {
+  dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
+  size_t n = xs ? receivers(m, xs, but, 1) : 0;
+  size_t placed = n ? place(m, from, xs, n) : 0;
+  free(xs);
+  if (placed < from->nshards)
+    dcm__warn(&m->log, from->id, "%zu shards stay unassigned until a machine can take them",
+              from->nshards - placed);
+  return placed;
+}
+
 static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   size_t n = x->nshards;
   int *shards = malloc((n ? n : 1) * sizeof *shards);
@@ -430,22 +530,14 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   dcm__pmachine_t dead = {id, x->cores, x->loadavg, x->standby, shards, n};
   snprintf(id, sizeof id, "%s", x->id);
   if (shards && n) memcpy(shards, x->shards, n * sizeof *shards);
-  done_connecting(m, x);
+  if (m->idq) dcm__idq_drop_owner(m->idq, x);
   dcm__fleet_remove(m, x);
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
   if (dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why)) {
     free(shards);
     return;
   }
-  if (shards && n) {
-    dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
-    size_t live = xs ? dcm__fleet_live(m, xs, 1) : 0;
-    size_t placed = live ? place(m, &dead, xs, live) : 0;
-    if (placed < n)
-      dcm__warn(&m->log, id, "%zu shards stay unassigned until a machine can take them",
-                n - placed);
-    free(xs);
-  }
+  if (shards && n) move_shards(m, &dead, NULL);
   free(shards);
   pump(m);
 }
@@ -461,6 +553,10 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
   if (m->stopping) return;
   int was_pending = x->info_pending;
   x->info_pending = 0;
+  /* Its waiting requests go; after a reconnect it asks again. */
+  if (m->idq) dcm__idq_drop_owner(m->idq, x);
+  uv_timer_stop(&x->timer);
+  x->connect = DCM_CONNECT_NONE;
   if (timed_out) {
     if (dcm__emit(m, DCM_EVENT_TIMED_OUT, x->id, DCM_CLOSE_DEAD, NULL)) return;
     failover(m, x, "heartbeat timeout");
@@ -470,11 +566,10 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
     dcm__fleet_remove(m, x);
   } else {
     if (dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL)) return;
-    done_connecting(m, x);
     x->state = DCM_MACHINE_DISCONNECTED;
     dcm__info(&m->log, x->id, "connection lost; keeping its %zu shards for %.3gs", x->nshards,
               m->o.reconnect_grace);
-    uv_timer_start(&x->grace, grace_timer_cb, ms(m->o.reconnect_grace), 0);
+    uv_timer_start(&x->timer, grace_timer_cb, ms(m->o.reconnect_grace), 0);
     pump(m);
   }
   if (was_pending && m->refreshing && --m->info_waiting == 0) {
@@ -485,7 +580,7 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
 
 void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed) {
   if (!m->allocated) {
-    if (m->window_over && !m->refreshing && !m->budget_wait) {
+    if (m->window_over && !m->refreshing) {
       allocate(m);
     } else if (!m->window_over && m->o.expected_machines > 0 &&
                m->nmachines >= (size_t)m->o.expected_machines) {
@@ -512,15 +607,10 @@ void dcm__coord_info(dcm_master_t *m, dcm__machine_t *x) {
 }
 
 void dcm__coord_ack(dcm_master_t *m, dcm__machine_t *x, int op) {
-  if (op == DCM_OP_CONNECT && x == m->connecting && x->connect == DCM_CONNECT_SENT) {
+  if (op == DCM_OP_CONNECT && x->connect == DCM_CONNECT_SENT) {
     x->connect = DCM_CONNECT_ACKED;
     dcm__debug(&m->log, x->id, "acknowledged connect");
   }
-}
-
-static int cmp_int(const void *a, const void *b) {
-  int p = *(const int *)a, q = *(const int *)b;
-  return (p > q) - (p < q);
 }
 
 static int same_set(const int *sorted, size_t n, const int *v, size_t k) {
@@ -536,21 +626,20 @@ static int same_set(const int *sorted, size_t n, const int *v, size_t k) {
 
 int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards, size_t n) {
   if (!same_set(x->sent, x->nsent, shards, n)) return DCM_EINVAL;
-  if (x == m->connecting) {
-    x->connect = DCM_CONNECT_READY;
-    dcm__info(&m->log, x->id, "ready with %zu shards", n);
-    done_connecting(m, x);
-    if (dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL)) return 0;
-    pump(m);
-  } else {
-    dcm__info(&m->log, x->id, "ready with %zu shards (after its turn)", n);
-  }
+  int late = x->connect == DCM_CONNECT_LATE;
+  uv_timer_stop(&x->timer);
+  x->connect = DCM_CONNECT_READY;
+  dcm__info(&m->log, x->id, "ready with %zu shards%s", n,
+            late ? " (after the connect timeout)" : "");
+  if (dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL)) return 0;
+  maybe_running(m);
   return 0;
 }
 
 void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   size_t n = x->nshards;
   x->standby = 1;
+  x->draining = 1; /* never a receiver from now on */
   if (!m->allocated) {
     dcm__info(&m->log, x->id, "offload before the allocation: it becomes standby");
     return;
@@ -560,21 +649,33 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   if (n) memcpy(shards, x->shards, n * sizeof *shards);
   dcm__pmachine_t dead = {x->id, x->cores, x->loadavg, 1, shards, n};
   dcm__fleet_release(m, x);
-  done_connecting(m, x);
   dcm__list_remove(&x->queue_link); /* its empty connect goes after the receivers' */
   dcm__info(&m->log, x->id, "offload: moving its %zu shards, then it stands by", n);
-  dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
-  size_t live = xs ? dcm__fleet_live(m, xs, 1) : 0, k = 0;
-  for (size_t i = 0; i < live; i++)
-    if (xs[i] != x) xs[k++] = xs[i];
-  size_t placed = place(m, &dead, xs, k);
-  if (placed < n)
-    dcm__warn(&m->log, x->id, "%zu offloaded shards stay unassigned: no machine can take them",
-              n - placed);
+  move_shards(m, &dead, x);
   queue_connect(m, x);
-  free(xs);
   free(shards);
   pump(m);
+}
+
+void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n) {
+  free(x->failed);
+  x->failed = shards; /* shown in /status until they run elsewhere */
+  x->nfailed = n;
+  if (!m->allocated || x->state != DCM_MACHINE_LIVE) return;
+  int *mine = malloc((n ? n : 1) * sizeof *mine);
+  size_t k = 0;
+  if (mine == NULL) return;
+  for (size_t i = 0; i < n; i++)
+    if (shards[i] < m->shard_count && m->owner[shards[i]] == x && dcm__fleet_take(m, x, shards[i]) == 0)
+      mine[k++] = shards[i];
+  if (k > 0) {
+    dcm__pmachine_t from = {x->id, x->cores, x->loadavg, x->standby, mine, k};
+    dcm__warn(&m->log, x->id, "%zu shards are in clusters it gave up on; moving them", k);
+    move_shards(m, &from, x);
+    queue_connect(m, x);
+    pump(m);
+  }
+  free(mine);
 }
 
 void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code, const char *message,
@@ -584,6 +685,11 @@ void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code, const char *
     snprintf(line, sizeof line, "shard %d: %s", shard, message);
   else
     snprintf(line, sizeof line, "%s", message);
+  if (!dcm__discord_fatal_code(code)) {
+    dcm__warn(&m->log, x->id, "cluster failure %d (%s): reconnectable, not fatal; the fleet "
+              "keeps running", code, line);
+    return;
+  }
   dcm__error(&m->log, x->id, "fatal Discord error %d: %s; shutting the whole fleet down", code,
              line);
   fatal_stop(m, 3, x->id, code, line);
@@ -592,6 +698,5 @@ void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code, const char *
 void dcm__coord_stop(dcm_master_t *m) {
   set_state(m, DCM_STATE_SHUTDOWN);
   uv_timer_stop(&m->timer);
-  m->connecting = NULL;
   while (!dcm__list_empty(&m->connect_queue)) dcm__list_remove(m->connect_queue.next);
 }

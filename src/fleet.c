@@ -66,8 +66,8 @@ dcm__machine_t *dcm__fleet_add(dcm_master_t *m, const char *id) {
   snprintf(x->id, sizeof x->id, "%s", id);
   x->m = m;
   x->state = DCM_MACHINE_LIVE;
-  uv_timer_init(m->loop, &x->grace);
-  x->grace.data = x;
+  uv_timer_init(m->loop, &x->timer);
+  x->timer.data = x;
   m->open_handles++;
   dcm__list_push(&m->machines, &x->link);
   dcm__list_init(&x->queue_link);
@@ -86,6 +86,7 @@ static void machine_free_cb(uv_handle_t *h) {
   free(x->reported);
   free(x->sent);
   free(x->failed_clusters);
+  free(x->failed);
   free(x);
   dcm__master_release(m);
 }
@@ -97,12 +98,11 @@ void dcm__fleet_remove(dcm_master_t *m, dcm__machine_t *x) {
   if (*pp) *pp = x->hnext;
   dcm__list_remove(&x->link);
   dcm__list_remove(&x->queue_link);
-  if (m->connecting == x) m->connecting = NULL;
   m->nmachines--;
   x->state = DCM_MACHINE_DEAD;
   if (x->conn) x->conn->machine = NULL;
   x->conn = NULL;
-  uv_close((uv_handle_t *)&x->grace, machine_free_cb);
+  uv_close((uv_handle_t *)&x->timer, machine_free_cb);
 }
 
 int dcm__fleet_give(dcm_master_t *m, dcm__machine_t *x, int s) {
@@ -124,6 +124,18 @@ int dcm__fleet_give(dcm_master_t *m, dcm__machine_t *x, int s) {
   x->nshards++;
   m->owner[s] = x;
   m->nunassigned--;
+  return 0;
+}
+
+int dcm__fleet_take(dcm_master_t *m, dcm__machine_t *x, int s) {
+  if (s < 0 || s >= m->shard_count || m->owner[s] != x) return DCM_EINVAL;
+  size_t i = 0;
+  while (i < x->nshards && x->shards[i] != s) i++;
+  if (i == x->nshards) return DCM_EINVAL;
+  memmove(x->shards + i, x->shards + i + 1, (x->nshards - i - 1) * sizeof *x->shards);
+  x->nshards--;
+  m->owner[s] = NULL;
+  m->nunassigned++;
   return 0;
 }
 

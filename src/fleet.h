@@ -2,7 +2,7 @@
  * fleet.h: the machines a master knows (hashed by id) and the shard ->
  * machine table. The invariant lives here: a shard belongs to at most one
  * machine, and a machine's list is exactly the shards the table gives it.
- * Depends on internal.h; no I/O beyond closing a machine's grace timer.
+ * Depends on internal.h; no I/O beyond closing a machine's timer.
  */
 #ifndef DCM_FLEET_H
 #define DCM_FLEET_H
@@ -23,6 +23,8 @@ void dcm__fleet_remove(dcm_master_t *m, dcm__machine_t *mach);
 
 /* Gives shard s to mach; the shard must be unassigned. */
 int dcm__fleet_give(dcm_master_t *m, dcm__machine_t *mach, int s);
+/* Takes shard s (one of mach's) back: unassigned. */
+int dcm__fleet_take(dcm_master_t *m, dcm__machine_t *mach, int s);
 /* Unassigns every shard of mach. */
 void dcm__fleet_release(dcm_master_t *m, dcm__machine_t *mach);
 

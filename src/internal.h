@@ -14,6 +14,7 @@
 
 #include "discluster/master.h"
 #include "discord.h"
+#include "identify.h"
 #include "log.h"
 #include "outq.h"
 #include "policy.h"
@@ -103,10 +104,10 @@ typedef enum {
 
 typedef enum {
   DCM_CONNECT_NONE,  /* nothing pending */
-  DCM_CONNECT_QUEUED,/* waiting for its turn */
   DCM_CONNECT_SENT,  /* `connect` sent, waiting for ack */
   DCM_CONNECT_ACKED, /* ack received, waiting for ready */
-  DCM_CONNECT_READY  /* ready received for the current assignment */
+  DCM_CONNECT_READY, /* ready received for the current assignment */
+  DCM_CONNECT_LATE   /* not ready within the connect timeout */
 } dcm__connect_state;
 
 struct dcm__machine_s {
@@ -119,19 +120,24 @@ struct dcm__machine_s {
   dcm__conn_t *conn;
   dcm_master_t *m;
   dcm__link_t link;       /* master's machine list */
-  dcm__link_t queue_link; /* connect queue */
+  dcm__link_t queue_link; /* in m->connect_queue: a `connect` is due */
   dcm__machine_t *hnext;  /* id hash chain */
-  uv_timer_t grace;       /* reconnect grace; closed before free */
+  uv_timer_t timer;       /* live: connect timeout; disconnected: reconnect
+                             grace. Closed before free */
   int *shards;            /* assignment, sorted ascending */
   size_t nshards, cap;
   int *reported;          /* info.shards, for resume after a MASTER restart */
   size_t nreported;
   int has_reported;
   dcm__connect_state connect;
+  int identify_queue;     /* info.identify_queue: it asks for grants */
+  int draining;           /* sent `offload`: never a receiver again */
   int info_pending;       /* refresh `info` asked, not yet answered */
   char *failed_clusters;  /* JSON array from its heartbeat, NULL if none */
   int *sent;              /* shards of the last `connect` sent */
   size_t nsent;
+  int *failed;            /* its shards in failed_clusters, sorted */
+  size_t nfailed;
 };
 
 
@@ -177,8 +183,10 @@ struct dcm_master_s {
   int budget_wait;
   uint64_t gw_at;   /* uv_now() when gw was fetched */
   size_t nunassigned;
-  dcm__link_t connect_queue;
-  dcm__machine_t *connecting; /* the one CONTROL told to connect, if any */
+  dcm__link_t connect_queue; /* machines owed a `connect` this loop turn */
+  dcm__idq_t *idq;           /* identify queue and budget; once shards are known */
+  uv_timer_t idq_timer;      /* the next grant that may be due */
+  double refetch_backoff;    /* seconds; asking Discord again while running */
   dcm__gateway_t gw;
   int have_gw;
   char gateway_url[512]; /* sent in initialise: Discord's url, or the option */
@@ -222,6 +230,10 @@ void dcm__coord_info(dcm_master_t *m, dcm__machine_t *x);
 void dcm__coord_ack(dcm_master_t *m, dcm__machine_t *x, int op);
 int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards,
                      size_t n);
+void dcm__coord_identify(dcm_master_t *m, dcm__machine_t *x, int shard);
+void dcm__coord_release(dcm_master_t *m, dcm__machine_t *x, int shard);
+/* failed_clusters' shards (sorted): moved off the machine. */
+void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n);
 void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x);
 void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code,
                       const char *message, int shard);

@@ -23,6 +23,7 @@ static int own(dcm_master_t *m, int slot, const char **field) {
 
 static void free_parts(dcm_master_t *m) {
   if (m->policy) dcm__policy_free(m->policy);
+  dcm__idq_free(m->idq);
   if (m->json) lua_close(m->json);
   dcm__fleet_free(m);
   dcm__log_close(&m->log);
@@ -47,7 +48,8 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
   }
   if (r == 0 && (own(m, 0, &m->o.listen_host) || own(m, 1, &m->o.api_base) ||
                  own(m, 2, &m->o.policy) || own(m, 3, &m->o.policy_dir) ||
-                 own(m, 4, &m->o.token) || own(m, 5, &m->o.auth)))
+                 own(m, 4, &m->o.token) || own(m, 5, &m->o.auth) ||
+                 own(m, 6, &m->o.gateway_url)))
     r = DCM_ENOMEM;
   if (r == 0 && (m->json = dcm__json_new()) == NULL) r = DCM_ENOMEM;
   if (r == 0) r = dcm__fleet_init(m);
@@ -88,8 +90,9 @@ int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
   m->cb_arg = arg;
   uv_timer_init(m->loop, &m->timer);
   uv_timer_init(m->loop, &m->budget_timer);
-  m->timer.data = m->budget_timer.data = m;
-  m->open_handles += 2;
+  uv_timer_init(m->loop, &m->idq_timer);
+  m->timer.data = m->budget_timer.data = m->idq_timer.data = m;
+  m->open_handles += 3;
   snprintf(where, sizeof where, "%s%s%s:%d", strchr(m->o.listen_host, ':') ? "[" : "",
            m->o.listen_host, strchr(m->o.listen_host, ':') ? "]" : "", m->port);
   dcm__info(&m->log, NULL, "listening on %s (discluster-master %s, protocol %d, policy %s)",
@@ -147,6 +150,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
   dcm__server_stop(m);
   uv_close((uv_handle_t *)&m->timer, dcm__handle_closed);
   uv_close((uv_handle_t *)&m->budget_timer, dcm__handle_closed);
+  uv_close((uv_handle_t *)&m->idq_timer, dcm__handle_closed);
   if (m->discord) {
     m->open_handles++;
     dcm__discord_close(m->discord, discord_closed, m);

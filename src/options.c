@@ -17,6 +17,8 @@ void dcm_options_init(dcm_options_t *o) {
   o->reconnect_grace = 30;
   o->connect_timeout = 600;
   o->handshake_timeout = 10;
+  o->identify_interval = 5.5;
+  o->identify_reserve = 10;
   o->log_level = DCM_LOG_INFO;
   o->log_format = DCM_LOG_TEXT;
   o->max_message = 1u << 20;
@@ -81,6 +83,16 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
   if (bad_time(o->reconnect_grace, 1)) FAIL("reconnect_grace: must be a time >= 0 seconds");
   if (bad_time(o->connect_timeout, 0)) FAIL("connect_timeout: must be a time > 0 seconds");
   if (bad_time(o->handshake_timeout, 0)) FAIL("handshake_timeout: must be a time > 0 seconds");
+  if (bad_time(o->identify_interval, 0) || o->identify_interval < 0.001)
+    FAIL("identify_interval: must be a time >= 0.001 seconds");
+  if (o->identify_reserve < 0 || o->identify_reserve > 1000000)
+    FAIL("identify_reserve: %d is out of range 0-1000000", o->identify_reserve);
+  if (o->gateway_url && ((strncmp(o->gateway_url, "wss://", 6) != 0 &&
+                          strncmp(o->gateway_url, "ws://", 5) != 0) ||
+                         strlen(o->gateway_url) > 500))
+    FAIL("gateway_url: must be a wss:// (or ws://) URL of at most 500 bytes");
+  for (const char *t = o->gateway_url; t && *t; t++)
+    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("gateway_url: contains a control character");
   if ((unsigned)o->log_level > DCM_LOG_ERROR) FAIL("log_level: must be debug, info, warn or error");
   if ((unsigned)o->log_format > DCM_LOG_JSON) FAIL("log_format: must be text or json");
   if (o->max_message < 1024 || o->max_outbound < o->max_message || o->max_head < 512 ||

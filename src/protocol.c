@@ -104,9 +104,15 @@ static int decode_info(lua_State *L, int d, size_t max, dcm__packet_t *p,
   return 0;
 }
 
-/* heartbeat.failed_clusters: [{"cluster": int, "shards": [int], ...}] */
+static int cmp_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* heartbeat.failed_clusters: [{"cluster": int, "shards": [int], ...}];
+   every cluster's shards go, sorted and unique, into p->shards. */
 static int decode_failed(lua_State *L, int d, dcm__packet_t *p, char *err, size_t errlen) {
-  size_t n, k, len;
+  size_t n, k, len, total = 0;
   long long v;
   if (dcm__json_field(L, d, "failed_clusters") == LUA_TNIL) return 0;
   int arr = lua_gettop(L);
@@ -121,14 +127,33 @@ static int decode_failed(lua_State *L, int d, dcm__packet_t *p, char *err, size_
                                          !dcm__json_tointeger(L, -1, &v)) ||
         (dcm__json_field(L, item, "shards"), !dcm__json_isarray(L, -1, &k)))
       FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters[%zu] needs cluster and shards", i - 1);
+    total += k;
     lua_settop(L, arr);
   }
   const char *s = dcm__json_encode(L, arr, &len);
   if (s == NULL || len > DCM_FAILED_JSON_MAX)
     FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters is too large");
   p->failed_json = malloc(len + 1);
-  if (p->failed_json == NULL) FAIL(DCM_ERR_MALFORMED, "out of memory");
+  p->shards = malloc((total ? total : 1) * sizeof(int));
+  if (p->failed_json == NULL || p->shards == NULL) FAIL(DCM_ERR_MALFORMED, "out of memory");
   memcpy(p->failed_json, s, len + 1);
+  for (size_t i = 1; i <= n; i++) { /* validated above; the JSON bound caps total */
+    lua_rawgeti(L, arr, (lua_Integer)i);
+    dcm__json_field(L, lua_gettop(L), "shards");
+    dcm__json_isarray(L, -1, &k);
+    for (size_t j = 1; j <= k; j++) {
+      lua_rawgeti(L, -1, (lua_Integer)j);
+      if (dcm__json_tointeger(L, -1, &v) && v >= 0 && v <= INT32_MAX)
+        p->shards[p->nshards++] = (int)v;
+      lua_pop(L, 1);
+    }
+    lua_settop(L, arr);
+  }
+  qsort(p->shards, p->nshards, sizeof(int), cmp_int);
+  size_t u = 0;
+  for (size_t i = 0; i < p->nshards; i++)
+    if (u == 0 || p->shards[u - 1] != p->shards[i]) p->shards[u++] = p->shards[i];
+  p->nshards = u;
   return 0;
 }
 

@@ -71,7 +71,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
     return;
   }
   if (x) {
-    uv_timer_stop(&x->grace);
+    uv_timer_stop(&x->timer);
     x->state = DCM_MACHINE_LIVE;
     resumed = 1;
   } else {
@@ -82,6 +82,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
     }
     x->standby = p->standby;
   }
+  x->identify_queue = p->identify_queue;
   copy_report(x, p);
   free(x->reported);
   x->reported = NULL;
@@ -123,6 +124,11 @@ static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
   free(x->failed_clusters);
   x->failed_clusters = p->failed_json;
   p->failed_json = NULL;
+  int *shards = p->shards; /* the failed clusters' shards, sorted, unique */
+  size_t n = p->nshards;
+  p->shards = NULL;
+  p->nshards = 0;
+  dcm__coord_failed(x->m, x, shards, n);
 }
 
 static void heartbeat(dcm__conn_t *c, dcm__packet_t *p) {
@@ -165,6 +171,12 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
       break;
     case DCM_OP_OFFLOAD:
       dcm__coord_offload(m, x);
+      break;
+    case DCM_OP_IDENTIFY:
+      dcm__coord_identify(m, x, p->shard);
+      break;
+    case DCM_OP_RELEASE:
+      dcm__coord_release(m, x, p->shard);
       break;
     case DCM_OP_FATAL:
       dcm__coord_fatal(m, x, p->code, p->message, p->shard);
@@ -254,6 +266,64 @@ static void push_machine(dcm_master_t *m, dcm__machine_t *x, uint64_t now) {
   if (x->failed_clusters &&
       dcm__json_decode(L, x->failed_clusters, strlen(x->failed_clusters)) == 0)
     lua_setfield(L, -2, "failed_clusters");
+  if (x->nfailed) {
+    dcm__json_push_int_array(L, x->failed, x->nfailed);
+    lua_setfield(L, -2, "failed_shards");
+  }
+  static const char *const connects[] = {NULL, "sent", "acked", "ready", "late"};
+  if (connects[x->connect]) {
+    lua_pushstring(L, connects[x->connect]);
+    lua_setfield(L, -2, "connect");
+  }
+  if (x->draining) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "draining");
+  }
+}
+
+/* The identify queue: budget, grants, and what waits where and why. */
+static void push_identify(dcm_master_t *m, uint64_t now) {
+  lua_State *L = m->json;
+  const dcm__idq_t *q = m->idq;
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, (lua_Integer)(m->o.identify_interval * 1000.0 + 0.5));
+  lua_setfield(L, -2, "interval_ms");
+  lua_pushinteger(L, dcm__idq_reserve(q));
+  lua_setfield(L, -2, "reserve");
+  lua_pushinteger(L, (lua_Integer)dcm__idq_granted(q));
+  lua_setfield(L, -2, "granted");
+  lua_pushinteger(L, (lua_Integer)dcm__idq_returned(q));
+  lua_setfield(L, -2, "returned");
+  lua_pushinteger(L, (lua_Integer)dcm__idq_waiting(q));
+  lua_setfield(L, -2, "waiting");
+  if (dcm__idq_budget_blocked(q)) {
+    lua_pushstring(L, m->budget_wait ? "budget: waiting for Discord's reset"
+                                     : "budget: at the reserve");
+    lua_setfield(L, -2, "blocked");
+  }
+  lua_createtable(L, 0, 0);
+  int k = 0;
+  for (int b = 0; b < dcm__idq_buckets(q); b++) {
+    size_t depth = dcm__idq_depth(q, b);
+    if (depth == 0) continue;
+    uint64_t at = dcm__idq_next_at(q, b);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, b);
+    lua_setfield(L, -2, "bucket");
+    lua_pushinteger(L, (lua_Integer)depth);
+    lua_setfield(L, -2, "waiting");
+    lua_pushinteger(L, (lua_Integer)(at > now ? at - now : 0));
+    lua_setfield(L, -2, "next_grant_in_ms");
+    lua_pushstring(L, dcm__idq_budget_blocked(q) ? "budget" : at > now ? "interval" : "due");
+    lua_setfield(L, -2, "why");
+    lua_rawseti(L, -2, ++k);
+  }
+  if (k == 0) {
+    lua_pop(L, 1);
+    dcm__json_push_empty_array(L);
+  }
+  lua_setfield(L, -2, "buckets");
+  lua_setfield(L, -2, "identify");
 }
 
 const char *dcm__status_json(dcm_master_t *m, size_t *len) {
@@ -271,7 +341,7 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, m->gw.total);
     lua_setfield(L, -2, "total");
-    lua_pushinteger(L, m->gw.remaining);
+    lua_pushinteger(L, m->idq ? dcm__idq_remaining(m->idq) : m->gw.remaining);
     lua_setfield(L, -2, "remaining");
     double left = m->gw.reset_after * 1000.0 - (double)(now - m->gw_at);
     lua_pushinteger(L, (lua_Integer)(left > 0 ? left : 0)); /* aged since the fetch */
@@ -291,6 +361,7 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
     dcm__json_push_empty_array(L);
   }
   lua_setfield(L, -2, "machines");
+  if (m->idq) push_identify(m, now);
   int *un = malloc(((size_t)m->shard_count + 1) * sizeof *un);
   if (un == NULL) return NULL;
   size_t n = dcm__fleet_unassigned(m, un);

@@ -75,6 +75,11 @@ typedef struct dcm_options_s {
   double reconnect_grace;     /* 30 */
   double connect_timeout;     /* 600 */
   double handshake_timeout;   /* 10 */
+  double identify_interval;   /* 5.5: least gap between two identifies of one
+                                 bucket (Discord's 5 s plus a 0.5 s margin) */
+  int identify_reserve;       /* 10: identifies of the daily budget never granted */
+  const char *gateway_url;    /* NULL: Discord's `url` (wss://gateway.discord.gg
+                                 with fixed shards); sent in `initialise` */
   const char *token;          /* Discord bot token; secret */
   const char *auth;           /* shared secret for CONTROLs; secret */
   dcm_log_level log_level;    /* DCM_LOG_INFO */

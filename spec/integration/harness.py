@@ -25,6 +25,7 @@ SRC = os.environ.get("DCM_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.d
 
 OP_INFO, OP_FATAL, OP_COMMAND, OP_OFFLOAD, OP_SHUTDOWN = 0, 1, 2, 3, 4
 OP_INITIALISE, OP_CONNECT, OP_ERROR, OP_ACK, OP_HEARTBEAT, OP_READY = 5, 6, 7, 8, 9, 10
+OP_IDENTIFY, OP_GRANT, OP_RELEASE = 11, 12, 13
 
 FAST = ["--collect-window", "0.5", "--heartbeat-interval", "1", "--heartbeat-grace", "1",
         "--reconnect-grace", "1", "--handshake-timeout", "2", "--connect-timeout", "3"]
@@ -241,14 +242,18 @@ class Control:
 
     It answers `info` requests and acknowledges `connect` at once; it sends
     `ready` by itself only when auto_ready is set, and heartbeats at the
-    interval MASTER gives it while `beating` is true.
+    interval MASTER gives it while `beating` is true. With identify_queue it
+    says so in `info`; grants it receives are collected (next_grant).
     """
 
     def __init__(self, master, id, cores=4, loadavg=1.0, standby=None, shards=None,
-                 auto_ready=True, headers=None):
+                 auto_ready=True, headers=None, identify_queue=False):
         self.master, self.id, self.cores, self.loadavg = master, id, cores, loadavg
         self.standby, self.report, self.auto_ready = standby, shards, auto_ready
         self.headers = headers
+        self.identify_queue = identify_queue
+        self.grants = asyncio.Queue()
+        self.errors = asyncio.Queue()
         self.ws = None
         self.init = None
         self.connects = asyncio.Queue()
@@ -263,6 +268,8 @@ class Control:
             d["standby"] = self.standby
         if self.report is not None:
             d["shards"] = self.report
+        if self.identify_queue:
+            d["identify_queue"] = True
         return d
 
     async def start(self):
@@ -285,6 +292,10 @@ class Control:
                     if self.auto_ready:
                         await self.ready()
                     await self.connects.put(p["d"])
+                elif p["o"] == OP_GRANT:
+                    await self.grants.put((time.monotonic(), p["d"]["shard"]))
+                elif p["o"] == OP_ERROR:
+                    await self.errors.put(p["d"])
         except websockets.ConnectionClosed:
             pass
 
@@ -300,6 +311,27 @@ class Control:
 
     async def ready(self, shards=None):
         await send(self.ws, OP_READY, {"shards": self.shards if shards is None else shards})
+
+    async def identify(self, *shards):
+        for s in shards:
+            await send(self.ws, OP_IDENTIFY, {"shard": s})
+
+    async def release(self, shard):
+        await send(self.ws, OP_RELEASE, {"shard": shard})
+
+    async def next_grant(self, timeout=5):
+        """(time.monotonic() when it arrived, shard)."""
+        return await asyncio.wait_for(self.grants.get(), timeout)
+
+    async def no_grant(self, wait=0.5):
+        try:
+            g = await asyncio.wait_for(self.grants.get(), wait)
+        except asyncio.TimeoutError:
+            return True
+        raise AssertionError("%s got an unexpected grant %r" % (self.id, g))
+
+    async def next_error(self, timeout=5):
+        return await asyncio.wait_for(self.errors.get(), timeout)
 
     async def next_connect(self, timeout=5):
         return await asyncio.wait_for(self.connects.get(), timeout)

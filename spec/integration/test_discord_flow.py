@@ -10,7 +10,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fake_discord import FakeDiscord  # noqa: E402
-from harness import Control, Master, closed_with, connect, run, status  # noqa: E402
+from harness import OP_SHUTDOWN, Control, Master, closed_with, connect, run, status  # noqa: E402
 
 TOKEN = "fake.bot.TOKEN-for-tests-only"
 TIMING = ["--heartbeat-interval", "1", "--heartbeat-grace", "1", "--collect-window", "30"]
@@ -91,30 +91,70 @@ class DiscordFlow(unittest.TestCase):
                 run(go())
                 m.stop()
 
-    def test_identify_budget_is_respected(self):
-        # 4 shards but only 2 sessions left: wait for reset_after, ask again.
-        with FakeDiscord("200:shards=4:remaining=2:reset_after=1200,"
-                         "200:shards=4:remaining=1000") as fd:
-            with master(fd, "--expected-machines", "1") as m:
+    def test_identify_budget_reserve_holds_grants_until_the_reset(self):
+        # 4 shards, 12 sessions left, reserve 10: two grants, then wait for
+        # reset_after, ask Discord again, and grant the rest.
+        with FakeDiscord("200:shards=4:max_concurrency=4:remaining=12:reset_after=1500,"
+                         "200:shards=4:max_concurrency=4:remaining=1000") as fd:
+            with master(fd, "--expected-machines", "1", "--identify-reserve", "10",
+                        "--identify-interval", "0.1") as m:
                 m.wait_log(r"state fetching -> collecting")
 
                 async def go():
-                    a = Control(m, "a")
+                    a = Control(m, "a", identify_queue=True)
                     await a.start()
+                    self.assertEqual((await a.next_connect())["shards"], [0, 1, 2, 3])
+                    await a.identify(0, 1, 2, 3)
+                    got = [(await a.next_grant())[1], (await a.next_grant())[1]]
+                    self.assertEqual(sorted(got), [0, 1])
+                    await a.no_grant(0.5)
+                    st = status(m)
+                    self.assertEqual(st["session_start_limit"]["remaining"], 10)
+                    self.assertEqual(st["identify"]["waiting"], 2)
+                    self.assertIn("budget", st["identify"]["blocked"])
+                    self.assertEqual(st["identify"]["buckets"][0]["why"], "budget")
                     t0 = time.monotonic()
-                    d = await a.next_connect(10)
-                    self.assertGreater(time.monotonic() - t0, 1.0)
-                    self.assertEqual(d["shards"], [0, 1, 2, 3])
+                    rest = [await a.next_grant(6), await a.next_grant(6)]
+                    self.assertGreater(rest[0][0] - t0, 0.5)  # after the reset, not before
+                    self.assertEqual(sorted(g[1] for g in rest), [2, 3])
+                    st = status(m)
+                    self.assertEqual(st["session_start_limit"]["remaining"], 998)
+                    self.assertNotIn("blocked", st["identify"])
                     await a.close()
                 run(go())
-                m.wait_log(r"identify budget: 2 sessions left, 4 needed; waiting")
+                m.wait_log(r"identify budget: 10 left, reserve 10: grants stop; 2 shards wait")
+                self.assertEqual(m.count(r"grants stop"), 1)
                 self.assertEqual(len(fd.requests()), 2)
                 m.stop()
 
-    def test_identify_budget_guards_failover(self):
-        # exactly enough sessions for the first start; a failover must wait
-        with FakeDiscord("200:shards=4:remaining=4:reset_after=1500,"
-                         "200:shards=4:remaining=1000") as fd:
+    def test_a_bad_answer_while_running_keeps_the_fleet(self):
+        # The budget runs out; asking again gets a 403: the fleet keeps
+        # running (no shutdown), MASTER retries, and grants resume.
+        with FakeDiscord("200:shards=2:max_concurrency=2:remaining=1:reset_after=100,"
+                         "403,200:shards=2:max_concurrency=2:remaining=1000") as fd:
+            with master(fd, "--expected-machines", "1", "--identify-reserve", "0",
+                        "--identify-interval", "0.1") as m:
+                m.wait_log(r"state fetching -> collecting")
+
+                async def go():
+                    a = Control(m, "a", identify_queue=True)
+                    await a.start()
+                    await a.next_connect()
+                    await a.identify(0, 1)
+                    await a.next_grant()
+                    await a.no_grant(0.3)
+                    self.assertEqual((await a.next_grant(20))[1] in (0, 1), True)
+                    self.assertEqual(a.ops(OP_SHUTDOWN), [])
+                    self.assertEqual(status(m)["state"], "running")
+                    await a.close()
+                run(go())
+                m.wait_log(r"asking Discord for the identify budget failed .*the fleet keeps running")
+                self.assertEqual(len(fd.requests()), 3)
+                self.assertEqual(m.stop(), 0)
+
+    def test_a_control_without_the_queue_is_charged_on_connect(self):
+        # A v1 CONTROL never asks: every shard new to it counts as an identify.
+        with FakeDiscord("200:shards=4:remaining=100") as fd:
             with master(fd, "--expected-machines", "2", "--reconnect-grace", "0.2") as m:
                 m.wait_log(r"state fetching -> collecting")
 
@@ -123,22 +163,13 @@ class DiscordFlow(unittest.TestCase):
                     await a.start()
                     await b.start()
                     await a.next_connect()
-                    sb = (await b.next_connect())["shards"]
-                    self.assertEqual(status(m)["session_start_limit"]["remaining"], 0)
+                    await b.next_connect()
+                    self.assertEqual(status(m)["session_start_limit"]["remaining"], 96)
                     await a.drop()
-                    await asyncio.sleep(0.6)
-                    st = status(m)
-                    self.assertEqual(len(st["unassigned"]), 2)  # held back, not started
-                    t0 = time.monotonic()
-                    d = await b.next_connect(6)
-                    self.assertGreater(time.monotonic() - t0, 0.3)
-                    self.assertEqual(sorted(d["shards"]), [0, 1, 2, 3])
-                    self.assertTrue(set(sb) <= set(d["shards"]))
-                    self.assertEqual(status(m)["unassigned"], [])
+                    await b.next_connect(3)  # a's 2 shards move to b: 2 more
+                    self.assertEqual(status(m)["session_start_limit"]["remaining"], 94)
                     await b.close()
                 run(go())
-                m.wait_log(r"identify budget: 0 sessions left, 2 needed; waiting")
-                self.assertEqual(len(fd.requests()), 2)
                 m.stop()
 
     def test_missing_token_is_a_startup_error(self):
