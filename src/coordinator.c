@@ -112,8 +112,9 @@ static void idq_timer_cb(uv_timer_t *t) {
 static int start_queue(dcm_master_t *m) {
   m->idq = dcm__idq_new(m->shard_count, m->max_concurrency, ms(m->o.identify_interval));
   if (m->idq == NULL) return DCM_ENOMEM;
-  if (m->have_gw)
-    dcm__idq_set_budget(m->idq, m->gw.remaining, m->gw.total, m->o.identify_reserve);
+  /* Without Discord (fixed shards) the budget is unknown: pacing only. */
+  dcm__idq_set_budget(m->idq, m->have_gw ? m->gw.remaining : -1, m->have_gw ? m->gw.total : 0,
+                      m->o.identify_reserve);
   return 0;
 }
 
