@@ -21,12 +21,11 @@ static const char *const state_names[] = {"idle",       "fetching", "collecting"
 
 const char *dcm__state_name(dcm__state s) { return state_names[s]; }
 
-/* Returns 1 when an event callback stopped the master. */
-static int set_state(dcm_master_t *m, dcm__state s) {
-  if (m->state == s) return m->stopping;
+static void set_state(dcm_master_t *m, dcm__state s) {
+  if (m->state == s) return;
   dcm__info(&m->log, NULL, "state %s -> %s", state_names[m->state], state_names[s]);
   m->state = s;
-  return dcm__emit(m, DCM_EVENT_STATE, NULL, (int)s, state_names[s]);
+  dcm__emit(m, DCM_EVENT_STATE, NULL, (int)s, state_names[s]);
 }
 
 int dcm__coord_accepting(const dcm_master_t *m) {
@@ -93,9 +92,9 @@ static void wait_for_budget(dcm_master_t *m) {
   if (m->budget_wait || !m->have_gw) return;
   uint64_t elapsed = uv_now(m->loop) - m->gw_at, reset = ms(m->gw.reset_after);
   uint64_t wait = (reset > elapsed ? reset - elapsed : 0) + 1000;
-  dcm__warn(&m->log, NULL, "identify budget: %ld left, reserve %ld: grants stop; %zu shards "
-            "wait for the reset in %.0fs", dcm__idq_remaining(m->idq), dcm__idq_reserve(m->idq),
-            dcm__idq_waiting(m->idq), (double)wait / 1000.0);
+  dcm__warn(&m->log, NULL, "identify budget: %ld left, reserve %ld: grants stop (shards "
+            "waiting: %zu) until the reset in %.0fs", dcm__idq_remaining(m->idq),
+            dcm__idq_reserve(m->idq), dcm__idq_waiting(m->idq), (double)wait / 1000.0);
   m->budget_wait = 1;
   uv_timer_start(&m->budget_timer, budget_timer_cb, wait, 0);
 }
@@ -242,7 +241,7 @@ static size_t count_new(const int *a, size_t na, const int *b, size_t nb) {
 
 /* Connecting is over when no live machine still owes its first `ready`. */
 static void maybe_running(dcm_master_t *m) {
-  if (m->state != DCM_STATE_CONNECTING || m->stopping || !dcm__list_empty(&m->connect_queue))
+  if (m->state != DCM_STATE_CONNECTING || !dcm__list_empty(&m->connect_queue))
     return;
   for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
     dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, link);
@@ -263,11 +262,14 @@ static void connect_timeout_cb(uv_timer_t *t) {
   maybe_running(m);
 }
 
-static int send_connect(dcm_master_t *m, dcm__machine_t *x) {
+static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
   size_t len;
   char list[160];
   int *copy = malloc((x->nshards ? x->nshards : 1) * sizeof *copy);
-  if (copy == NULL) return DCM_ENOMEM;
+  if (copy == NULL) {
+    dcm__error(&m->log, x->id, "out of memory: connect not sent");
+    return;
+  }
   /* A CONTROL that does not ask for grants identifies on its own: count
      every shard new to it (an estimate, on the safe side). */
   if (!x->identify_queue && m->idq)
@@ -289,17 +291,17 @@ static int send_connect(dcm_master_t *m, dcm__machine_t *x) {
     x->connect = DCM_CONNECT_NONE; /* nothing to wait for */
     uv_timer_stop(&x->timer);
   }
-  return dcm__emit(m, DCM_EVENT_ASSIGNED, x->id, (int)x->nshards, NULL) ? DCM_ECANCELED : 0;
+  dcm__emit(m, DCM_EVENT_ASSIGNED, x->id, (int)x->nshards, NULL);
 }
 
 /* Sends every `connect` owed, all in this turn: pacing is the queue's job. */
 static void pump(dcm_master_t *m) {
-  while (!dcm__list_empty(&m->connect_queue) && !m->stopping) {
+  while (!dcm__list_empty(&m->connect_queue)) {
     dcm__link_t *l = m->connect_queue.next;
     dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, queue_link);
     dcm__list_remove(l);
     if (x->state != DCM_MACHINE_LIVE || x->conn == NULL) continue; /* re-queued on resume */
-    if (send_connect(m, x) == DCM_ECANCELED) return;
+    send_connect(m, x);
   }
   maybe_running(m);
 }
@@ -394,7 +396,7 @@ static void allocate(dcm_master_t *m) {
   }
   free(xs);
   m->allocated = 1;
-  if (set_state(m, DCM_STATE_CONNECTING)) return;
+  set_state(m, DCM_STATE_CONNECTING);
   pump(m);
 }
 
@@ -433,7 +435,7 @@ static void end_window(dcm_master_t *m, const char *why) {
 static void window_timer_cb(uv_timer_t *t) { end_window(t->data, "window elapsed"); }
 
 static void begin_collecting(dcm_master_t *m) {
-  if (set_state(m, DCM_STATE_COLLECTING)) return;
+  set_state(m, DCM_STATE_COLLECTING);
   dcm__info(&m->log, NULL, "collecting CONTROLs for %.3gs (%d shards, max_concurrency %d%s)",
             m->o.collect_window, m->shard_count, m->max_concurrency,
             m->o.expected_machines ? ", ends early at the expected machine count" : "");
@@ -505,7 +507,7 @@ int dcm__coord_start(dcm_master_t *m) {
   }
   int r = dcm__discord_new(m->loop, m->o.api_base, m->o.token, &m->log, &m->discord);
   if (r != 0) return r;
-  if (set_state(m, DCM_STATE_FETCHING)) return 0;
+  set_state(m, DCM_STATE_FETCHING);
   return dcm__discord_fetch(m->discord, on_gateway, m);
 }
 
@@ -534,10 +536,7 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   if (m->idq) dcm__idq_drop_owner(m->idq, x);
   dcm__fleet_remove(m, x);
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
-  if (dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why)) {
-    free(shards);
-    return;
-  }
+  dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why);
   if (shards && n) move_shards(m, &dead, NULL);
   free(shards);
   pump(m);
@@ -559,14 +558,14 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
   uv_timer_stop(&x->timer);
   x->connect = DCM_CONNECT_NONE;
   if (timed_out) {
-    if (dcm__emit(m, DCM_EVENT_TIMED_OUT, x->id, DCM_CLOSE_DEAD, NULL)) return;
+    dcm__emit(m, DCM_EVENT_TIMED_OUT, x->id, DCM_CLOSE_DEAD, NULL);
     failover(m, x, "heartbeat timeout");
   } else if (!m->allocated && x->nshards == 0) {
-    if (dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL)) return;
+    dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
     dcm__info(&m->log, x->id, "left before the allocation");
     dcm__fleet_remove(m, x);
   } else {
-    if (dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL)) return;
+    dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
     x->state = DCM_MACHINE_DISCONNECTED;
     dcm__info(&m->log, x->id, "connection lost; keeping its %zu shards for %.3gs", x->nshards,
               m->o.reconnect_grace);
@@ -632,7 +631,7 @@ int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards, size
   x->connect = DCM_CONNECT_READY;
   dcm__info(&m->log, x->id, "ready with %zu shards%s", n,
             late ? " (after the connect timeout)" : "");
-  if (dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL)) return 0;
+  dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL);
   maybe_running(m);
   return 0;
 }

@@ -161,6 +161,9 @@ struct dcm_master_s {
   char heartbeat_ack[32];
   dcm_event_cb cb;
   void *cb_arg;
+  dcm__link_t events; /* queued for the embedder; delivered by `flush` */
+  uv_prepare_t flush; /* runs once per loop turn while events wait */
+  int depth;          /* inside embedder code: a free is deferred */
   /* server */
   uv_tcp_t listener;
   int port;
@@ -197,7 +200,7 @@ struct dcm_master_s {
   dcm__policy_t *policy;
   dcm__discord_t *discord;
   /* stop */
-  int started, stopping, start_failed, free_pending, in_finish;
+  int started, stopping, start_failed, free_pending;
   int open_handles;
   dcm_close_cb close_cb;
   void *close_arg;
@@ -241,9 +244,10 @@ void dcm__coord_stop(dcm_master_t *m);
 const char *dcm__state_name(dcm__state s);
 
 /* master.c */
-/* Returns 1 when the callback stopped the master: the caller must return. */
-int dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine,
-              int code, const char *message);
+/* Queues an event (strings copied); the embedder gets it from the loop, at
+   the end of this turn, never inside the caller's stack. */
+void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine,
+               int code, const char *message);
 void dcm__handle_closed(uv_handle_t *h); /* close cb of handles whose data is m */
 void dcm__master_release(dcm_master_t *m); /* one master-owned handle closed */
 

@@ -2,7 +2,9 @@
  * master.c: the public handle: options copied and validated, the pieces
  * (log, JSON state, policy, Discord client, fleet, listener) created and
  * torn down, events delivered, and the graceful stop that closes every
- * handle before its callback runs.
+ * handle before its callback runs. The only module that calls embedder
+ * code: events are queued by the layers below and delivered from one
+ * prepare handle, once per loop turn, when the state is whole.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +23,24 @@ static int own(dcm_master_t *m, int slot, const char **field) {
   return 0;
 }
 
+/* One queued event; its strings follow the struct. */
+typedef struct {
+  dcm__link_t link;
+  dcm_event_type type;
+  int code;
+  const char *machine, *message;
+} dcm__event_t;
+
+static void drop_events(dcm_master_t *m) {
+  while (!dcm__list_empty(&m->events)) {
+    dcm__link_t *l = m->events.next;
+    dcm__list_remove(l);
+    free(DCM_CONTAINER(l, dcm__event_t, link));
+  }
+}
+
 static void free_parts(dcm_master_t *m) {
+  drop_events(m);
   if (m->policy) dcm__policy_free(m->policy);
   dcm__idq_free(m->idq);
   if (m->json) lua_close(m->json);
@@ -39,6 +58,7 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
   if (loop == NULL || opts == NULL || out == NULL) return DCM_EINVAL;
   dcm_master_t *m = calloc(1, sizeof *m);
   if (m == NULL) return DCM_ENOMEM;
+  dcm__list_init(&m->events); /* free_parts may run on any failure below */
   m->loop = loop;
   m->o = *opts;
   int r = dcm__log_init(&m->log, opts->log_level, opts->log_format, opts->log_cb, opts->log_arg);
@@ -65,13 +85,42 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
   return 0;
 }
 
-int dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine, int code,
-              const char *message) {
-  if (m->cb) {
-    dcm_event_t ev = {type, machine, code, message};
+/* Calls the embedder with every queued event, oldest first. */
+static void deliver(dcm_master_t *m) {
+  while (!dcm__list_empty(&m->events)) {
+    dcm__link_t *l = m->events.next;
+    dcm__event_t *e = DCM_CONTAINER(l, dcm__event_t, link);
+    dcm_event_t ev = {e->type, e->machine, e->code, e->message};
+    dcm__list_remove(l);
+    m->depth++;
     m->cb(m, &ev, m->cb_arg);
+    m->depth--;
+    free(e);
   }
-  return m->stopping;
+}
+
+static void flush_cb(uv_prepare_t *p) {
+  dcm_master_t *m = p->data;
+  uv_prepare_stop(p);
+  deliver(m);
+}
+
+void dcm__emit(dcm_master_t *m, dcm_event_type type, const char *machine, int code,
+               const char *message) {
+  if (m->cb == NULL) return;
+  size_t lm = machine ? strlen(machine) + 1 : 0, lt = message ? strlen(message) + 1 : 0;
+  dcm__event_t *e = malloc(sizeof *e + lm + lt);
+  if (e == NULL) {
+    dcm__error(&m->log, machine, "out of memory: event %d not delivered", (int)type);
+    return;
+  }
+  char *p = (char *)(e + 1);
+  e->type = type;
+  e->code = code;
+  e->machine = machine ? memcpy(p, machine, lm) : NULL;
+  e->message = message ? memcpy(p + lm, message, lt) : NULL;
+  dcm__list_push(&m->events, &e->link);
+  if (!m->stopping) uv_prepare_start(&m->flush, flush_cb);
 }
 
 int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
@@ -91,13 +140,14 @@ int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
   uv_timer_init(m->loop, &m->timer);
   uv_timer_init(m->loop, &m->budget_timer);
   uv_timer_init(m->loop, &m->idq_timer);
-  m->timer.data = m->budget_timer.data = m->idq_timer.data = m;
-  m->open_handles += 3;
+  uv_prepare_init(m->loop, &m->flush);
+  m->timer.data = m->budget_timer.data = m->idq_timer.data = m->flush.data = m;
+  m->open_handles += 4;
   snprintf(where, sizeof where, "%s%s%s:%d", strchr(m->o.listen_host, ':') ? "[" : "",
            m->o.listen_host, strchr(m->o.listen_host, ':') ? "]" : "", m->port);
   dcm__info(&m->log, NULL, "listening on %s (discluster-master %s, protocol %d, policy %s)",
             where, DCM_VERSION, DCM_PROTOCOL_VERSION, dcm__policy_path(m->policy));
-  if (dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where)) return 0;
+  dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where); /* on the first loop turn */
   r = dcm__coord_start(m);
   if (r != 0) {
     dcm__error(&m->log, NULL, "cannot start: %s", dcm_strerror(r));
@@ -120,12 +170,15 @@ int dcm_master_reload_policy(dcm_master_t *m) {
   return r;
 }
 
+/* Every handle is closed: what was still queued, then STOPPED, then the
+   stop callback. The embedder may free m from any of them. */
 static void finish_stop(dcm_master_t *m) {
   dcm__info(&m->log, NULL, "stopped (exit status %d)", m->exit_status);
-  m->in_finish = 1; /* the embedder may free m from either callback */
   dcm__emit(m, DCM_EVENT_STOPPED, NULL, m->exit_status, NULL);
+  if (m->cb) deliver(m);
+  m->depth++;
   if (m->close_cb) m->close_cb(m, m->close_arg);
-  m->in_finish = 0;
+  m->depth--;
 }
 
 void dcm__master_release(dcm_master_t *m) {
@@ -151,6 +204,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
   uv_close((uv_handle_t *)&m->timer, dcm__handle_closed);
   uv_close((uv_handle_t *)&m->budget_timer, dcm__handle_closed);
   uv_close((uv_handle_t *)&m->idq_timer, dcm__handle_closed);
+  uv_close((uv_handle_t *)&m->flush, dcm__handle_closed);
   if (m->discord) {
     m->open_handles++;
     dcm__discord_close(m->discord, discord_closed, m);
@@ -184,7 +238,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
 
 void dcm_master_free(dcm_master_t *m) {
   if (m == NULL) return;
-  if (m->open_handles > 0 || m->in_finish) { /* the last close, or finish_stop, frees */
+  if (m->open_handles > 0 || m->depth > 0) { /* the last close, or finish_stop, frees */
     m->free_pending = 1;
     return;
   }

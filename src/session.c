@@ -108,8 +108,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
             x->loadavg, x->standby ? "yes" : "no", x->version[0] ? " version=" : "",
             x->version);
   send_initialise(c);
-  if (dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer))
-    return;
+  dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer);
   dcm__coord_joined(m, x, resumed);
 }
 

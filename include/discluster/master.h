@@ -8,6 +8,10 @@
  *
  * Functions return 0 or a negative error code; dcm_strerror() names it.
  * A function that takes a callback and fails never calls that callback.
+ * Events are delivered from the loop, once per loop turn (a prepare handle),
+ * never from inside a call into this library; DCM_EVENT_LISTENING arrives on
+ * the first loop turn after dcm_master_start(). Events still queued when a
+ * stop completes are delivered just before DCM_EVENT_STOPPED, which is last.
  * Event and stop callbacks may call dcm_master_stop(), and the stop callback
  * (or the DCM_EVENT_STOPPED event) may call dcm_master_free().
  * As with any libuv program, the embedder must ignore SIGPIPE: a CONTROL
