@@ -138,6 +138,7 @@ struct dcm__machine_s {
   size_t nsent;
   int *failed;            /* its shards in failed_clusters, sorted */
   size_t nfailed;
+  int failed_warned;      /* a bad failed_clusters was logged */
 };
 
 

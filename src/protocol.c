@@ -109,35 +109,43 @@ static int cmp_int(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* heartbeat.failed_clusters: [{"cluster": int, "shards": [int], ...}];
-   every cluster's shards go, sorted and unique, into p->shards. */
-static int decode_failed(lua_State *L, int d, dcm__packet_t *p, char *err, size_t errlen) {
+/*
+ * heartbeat.failed_clusters: [{"cluster": int, "shards": [int], ...}], an
+ * extension: it never invalidates the heartbeat. A bad one is ignored with
+ * its reason in p->message; a valid one sets has_failed, its shards (sorted,
+ * unique, at most max) go into p->shards and, when the JSON is at most
+ * DCM_FAILED_JSON_MAX bytes, its text into p->failed_json for /status.
+ */
+static void decode_failed(lua_State *L, int d, size_t max, dcm__packet_t *p) {
   size_t n, k, len, total = 0;
   long long v;
-  if (dcm__json_field(L, d, "failed_clusters") == LUA_TNIL) return 0;
+  if (dcm__json_field(L, d, "failed_clusters") == LUA_TNIL) return;
   int arr = lua_gettop(L);
-  if (!dcm__json_isarray(L, arr, &n))
-    FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters must be an array");
-  p->has_failed = 1;
-  if (n == 0) return 0;
+  if (!dcm__json_isarray(L, arr, &n)) {
+    snprintf(p->message, sizeof p->message, "failed_clusters must be an array");
+    return;
+  }
   for (size_t i = 1; i <= n; i++) {
     lua_rawgeti(L, arr, (lua_Integer)i);
     int item = lua_gettop(L);
     if (!dcm__json_isobject(L, item) || (dcm__json_field(L, item, "cluster"),
                                          !dcm__json_tointeger(L, -1, &v)) ||
-        (dcm__json_field(L, item, "shards"), !dcm__json_isarray(L, -1, &k)))
-      FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters[%zu] needs cluster and shards", i - 1);
+        (dcm__json_field(L, item, "shards"), !dcm__json_isarray(L, -1, &k))) {
+      snprintf(p->message, sizeof p->message, "failed_clusters[%zu] needs cluster and shards",
+               i - 1);
+      return;
+    }
     total += k;
     lua_settop(L, arr);
   }
-  const char *s = dcm__json_encode(L, arr, &len);
-  if (s == NULL || len > DCM_FAILED_JSON_MAX)
-    FAIL(DCM_ERR_MALFORMED, "heartbeat: d.failed_clusters is too large");
-  p->failed_json = malloc(len + 1);
+  if (total > max) {
+    snprintf(p->message, sizeof p->message, "failed_clusters names %zu shards, more than %zu",
+             total, max);
+    return;
+  }
   p->shards = malloc((total ? total : 1) * sizeof(int));
-  if (p->failed_json == NULL || p->shards == NULL) FAIL(DCM_ERR_MALFORMED, "out of memory");
-  memcpy(p->failed_json, s, len + 1);
-  for (size_t i = 1; i <= n; i++) { /* validated above; the JSON bound caps total */
+  if (p->shards == NULL) return;
+  for (size_t i = 1; i <= n; i++) {
     lua_rawgeti(L, arr, (lua_Integer)i);
     dcm__json_field(L, lua_gettop(L), "shards");
     dcm__json_isarray(L, -1, &k);
@@ -154,7 +162,10 @@ static int decode_failed(lua_State *L, int d, dcm__packet_t *p, char *err, size_
   for (size_t i = 0; i < p->nshards; i++)
     if (u == 0 || p->shards[u - 1] != p->shards[i]) p->shards[u++] = p->shards[i];
   p->nshards = u;
-  return 0;
+  p->has_failed = 1;
+  const char *s = n ? dcm__json_encode(L, arr, &len) : NULL;
+  if (s && len <= DCM_FAILED_JSON_MAX && (p->failed_json = malloc(len + 1)) != NULL)
+    memcpy(p->failed_json, s, len + 1);
 }
 
 static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
@@ -195,7 +206,8 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
         p->loadavg = lua_tonumber(L, -1);
         p->has_loadavg = 1;
       }
-      return decode_failed(L, d, p, err, errlen);
+      decode_failed(L, d, max, p);
+      return 0;
     case DCM_OP_IDENTIFY:
     case DCM_OP_RELEASE:
       dcm__json_field(L, d, "shard");

@@ -75,8 +75,9 @@ typedef struct {
   int ack_op;
   /* heartbeat */
   int has_loadavg;
-  int has_failed;     /* d.failed_clusters present (an extension) */
-  char *failed_json;  /* re-encoded when non-empty, else NULL */
+  int has_failed;     /* d.failed_clusters present and valid (an extension;
+                         a bad one leaves its reason in message) */
+  char *failed_json;  /* re-encoded when non-empty and small, else NULL */
 } dcm__packet_t;
 
 #define DCM_FAILED_JSON_MAX 16384

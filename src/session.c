@@ -112,18 +112,28 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
   dcm__coord_joined(m, x, resumed);
 }
 
+/* heartbeat.failed_clusters: an extension, so a bad one is logged once and
+   ignored; the heartbeat itself always counts. */
 static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
-  const char *was = x->failed_clusters ? x->failed_clusters : "";
-  const char *now = p->failed_json ? p->failed_json : "";
-  if (strcmp(was, now) == 0) return;
-  if (p->failed_json)
-    dcm__warn(&x->m->log, x->id, "reports failed clusters: %.300s", p->failed_json);
-  else
-    dcm__info(&x->m->log, x->id, "reports no failed clusters any more");
-  free(x->failed_clusters);
+  if (!p->has_failed) {
+    if (!x->failed_warned)
+      dcm__warn(&x->m->log, x->id, "heartbeat: ignoring failed_clusters: %s", p->message);
+    x->failed_warned = 1;
+    return;
+  }
+  x->failed_warned = 0;
+  free(x->failed_clusters); /* the latest text, for /status */
   x->failed_clusters = p->failed_json;
   p->failed_json = NULL;
-  int *shards = p->shards; /* the failed clusters' shards, sorted, unique */
+  if (x->nfailed == p->nshards &&
+      (p->nshards == 0 || memcmp(x->failed, p->shards, p->nshards * sizeof(int)) == 0))
+    return;
+  if (p->nshards)
+    dcm__warn(&x->m->log, x->id, "reports %zu shards in failed clusters: %.300s", p->nshards,
+              x->failed_clusters ? x->failed_clusters : "(list too long to show)");
+  else
+    dcm__info(&x->m->log, x->id, "reports no failed clusters any more");
+  int *shards = p->shards; /* sorted, unique */
   size_t n = p->nshards;
   p->shards = NULL;
   p->nshards = 0;
@@ -135,7 +145,7 @@ static void heartbeat(dcm__conn_t *c, dcm__packet_t *p) {
   c->last_heartbeat = uv_now(m->loop);
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
   if (p->has_loadavg) c->machine->loadavg = p->loadavg;
-  if (p->has_failed) failed_clusters(c->machine, p);
+  if (p->has_failed || p->message[0]) failed_clusters(c->machine, p);
   if (m->heartbeat_ack[0] == '\0') { /* the same bytes every time: encode once */
     size_t n;
     const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);

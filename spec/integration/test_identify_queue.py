@@ -187,6 +187,31 @@ class IdentifyQueue(unittest.TestCase):
             m.wait_log(r"\[a\] 1 shards are in clusters it gave up on; moving them")
             m.stop()
 
+    def test_an_oversized_or_bad_failed_list_never_voids_a_heartbeat(self):
+        # 40 KiB of failed_clusters, then a malformed one: both heartbeats count,
+        # so the machine lives on; a bad one is logged (once after each valid one).
+        with master(4, 1) as m:
+            async def go():
+                a, = await queued(m, "a")
+                await a.next_connect()
+                a.beating = False
+                big = [{"cluster": i, "shards": list(range(1000 + 40 * i, 1040 + 40 * i)),
+                        "exit": 1, "signal": 0} for i in range(100)]
+                for _ in range(8):  # 4 s: twice the heartbeat deadline
+                    await send(a.ws, OP_HEARTBEAT, {"failed_clusters": big})
+                    await asyncio.sleep(0.25)
+                    await send(a.ws, OP_HEARTBEAT, {"failed_clusters": [{"shards": 1}]})
+                    await asyncio.sleep(0.25)
+                st = status(m)
+                self.assertEqual(machine(st, "a")["state"], "live")
+                self.assertEqual(machine(st, "a")["shards"], [0, 1, 2, 3])
+                self.assertEqual(len(a.ops(OP_SHUTDOWN)), 0)
+                await a.close()
+            run(go())
+            self.assertEqual(m.count(r"heartbeat: ignoring failed_clusters"), 8)
+            self.assertEqual(m.count(r"4001"), 0)
+            m.stop()
+
     def test_a_draining_machine_never_receives(self):
         with master(6, 3, "--reconnect-grace", "0.2") as m:
             async def go():

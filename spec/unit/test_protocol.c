@@ -114,10 +114,25 @@ static void other_ops(void) {
   CHECK_EQ(decode("{\"o\":9,\"d\":{\"failed_clusters\":[{\"cluster\":2,\"shards\":[4,5],"
                   "\"exit\":1}]}}", &p, err), 0);
   CHECK(p.has_failed && p.failed_json && strstr(p.failed_json, "\"cluster\":2"));
+  CHECK(p.nshards == 2 && p.shards[0] == 4 && p.shards[1] == 5);
   dcm__packet_clear(&p);
-  expect("{\"o\":9,\"d\":{\"failed_clusters\":3}}", DCM_ERR_MALFORMED, "failed_clusters");
-  expect("{\"o\":9,\"d\":{\"failed_clusters\":[1]}}", DCM_ERR_MALFORMED, "failed_clusters[0]");
-  expect("{\"o\":9,\"d\":{\"failed_clusters\":[{\"shards\":[]}]}}", DCM_ERR_MALFORMED, "cluster");
+  /* an extension never invalidates the heartbeat: ignored, reason kept */
+  static const char *const bad[][2] = {
+      {"{\"o\":9,\"d\":{\"failed_clusters\":3}}", "must be an array"},
+      {"{\"o\":9,\"d\":{\"failed_clusters\":[1]}}", "failed_clusters[0]"},
+      {"{\"o\":9,\"d\":{\"failed_clusters\":[{\"shards\":[]}]}}", "cluster"},
+      {"{\"o\":9,\"d\":{\"failed_clusters\":[{\"cluster\":1,\"shards\":"
+       "[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}}", "more than 16"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    CHECK_EQ(decode(bad[i][0], &p, err), 0);
+    CHECK(!p.has_failed && strstr(p.message, bad[i][1]));
+    dcm__packet_clear(&p);
+  }
+  /* sorted, unique over every cluster; a long list keeps its shards */
+  CHECK_EQ(decode("{\"o\":9,\"d\":{\"failed_clusters\":[{\"cluster\":1,\"shards\":[9,3]},"
+                  "{\"cluster\":2,\"shards\":[3,1]}]}}", &p, err), 0);
+  CHECK(p.nshards == 3 && p.shards[0] == 1 && p.shards[1] == 3 && p.shards[2] == 9);
+  dcm__packet_clear(&p);
   CHECK_EQ(decode("{\"o\":8,\"d\":{\"o\":6}}", &p, err), 0);
   CHECK_EQ(p.ack_op, 6);
   expect("{\"o\":8,\"d\":{}}", DCM_ERR_MALFORMED, "ack");
