@@ -224,6 +224,12 @@ class Identify(unittest.TestCase):
             self.assertEqual((await peer.recv(OP_IDENTIFY))["d"], {"shard": 1})
             gone.close()
             self.assertEqual((await peer.recv(OP_RELEASE))["d"], {"shard": 1})
+            # A waiting client that keeps sending: 400 past 8 KiB, and released.
+            chatty = ident_open(u, "?shard=1")
+            self.assertEqual((await peer.recv(OP_IDENTIFY))["d"], {"shard": 1})
+            chatty.sendall(b"z" * 9000)
+            self.assertEqual((await asyncio.to_thread(ident_answer, chatty))[0], 400)
+            self.assertEqual((await peer.recv(OP_RELEASE))["d"], {"shard": 1})
             # A grant nobody waits for goes straight back.
             await peer.send(OP_GRANT, {"shard": 0})
             self.assertEqual((await peer.recv(OP_RELEASE))["d"], {"shard": 0})
@@ -236,7 +242,7 @@ class Identify(unittest.TestCase):
             await peer.send(OP_GRANT, {"shard": 0})
             self.assertEqual((await asyncio.to_thread(ident_answer, again))[0], 200)
             a.wait_log(r"ignoring a bad packet from MASTER: grant: d.shard", 2)
-            self.assertEqual(len([p for p in peer.seen if p["o"] == OP_RELEASE]), 2)
+            self.assertEqual(len([p for p in peer.seen if p["o"] == OP_RELEASE]), 3)
             await self.stop(fm, a, peer)
 
         asyncio.run(go())

@@ -13,7 +13,6 @@
 #include <string.h>
 
 #include "agent.h"
-#include "discluster/master.h"
 #include "outq.h"
 
 #define CLOSE_LINGER_MS 2000
@@ -70,14 +69,20 @@ static void conn_abort(dcm__ident_conn_t *c) {
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   dcm__ident_conn_t *c = req->data;
   free(req);
-  if (status != UV_ECANCELED) conn_abort(c);
+  if (status < 0 && status != UV_ECANCELED) conn_abort(c);
 }
 
 static void linger_cb(uv_timer_t *t) { conn_abort(t->data); }
 
-/* Flushes the answer, half-closes, then closes (bounded linger). */
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+/* Flushes the answer and half-closes; closes at the client's EOF or after
+ * a bounded linger. Reading on meanwhile (and dropping what comes) keeps
+ * the kernel from answering unread bytes with a reset that could overtake
+ * the answer. */
 static void conn_finish(dcm__ident_conn_t *c) {
-  uv_read_stop((uv_stream_t *)&c->tcp);
+  uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb); /* EALREADY when reading */
   uv_shutdown_t *req = malloc(sizeof *req);
   if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) != 0) {
     free(req);
@@ -278,6 +283,8 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     case IDENT_WAITING:
       c->extra_bytes += (size_t)nread;
       if (c->extra_bytes > DCM_CTL_IDENT_EXTRA_MAX) {
+        dcm__warn(&c->s->a->log, me(c->s), "cluster %d sent over %d bytes after its request "
+                  "for shard %d: 400, released", c->cl->id, DCM_CTL_IDENT_EXTRA_MAX, c->shard);
         dcm__agent_send_shard_op(c->s->a, DCM_OP_RELEASE, c->shard);
         answer(c, 400, "unexpected data after the request");
       }
