@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 
 from harness import LoggedProcess, Master, free_port, http_get  # noqa: F401
 
@@ -239,6 +240,60 @@ class Peer:
             self.done.set_result(None)
 
 
-def initialise(shard_count, heartbeat_ms=200, token="", max_concurrency=1):
-    return {"protocol": 1, "token": token, "heartbeat_interval": heartbeat_ms,
-            "shard_count": shard_count, "max_concurrency": max_concurrency}
+def initialise(shard_count, heartbeat_ms=200, token="", max_concurrency=1, gateway_url=None):
+    d = {"protocol": 1, "token": token, "heartbeat_interval": heartbeat_ms,
+         "shard_count": shard_count, "max_concurrency": max_concurrency}
+    if gateway_url is not None:
+        d["gateway_url"] = gateway_url
+    return d
+
+
+# ---- the agent's identify endpoint (DISCLUSTER_IDENTIFY_URL) ----------------
+
+IDENTIFY_URL = re.compile(r"^http://127\.0\.0\.1:(\d+)/([0-9a-f]{32})$")
+
+
+def ident_open(url, query="", method="GET", head=None, extra=b""):
+    """Connects to an identify URL and sends one request (or `head`, raw
+    bytes, instead); returns the socket: the answer may wait for a grant."""
+    u = urllib.parse.urlsplit(url)
+    s = socket.create_connection((u.hostname, u.port), timeout=10)
+    if head is None:
+        head = ("%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: test\r\n\r\n"
+                % (method, u.path, query, u.netloc)).encode()
+    s.sendall(head + extra)
+    return s
+
+
+def ident_answer(s, timeout=10):
+    """Reads one answer until the agent closes: (status, headers, body).
+    Checks what every answer must have: Content-Length matching the body
+    and Connection: close."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, "no complete answer: %r" % data
+    lines = head.decode("latin-1").split("\r\n")
+    version, status, _ = (lines[0] + " ").split(" ", 2)
+    assert version == "HTTP/1.1", lines[0]
+    headers = {}
+    for line in lines[1:]:
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    assert headers.get("connection") == "close", headers
+    assert int(headers["content-length"]) == len(body), (headers, body)
+    return int(status), headers, body.decode()
+
+
+def ident_get(url, query="", **kw):
+    """One request whose answer comes at once: (status, body)."""
+    status, _, body = ident_answer(ident_open(url, query, **kw))
+    return status, body

@@ -1,7 +1,7 @@
 /*
  * test_control.c: the agent's pure parts: shard grouping, the cluster
- * stdout line contract (READY, FATAL, bounded lines) and the CONTROL-side
- * packet codec. The agent is its own executable, not part of the library,
+ * stdout line contract (READY, FATAL, bounded lines), the identify
+ * endpoint's request target and keys, and the CONTROL-side packet codec. The agent is its own executable, not part of the library,
  * so its two pure sources are compiled in here.
  */
 #include "check.h"
@@ -173,6 +173,111 @@ static void test_decode(void) {
   lua_close(L);
 }
 
+static void test_decode_extensions(void) {
+  lua_State *L = dcm__json_new();
+  dcm__ctl_packet_t p;
+  static char text[2048], url[600];
+  const char *init = "{\"o\":5,\"d\":{\"protocol\":1,\"token\":\"T\",\"heartbeat_interval\":1500,"
+                     "\"shard_count\":16%s}}";
+  /* gateway_url: absent or "" is the default; kept when usable. */
+  snprintf(text, sizeof text, init, "");
+  CHECK_EQ(decode(L, text, &p), 0);
+  CHECK_STR(p.gateway_url, "wss://gateway.discord.gg");
+  dcm__ctl_packet_clear(&p);
+  snprintf(text, sizeof text, init, ",\"gateway_url\":\"\"");
+  CHECK_EQ(decode(L, text, &p), 0);
+  CHECK_STR(p.gateway_url, "wss://gateway.discord.gg");
+  dcm__ctl_packet_clear(&p);
+  snprintf(text, sizeof text, init, ",\"gateway_url\":\"wss://gw.example/x?v=10\"");
+  CHECK_EQ(decode(L, text, &p), 0);
+  CHECK_STR(p.gateway_url, "wss://gw.example/x?v=10");
+  dcm__ctl_packet_clear(&p);
+  snprintf(text, sizeof text, init, ",\"gateway_url\":\"wss://a\\nb\"");
+  CHECK_EQ(decode(L, text, &p), DCM_ERR_MALFORMED);
+  snprintf(text, sizeof text, init, ",\"gateway_url\":\"wss://a\\u007fb\"");
+  CHECK_EQ(decode(L, text, &p), DCM_ERR_MALFORMED);
+  snprintf(text, sizeof text, init, ",\"gateway_url\":12");
+  CHECK_EQ(decode(L, text, &p), DCM_ERR_MALFORMED);
+  memset(url, 'a', 512);
+  url[512] = '\0';
+  char field[640];
+  snprintf(field, sizeof field, ",\"gateway_url\":\"%s\"", url); /* 512 bytes: fine */
+  snprintf(text, sizeof text, init, field);
+  CHECK_EQ(decode(L, text, &p), 0);
+  CHECK_EQ(strlen(p.gateway_url), 512u);
+  dcm__ctl_packet_clear(&p);
+  url[512] = 'a';
+  url[513] = '\0';
+  snprintf(field, sizeof field, ",\"gateway_url\":\"%s\"", url); /* 513: refused */
+  snprintf(text, sizeof text, init, field);
+  CHECK_EQ(decode(L, text, &p), DCM_ERR_MALFORMED);
+  CHECK(dcm__ctl_gateway_url_ok("wss://gw.example", 16));
+  CHECK(!dcm__ctl_gateway_url_ok("a\tb", 3));
+  CHECK(!dcm__ctl_gateway_url_ok("a\0b", 3));
+
+  /* grant needs a shard id */
+  CHECK_EQ(decode(L, "{\"o\":12,\"d\":{\"shard\":7}}", &p), 0);
+  CHECK(p.op == DCM_OP_GRANT && p.shard == 7);
+  CHECK_EQ(decode(L, "{\"o\":12,\"d\":{}}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":12,\"d\":{\"shard\":-1}}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":12,\"d\":{\"shard\":1.5}}", &p), DCM_ERR_MALFORMED);
+  CHECK_EQ(decode(L, "{\"o\":12,\"d\":{\"shard\":\"1\"}}", &p), DCM_ERR_MALFORMED);
+  /* error's shard is optional, and a bad one is only dropped */
+  CHECK_EQ(decode(L, "{\"o\":7,\"d\":{\"code\":4007,\"message\":\"no\",\"shard\":3}}", &p), 0);
+  CHECK(p.code == DCM_ERR_NOT_YOURS && p.shard == 3);
+  CHECK_EQ(decode(L, "{\"o\":7,\"d\":{\"code\":4007,\"message\":\"no\"}}", &p), 0);
+  CHECK(p.code == 4007 && p.shard == -1);
+  CHECK_EQ(decode(L, "{\"o\":7,\"d\":{\"code\":4007,\"shard\":\"x\"}}", &p), 0);
+  CHECK(p.code == 4007 && p.shard == -1);
+  CHECK_EQ(lua_gettop(L), 0);
+  lua_close(L);
+}
+
+static void test_identify_target(void) {
+  char key[DCM_CTL_KEY_HEX + 1];
+  int shard = -1;
+  const char *k = "0123456789abcdef0123456789abcdef";
+  char url[128];
+#define TARGET(s) dcm__ctl_identify_target((s), strlen(s), key, &shard)
+  snprintf(url, sizeof url, "/%s?shard=12", k);
+  CHECK_EQ(TARGET(url), DCM_CTL_TARGET_OK);
+  CHECK_STR(key, k);
+  CHECK_EQ(shard, 12);
+  snprintf(url, sizeof url, "/%s?x=1&shard=0&y", k);
+  CHECK_EQ(TARGET(url), DCM_CTL_TARGET_OK);
+  CHECK_EQ(shard, 0);
+  snprintf(url, sizeof url, "/%s?shard=2147483647", k);
+  CHECK_EQ(TARGET(url), DCM_CTL_TARGET_OK);
+  CHECK_EQ(shard, 2147483647);
+  /* bad shard parameters */
+  static const char *const bad[] = {"", "?", "?shard", "?shard=", "?shard=x", "?shard=-1",
+                                    "?shard=-0", "?shard=+1", "?shard=1x", "?shard=1.0",
+                                    "?shard=2147483648", "?shard=99999999999999999999",
+                                    "?shard=1&shard=2", "?shards=1", "?shard=%31", "?shard= 1"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(url, sizeof url, "/%s%s", k, bad[i]);
+    CHECK_EQ(TARGET(url), DCM_CTL_TARGET_BAD_SHARD);
+  }
+  /* bad paths, whatever the query */
+  static const char *const paths[] = {
+      "/?shard=1", "/0123456789abcdef0123456789abcde?shard=1",
+      "/0123456789abcdef0123456789abcdef0?shard=1", "/0123456789ABCDEF0123456789abcdef?shard=1",
+      "/0123456789abcdef0123456789abcdeg?shard=1", "/0123456789abcdef0123456789abcdef/?shard=1",
+      "0123456789abcdef0123456789abcdef?shard=1", "//123456789abcdef0123456789abcdef?shard=x",
+      "http://127.0.0.1/0123456789abcdef0123456789abcdef?shard=1", ""};
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+    CHECK_EQ(TARGET(paths[i]), DCM_CTL_TARGET_NO_PATH);
+#undef TARGET
+
+  unsigned char raw[DCM_CTL_KEY_BYTES] = {0x00, 0x01, 0x7f, 0x80, 0xab, 0xff};
+  char hex[DCM_CTL_KEY_HEX + 1];
+  dcm__ctl_hex(raw, sizeof raw, hex);
+  CHECK_STR(hex, "00017f80abff00000000000000000000");
+  CHECK(dcm__ctl_key_equal(hex, "00017f80abff00000000000000000000"));
+  CHECK(!dcm__ctl_key_equal(hex, "00017f80abff00000000000000000001"));
+  CHECK(!dcm__ctl_key_equal(hex, "10017f80abff00000000000000000000"));
+}
+
 static void test_encode(void) {
   lua_State *L = dcm__json_new();
   size_t len;
@@ -204,7 +309,14 @@ static void test_encode(void) {
   lua_settop(L, 0);
   s = dcm__ctl_enc_info(L, "m-1", 4, 0.25, 1, NULL, 0, "0.1.0", &len);
   CHECK(strstr(s, "\"id\":\"m-1\"") && strstr(s, "\"cores\":4") && strstr(s, "\"standby\":true") &&
-        strstr(s, "\"shards\":[]") && strstr(s, "\"version\":\"0.1.0\""));
+        strstr(s, "\"shards\":[]") && strstr(s, "\"version\":\"0.1.0\"") &&
+        strstr(s, "\"identify_queue\":true"));
+  lua_settop(L, 0);
+  s = dcm__enc_shard_op(L, DCM_OP_IDENTIFY, 5, &len);
+  CHECK(strstr(s, "\"o\":11") && strstr(s, "\"d\":{\"shard\":5}"));
+  lua_settop(L, 0);
+  s = dcm__enc_shard_op(L, DCM_OP_RELEASE, 0, &len);
+  CHECK(strstr(s, "\"o\":13") && strstr(s, "\"d\":{\"shard\":0}"));
   lua_settop(L, 0);
   lua_close(L);
 }
@@ -214,6 +326,8 @@ int main(void) {
   RUN(test_line_kinds);
   RUN(test_line_splitter);
   RUN(test_decode);
+  RUN(test_decode_extensions);
+  RUN(test_identify_target);
   RUN(test_encode);
   return 0;
 }

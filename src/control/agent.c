@@ -2,9 +2,11 @@
  * agent.c: the CONTROL agent's protocol and lifecycle. Connects (and keeps
  * retrying), identifies with `info`, heartbeats, turns each `connect` into
  * cluster groups (keeping groups that are unchanged), reports `ready` once
- * every cluster of the assignment printed READY, relays FATAL, and stops:
- * on `shutdown` at once, on SIGTERM after an `offload` drain. Losing MASTER
- * never stops the clusters.
+ * every cluster of the assignment printed READY, relays the FATAL codes
+ * that stop the fleet (and restarts a cluster that reports any other),
+ * carries identify requests and grants between the identify endpoint and
+ * MASTER, and stops: on `shutdown` at once, on SIGTERM after an `offload`
+ * drain. Losing MASTER never stops the clusters.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -109,6 +111,13 @@ static void send_fatal(dcm__agent_t *a) {
   send_text(a, s, len);
   a->fatal_pending = 0;
   dcm__info(&a->log, me(a), "relayed fatal %d to MASTER", a->fatal_code);
+}
+
+void dcm__agent_send_shard_op(dcm__agent_t *a, int op, int shard) {
+  size_t len;
+  if (!a->session) return;
+  const char *s = dcm__enc_shard_op(a->json, op, shard, &len);
+  send_text(a, s, len);
 }
 
 static void send_offload(dcm__agent_t *a) {
@@ -237,6 +246,7 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   p->token = NULL;
   a->shard_count = p->shard_count;
   a->max_concurrency = p->max_concurrency;
+  memcpy(a->gateway_url, p->gateway_url, sizeof a->gateway_url);
   a->heartbeat_ms = p->heartbeat_ms < MIN_HEARTBEAT_MS ? MIN_HEARTBEAT_MS : (uint64_t)p->heartbeat_ms;
   a->session = 1;
   a->had_session = 1;
@@ -246,6 +256,7 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
             a->shard_count, a->max_concurrency, (double)a->heartbeat_ms / 1000.0);
   if (a->fatal_pending) send_fatal(a);
   if (a->mode == DCM_AGENT_DRAINING) send_offload(a);
+  dcm__ident_resend(&a->ident); /* MASTER forgot them with the old connection */
 }
 
 void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len) {
@@ -275,6 +286,10 @@ void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len) {
       break;
     case DCM_OP_ERROR:
       dcm__warn(&a->log, me(a), "MASTER reports error %d: %s", p.code, p.message);
+      if (p.code == DCM_ERR_NOT_YOURS && p.shard >= 0) dcm__ident_refused(&a->ident, p.shard);
+      break;
+    case DCM_OP_GRANT:
+      dcm__ident_granted(&a->ident, p.shard);
       break;
     case DCM_OP_SHUTDOWN:
       dcm__warn(&a->log, me(a), "MASTER sent shutdown (%d: %s)", p.code, p.message);
@@ -353,6 +368,15 @@ void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code, con
   char where[32] = "";
   if (len > DCM_MESSAGE_MAX) len = DCM_MESSAGE_MAX;
   if (shard >= 0) snprintf(where, sizeof where, " on shard %d", shard);
+  if (!dcm__discord_fatal_code(code)) {
+    /* Only Discord's non-reconnectable codes stop the fleet; anything else
+     * is this cluster failing, and it restarts like a crash. */
+    dcm__warn(&a->log, me(a), "cluster %d failing: FATAL %d%s: %.*s (not a fatal Discord "
+              "close code: the cluster restarts, the fleet keeps running)", cl->id, code,
+              where, (int)len, msg);
+    dcm__cluster_restart_soon(cl);
+    return;
+  }
   dcm__error(&a->log, me(a), "cluster %d reports FATAL %d%s: %.*s", cl->id, code, where,
              (int)len, msg);
   if (a->fatal_pending) return; /* the first one is what MASTER hears */
@@ -388,6 +412,7 @@ static void maybe_finish(dcm__agent_t *a) {
   close_handle((uv_handle_t *)&a->drain_timer);
   close_handle((uv_handle_t *)&a->sigterm);
   close_handle((uv_handle_t *)&a->sigint);
+  dcm__ident_stop(&a->ident);
 }
 
 static void begin_stop(dcm__agent_t *a, const char *why) {
@@ -433,8 +458,10 @@ static void on_signal(uv_signal_t *h, int signum) {
 /* ---- setup --------------------------------------------------------------- */
 
 static int is_cluster_var(const char *e) {
-  static const char *const names[] = {"SHARD_IDS=", "SHARD_COUNT=", "CLUSTER_ID=",
-                                      "DISCORD_TOKEN=", "DISCLUSTER_AUTH="};
+  static const char *const names[] = {"SHARD_IDS=",       "SHARD_COUNT=",
+                                      "CLUSTER_ID=",      "DISCORD_TOKEN=",
+                                      "MAX_CONCURRENCY=", "DISCORD_GATEWAY_URL=",
+                                      "DISCLUSTER_IDENTIFY_URL=", "DISCLUSTER_AUTH="};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strncmp(e, names[i], strlen(names[i])) == 0) return 1;
   return 0;
@@ -446,6 +473,8 @@ int dcm__agent_init(dcm__agent_t *a, uv_loop_t *loop, const dcm__ctl_config_t *c
   memset(a, 0, sizeof *a);
   a->loop = loop;
   a->cfg = *cfg;
+  a->max_concurrency = 1;
+  snprintf(a->gateway_url, sizeof a->gateway_url, "%s", DCM_CTL_DEFAULT_GATEWAY_URL);
   int r = dcm__log_init(&a->log, level, format, NULL, NULL);
   if (r != 0) return r;
   a->json = dcm__json_new();
@@ -467,11 +496,19 @@ int dcm__agent_init(dcm__agent_t *a, uv_loop_t *loop, const dcm__ctl_config_t *c
 }
 
 void dcm__agent_start(dcm__agent_t *a) {
+  int r = dcm__ident_start(&a->ident, a, a->cfg.identify_port);
+  if (r != 0) {
+    dcm__error(&a->log, me(a), "cannot listen on 127.0.0.1:%d for the identify endpoint: %s",
+               a->cfg.identify_port, uv_strerror(r));
+    a->exit_status = 1;
+    begin_stop(a, "no identify endpoint");
+    return;
+  }
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
   uv_signal_start(&a->sigint, on_signal, SIGINT);
-  dcm__info(&a->log, me(a), "discluster-control %s: MASTER ws://%s%s, %d cores%s", DCM_VERSION,
-            a->cfg.master.hostport, a->cfg.master.path, dcm__ctl_cores(),
-            a->cfg.standby ? ", standby" : "");
+  dcm__info(&a->log, me(a), "discluster-control %s: MASTER ws://%s%s, %d cores%s; identify "
+            "endpoint on 127.0.0.1:%d", DCM_VERSION, a->cfg.master.hostport, a->cfg.master.path,
+            dcm__ctl_cores(), a->cfg.standby ? ", standby" : "", a->ident.port);
   a->last_fast_retry = uv_now(a->loop) - ms(a->cfg.retry) - 1;
   connect_now(a);
 }

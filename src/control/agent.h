@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "packets.h"
 #include "plan.h"
 #include "protocol.h"
 #include "outq.h"
@@ -49,6 +50,7 @@ typedef struct {
   double stop_timeout;       /* 5 s from SIGTERM to SIGKILL for a cluster */
   double restart_backoff;    /* 1 s, doubled per restart */
   double connect_timeout;    /* 10 s for TCP connect + upgrade + initialise */
+  int identify_port;         /* the identify endpoint's port on 127.0.0.1; 0 = any */
   const char *auth;          /* shared secret or NULL; never logged */
 } dcm__ctl_config_t;
 
@@ -122,6 +124,9 @@ struct dcm__cluster_s {
   int out_eof, exited, destroying;
   int handles;     /* every open handle, timer included */
   pid_t pid;
+  int fatal_restart; /* printed a FATAL that is not fatal: restarting it */
+  /* this run's identify path (DISCLUSTER_IDENTIFY_URL); "" when not running */
+  char key[DCM_CTL_KEY_HEX + 1];
   dcm__ctl_lines_t lines;
   char rbuf[4096];
 };
@@ -136,7 +141,57 @@ void dcm__clusters_kill_all(dcm__agent_t *a);
 void dcm__clusters_start_waiting(dcm__agent_t *a);
 /* Restarts a failed cluster with a fresh restart budget. */
 void dcm__cluster_retry(dcm__cluster_t *cl);
+/* A running cluster that reported a FATAL that does not stop the fleet:
+ * SIGTERM after a grace unless it exits first; the exit takes the crash
+ * path (restart with backoff). */
+void dcm__cluster_restart_soon(dcm__cluster_t *cl);
 const char *dcm__cluster_state_name(dcm__cluster_state s);
+
+/* ---- the identify endpoint (identify.c) --------------------------------- */
+
+/*
+ * A loopback HTTP server for the clusters: GET /<run key>?shard=N waits for
+ * MASTER's grant of shard N. Bounds: DCM_CTL_IDENT_MAX_CONNS connections;
+ * up to DCM_CTL_IDENT_OVERFLOW more are answered 503 and closed, past that
+ * they are closed unanswered; a request head is at most
+ * DCM_CTL_IDENT_HEAD_MAX bytes and must arrive within DCM_CTL_IDENT_HEAD_MS;
+ * a waiting client may send DCM_CTL_IDENT_EXTRA_MAX more bytes (ignored).
+ */
+#define DCM_CTL_IDENT_MAX_CONNS 1024
+#define DCM_CTL_IDENT_OVERFLOW 64
+#define DCM_CTL_IDENT_HEAD_MAX 8192
+#define DCM_CTL_IDENT_HEAD_MS 10000
+#define DCM_CTL_IDENT_EXTRA_MAX 8192
+#define DCM_CTL_IDENT_URL_MAX 512
+
+typedef struct dcm__ident_conn_s dcm__ident_conn_t;
+
+typedef struct {
+  dcm__agent_t *a;
+  uv_tcp_t tcp;
+  int listening; /* tcp initialised and not yet closed */
+  int port;
+  dcm__ident_conn_t *conns; /* every open connection */
+  size_t nconns, noverflow;
+  uint64_t refused, last_refusal_log;
+  char rbuf[16384]; /* shared: each read is consumed in its callback */
+} dcm__ident_t;
+
+/* Listens on 127.0.0.1:port (0 = any free port); 0 or a libuv error. */
+int dcm__ident_start(dcm__ident_t *s, dcm__agent_t *a, int port);
+/* Closes the listener and every connection (the agent is exiting). */
+void dcm__ident_stop(dcm__ident_t *s);
+/* A fresh run key (uv_random); 0 or a libuv error. */
+int dcm__ident_new_key(char key[DCM_CTL_KEY_HEX + 1]);
+/* The cluster is stopping or its run ended: its waiting requests get 503
+ * and are released at MASTER. */
+void dcm__ident_cluster_gone(dcm__ident_t *s, dcm__cluster_t *cl);
+/* grant from MASTER: 200 to the request waiting for shard, else release. */
+void dcm__ident_granted(dcm__ident_t *s, int shard);
+/* error 4007 for shard: its waiting request gets 403. */
+void dcm__ident_refused(dcm__ident_t *s, int shard);
+/* A new session: asks MASTER again for every waiting request. */
+void dcm__ident_resend(dcm__ident_t *s);
 
 /* ---- the agent (agent.c) ------------------------------------------------ */
 
@@ -168,6 +223,7 @@ struct dcm__agent_s {
   int shard_count;
   int max_concurrency;
   uint64_t heartbeat_ms;
+  char gateway_url[DCM_CTL_GATEWAY_URL_MAX + 1];
   /* assignment */
   int *assigned;
   size_t nassigned;
@@ -177,6 +233,7 @@ struct dcm__agent_s {
   /* a fatal to relay once connected */
   int fatal_pending, fatal_code, fatal_shard;
   char fatal_message[DCM_MESSAGE_MAX + 1];
+  dcm__ident_t ident;
   dcm__agent_mode mode;
   int exit_status;
   int closed; /* every handle asked to close */
@@ -199,6 +256,10 @@ void dcm__agent_cluster_failed(dcm__agent_t *a, dcm__cluster_t *cl);
 void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code,
                               const char *msg, size_t len, int shard);
 void dcm__agent_cluster_freed(dcm__agent_t *a);
+
+/* From identify.c: identify or release {"shard": shard}, sent only while a
+ * session is up (MASTER forgets a connection's requests when it closes). */
+void dcm__agent_send_shard_op(dcm__agent_t *a, int op, int shard);
 
 /* 15-minute load average, 0 when unknown. */
 double dcm__ctl_loadavg(void);

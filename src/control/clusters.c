@@ -1,10 +1,12 @@
 /*
  * clusters.c: the bot's cluster processes. Each runs the user's command
  * through /bin/sh -c in its own process group (so a stop reaches every
- * process it started), with SHARD_IDS, SHARD_COUNT, CLUSTER_ID and
- * DISCORD_TOKEN in its environment, stdin a pipe whose EOF says the agent
- * is gone, stdout read line by line (bounded) for READY and FATAL, stderr
- * inherited. Crashes restart with doubling backoff, DCM_CTL_RESTARTS times.
+ * process it started), with SHARD_IDS, SHARD_COUNT, CLUSTER_ID,
+ * DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL and
+ * DISCLUSTER_IDENTIFY_URL (a fresh key per run) in its environment, stdin
+ * a pipe whose EOF says the agent is gone, stdout read line by line
+ * (bounded) for READY and FATAL, stderr inherited. Crashes restart with
+ * doubling backoff, DCM_CTL_RESTARTS times.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +17,8 @@
 
 #define DRAIN_MS 500        /* stdout kept open this long after an exit */
 #define STABLE_MS 60000     /* READY this long: the restart budget is whole again */
+#define FATAL_GRACE_MS 1000 /* a non-fatal FATAL: this long to exit by itself */
+#define OWN_VARS 7
 
 static const char *const state_names[] = {"waiting", "starting", "ready",
                                           "backoff", "failed",   "stopping"};
@@ -32,6 +36,7 @@ static void after_exit(dcm__cluster_t *cl);
 
 static void freed(dcm__cluster_t *cl) {
   dcm__agent_t *a = cl->a;
+  dcm__ident_cluster_gone(&a->ident, cl); /* none should wait by now */
   if (cl->prev) cl->prev->next = cl->next; else a->clusters = cl->next;
   if (cl->next) cl->next->prev = cl->prev;
   free(cl->shards);
@@ -163,6 +168,9 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   cl->exited = 1;
   cl->exit_status = (int)status;
   cl->term_signal = sig;
+  /* This run's identify URL dies with it; a restart gets a new one. */
+  dcm__ident_cluster_gone(&cl->a->ident, cl);
+  cl->key[0] = '\0';
   /* Whatever the shell left behind in the group goes with it. */
   if (cl->pid > 0) kill(-cl->pid, SIGKILL);
   close_run_handle(cl, (uv_handle_t *)&cl->proc);
@@ -240,11 +248,11 @@ static void wipe_free(char *s) {
 static void spawn(dcm__cluster_t *cl) {
   dcm__agent_t *a = cl->a;
   size_t nbase = 0, listlen = cl->nshards * 12 + 1;
-  char num[32], *ids = malloc(listlen), *own[4] = {NULL, NULL, NULL, NULL};
+  char num[32], url[64 + DCM_CTL_KEY_HEX], *ids = malloc(listlen), *own[OWN_VARS] = {NULL};
   while (a->environ_base[nbase]) nbase++;
-  char **env = calloc(nbase + 5, sizeof *env);
-  int r = UV_ENOMEM;
-  if (ids && env) {
+  char **env = calloc(nbase + OWN_VARS + 1, sizeof *env);
+  int r = ids && env ? dcm__ident_new_key(cl->key) : UV_ENOMEM;
+  if (r == 0) {
     dcm__ctl_join(cl->shards, cl->nshards, ids, listlen);
     own[0] = env_entry("SHARD_IDS", ids);
     snprintf(num, sizeof num, "%d", a->shard_count);
@@ -252,8 +260,16 @@ static void spawn(dcm__cluster_t *cl) {
     snprintf(num, sizeof num, "%d", cl->id);
     own[2] = env_entry("CLUSTER_ID", num);
     own[3] = env_entry("DISCORD_TOKEN", a->token ? a->token : "");
-    if (own[0] && own[1] && own[2] && own[3]) r = 0;
+    snprintf(num, sizeof num, "%d", a->max_concurrency);
+    own[4] = env_entry("MAX_CONCURRENCY", num);
+    own[5] = env_entry("DISCORD_GATEWAY_URL", a->gateway_url);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/%s", a->ident.port, cl->key);
+    own[6] = env_entry("DISCLUSTER_IDENTIFY_URL", url);
+    memset(url, 0, sizeof url);
+    for (int i = 0; i < OWN_VARS; i++)
+      if (own[i] == NULL) r = UV_ENOMEM;
   }
+  cl->fatal_restart = 0;
   cl->exited = cl->out_eof = 0;
   cl->exit_status = cl->term_signal = 0;
   cl->pid = 0;
@@ -288,7 +304,7 @@ static void spawn(dcm__cluster_t *cl) {
     cl->run_handles++;
     cl->handles++;
   }
-  for (int i = 0; i < 4; i++) wipe_free(own[i]);
+  for (int i = 0; i < OWN_VARS; i++) wipe_free(own[i]);
   free(env);
   if (r == 0) {
     cl->pid = cl->proc.pid;
@@ -303,6 +319,7 @@ static void spawn(dcm__cluster_t *cl) {
     return;
   }
   free(ids);
+  cl->key[0] = '\0';
   dcm__error(&a->log, me(cl), "cluster %d: cannot start: %s", cl->id, uv_strerror(r));
   if (cl->run_handles == 3) close_run_handle(cl, (uv_handle_t *)&cl->proc);
   close_run_handle(cl, (uv_handle_t *)&cl->in);
@@ -325,6 +342,8 @@ static void kill_cb(uv_timer_t *t) {
 
 void dcm__cluster_stop(dcm__cluster_t *cl) {
   if (cl->destroying) return;
+  /* Its requests end now; new ones get 503 until the run is over. */
+  dcm__ident_cluster_gone(&cl->a->ident, cl);
   if (cl->running) {
     cl->state = DCM_CLUSTER_STOPPING;
     cl->destroying = 1;
@@ -350,4 +369,20 @@ void dcm__cluster_retry(dcm__cluster_t *cl) {
   cl->restarts = 0;
   dcm__info(&cl->a->log, me(cl), "retrying failed cluster %d on a new connect", cl->id);
   spawn(cl);
+}
+
+static void fatal_grace_cb(uv_timer_t *t) {
+  dcm__cluster_t *cl = t->data;
+  if (!cl->running) return;
+  dcm__warn(&cl->a->log, me(cl), "cluster %d still runs %.3gs after its FATAL; SIGTERM so it "
+            "restarts", cl->id, FATAL_GRACE_MS / 1000.0);
+  kill(-cl->pid, SIGTERM);
+  uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
+}
+
+void dcm__cluster_restart_soon(dcm__cluster_t *cl) {
+  if (!cl->running || cl->destroying || cl->state == DCM_CLUSTER_STOPPING || cl->fatal_restart)
+    return;
+  cl->fatal_restart = 1;
+  uv_timer_start(&cl->timer, fatal_grace_cb, FATAL_GRACE_MS, 0);
 }

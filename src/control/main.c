@@ -35,6 +35,8 @@ static const char usage[] =
     "      --restart-backoff S       first restart delay of a crashed cluster, doubled\n"
     "                                for each of its 3 restarts (1)\n"
     "      --connect-timeout S       TCP connect plus upgrade plus initialise (10)\n"
+    "      --identify-port N         the clusters' identify endpoint listens on\n"
+    "                                127.0.0.1:N (0, the default: any free port)\n"
     "      --log-format text|json    log line format (text)\n"
     "      --log-level debug|info|warn|error\n"
     "                                lowest level logged (info)\n"
@@ -43,16 +45,20 @@ static const char usage[] =
     "\n"
     "Times are seconds and may be fractions (0.25). The shared secret comes from\n"
     "DISCLUSTER_AUTH and goes in the upgrade's Authorization header.\n"
-    "Clusters get SHARD_IDS (comma-separated), SHARD_COUNT, CLUSTER_ID and\n"
-    "DISCORD_TOKEN; a line READY on stdout means connected, a line\n"
-    "FATAL <code> [shard=<id>] <message> stops the whole fleet.\n"
+    "Clusters get SHARD_IDS (comma-separated), SHARD_COUNT, CLUSTER_ID,\n"
+    "DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL and\n"
+    "DISCLUSTER_IDENTIFY_URL; before each IDENTIFY a cluster asks\n"
+    "GET $DISCLUSTER_IDENTIFY_URL?shard=N, answered 200 when MASTER grants it.\n"
+    "A line READY on stdout means connected; a line\n"
+    "FATAL <code> [shard=<id>] <message> stops the whole fleet when the code is\n"
+    "4004 or 4010-4014, and otherwise restarts that cluster.\n"
     "Signals: SIGTERM/SIGINT offload the shards to other machines, then stop (a\n"
     "second one stops at once). Exit status: 0 after a stop, 1 on a runtime\n"
     "error, 2 on bad usage.\n";
 
 enum {
   OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_RETRY, OPT_DRAIN,
-  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_LFORMAT, OPT_LLEVEL
+  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL
 };
 
 static const struct option longopts[] = {
@@ -66,6 +72,7 @@ static const struct option longopts[] = {
     {"stop-timeout", required_argument, NULL, OPT_STOP},
     {"restart-backoff", required_argument, NULL, OPT_BACKOFF},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT},
+    {"identify-port", required_argument, NULL, OPT_IPORT},
     {"log-format", required_argument, NULL, OPT_LFORMAT},
     {"log-level", required_argument, NULL, OPT_LLEVEL},
     {"help", no_argument, NULL, 'h'},
@@ -198,6 +205,13 @@ static int parse_args(int argc, char **argv, args_t *a) {
         break;
       case OPT_CONNECT:
         if (parse_seconds("connect-timeout", v, 0.01, &c->connect_timeout)) return -1;
+        break;
+      case OPT_IPORT:
+        errno = 0;
+        per = strtol(v, &end, 10);
+        if (errno || end == v || *end || per < 0 || per > 65535)
+          return fail("--identify-port '%s': must be a port from 0 to 65535%s", v, "");
+        c->identify_port = (int)per;
         break;
       case OPT_LFORMAT:
         if (strcmp(v, "text") == 0) a->format = DCM_LOG_TEXT;

@@ -37,6 +37,13 @@ static int str_field(lua_State *L, int d, const char *key, char *out, size_t n) 
   return t == LUA_TSTRING || t == LUA_TNIL;
 }
 
+int dcm__ctl_gateway_url_ok(const char *s, size_t n) {
+  if (n > DCM_CTL_GATEWAY_URL_MAX) return 0;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
+  return 1;
+}
+
 static int decode_initialise(lua_State *L, int d, dcm__ctl_packet_t *p, char *err,
                              size_t errlen) {
   long long v;
@@ -68,6 +75,18 @@ static int decode_initialise(lua_State *L, int d, dcm__ctl_packet_t *p, char *er
       FAIL(DCM_ERR_MALFORMED, "initialise: d.max_concurrency must be an integer");
     p->max_concurrency = v > 0 ? (int)v : 1;
   }
+  snprintf(p->gateway_url, sizeof p->gateway_url, "%s", DCM_CTL_DEFAULT_GATEWAY_URL);
+  t = dcm__json_field(L, d, "gateway_url");
+  if (t == LUA_TSTRING) {
+    const char *url = lua_tolstring(L, -1, &n);
+    if (!dcm__ctl_gateway_url_ok(url, n))
+      FAIL(DCM_ERR_MALFORMED, "initialise: d.gateway_url must be at most %d bytes without "
+           "control characters", DCM_CTL_GATEWAY_URL_MAX);
+    if (n > 0) memcpy(p->gateway_url, url, n + 1);
+  } else if (t != LUA_TNIL) {
+    FAIL(DCM_ERR_MALFORMED, "initialise: d.gateway_url must be a string");
+  }
+  lua_pop(L, 1);
   return 0;
 }
 
@@ -108,10 +127,17 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char 
       if (!int_field(L, d, "o", 0, 255, &v)) FAIL(DCM_ERR_MALFORMED, "ack: d.o must be an opcode");
       p->ack_op = (int)v;
       return 0;
+    case DCM_OP_GRANT:
+      if (!int_field(L, d, "shard", 0, 0x7fffffffLL, &v))
+        FAIL(DCM_ERR_MALFORMED, "grant: d.shard must be a shard id");
+      p->shard = (int)v;
+      return 0;
     case DCM_OP_ERROR:
     case DCM_OP_SHUTDOWN:
       /* Lenient: a stop or an error report must never be lost to a bad field. */
       if (int_field(L, d, "code", -0x80000000LL, 0x7fffffffLL, &v)) p->code = (int)v;
+      if (p->op == DCM_OP_ERROR && int_field(L, d, "shard", 0, 0x7fffffffLL, &v))
+        p->shard = (int)v;
       if (!str_field(L, d, p->op == DCM_OP_ERROR ? "message" : "reason", p->message,
                      sizeof p->message))
         p->message[0] = '\0';
@@ -124,6 +150,7 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char 
 int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards,
                     dcm__ctl_packet_t *p, char *err, size_t errlen) {
   memset(p, 0, sizeof *p);
+  p->shard = -1;
   int top = lua_gettop(L);
   int r = dcm__packet_open(L, buf, len, &p->op, err, errlen);
   if (r == 0) r = decode_d(L, top + 1, max_shards, p, err, errlen);
@@ -135,7 +162,7 @@ int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
                               int standby, const int *shards, size_t n,
                               const char *version, size_t *len) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushstring(L, id);
   lua_setfield(L, -2, "id");
   lua_pushinteger(L, cores);
@@ -146,6 +173,8 @@ const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double lo
   lua_setfield(L, -2, "standby");
   dcm__json_push_int_array(L, shards, n);
   lua_setfield(L, -2, "shards");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "identify_queue");
   if (version) {
     lua_pushstring(L, version);
     lua_setfield(L, -2, "version");

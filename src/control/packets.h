@@ -1,8 +1,8 @@
 /*
  * packets.h: protocol v1 as the CONTROL side sees it: decoding what MASTER
- * sends (info request, initialise, connect, error, ack, shutdown, command)
- * and encoding what CONTROL sends (info, heartbeat, ack, ready, fatal,
- * offload). Opcodes come from the core's protocol.h; JSON goes through
+ * sends (info request, initialise, connect, error, ack, shutdown, command,
+ * grant) and encoding what CONTROL sends (info, heartbeat, ack, ready,
+ * fatal, offload; identify and release use the core's dcm__enc_shard_op). Opcodes come from the core's protocol.h; JSON goes through
  * lua-cjson (json.h). Pure: no sockets.
  */
 #ifndef DCM_CTL_PACKETS_H
@@ -14,6 +14,8 @@
 #include "protocol.h"
 
 #define DCM_CTL_TOKEN_MAX 1024
+#define DCM_CTL_GATEWAY_URL_MAX 512
+#define DCM_CTL_DEFAULT_GATEWAY_URL "wss://gateway.discord.gg"
 
 typedef struct {
   int op;
@@ -23,12 +25,15 @@ typedef struct {
   long long heartbeat_ms;
   int shard_count;
   int max_concurrency;
+  /* d.gateway_url: absent or "" gives DCM_CTL_DEFAULT_GATEWAY_URL */
+  char gateway_url[DCM_CTL_GATEWAY_URL_MAX + 1];
   /* connect */
   int *shards;
   size_t nshards;
   int redundant;
-  /* error (code, message), shutdown (code, reason in message) */
+  /* error (code, message, shard), shutdown (code, reason in message) */
   int code;
+  int shard; /* grant; error's optional d.shard (-1 when absent) */
   char message[DCM_MESSAGE_MAX + 1];
   /* ack */
   int ack_op;
@@ -52,10 +57,15 @@ typedef struct {
   int term_signal;
 } dcm__ctl_failed_t;
 
+/* 1 if s (n bytes) is a usable initialise.gateway_url: at most
+ * DCM_CTL_GATEWAY_URL_MAX bytes, no control characters. */
+int dcm__ctl_gateway_url_ok(const char *s, size_t n);
+
 /*
  * Encoders. Each returns the JSON text, valid until the caller resets L's
  * stack (lua_settop(L, 0)), or NULL on memory exhaustion.
  */
+/* info always says identify_queue: true (this agent asks for grants). */
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
                               int standby, const int *shards, size_t n,
                               const char *version, size_t *len);

@@ -144,3 +144,47 @@ void dcm__ctl_lines_flush(dcm__ctl_lines_t *ls, dcm__ctl_line_cb cb, void *arg) 
   ls->len = 0;
   ls->discarding = 0;
 }
+
+void dcm__ctl_hex(const unsigned char *in, size_t n, char *out) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = digits[in[i] >> 4];
+    out[2 * i + 1] = digits[in[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+int dcm__ctl_key_equal(const char *a, const char *b) {
+  unsigned char diff = 0;
+  for (size_t i = 0; i < DCM_CTL_KEY_HEX; i++) diff |= (unsigned char)(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+static int is_lower_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+
+dcm__ctl_target_kind dcm__ctl_identify_target(const char *url, size_t len,
+                                              char key[DCM_CTL_KEY_HEX + 1], int *shard) {
+  const char *end = url + len, *q = memchr(url, '?', len);
+  size_t plen = q ? (size_t)(q - url) : len;
+  if (plen != 1 + DCM_CTL_KEY_HEX || url[0] != '/') return DCM_CTL_TARGET_NO_PATH;
+  for (size_t i = 1; i < plen; i++)
+    if (!is_lower_hex(url[i])) return DCM_CTL_TARGET_NO_PATH;
+  memcpy(key, url + 1, DCM_CTL_KEY_HEX);
+  key[DCM_CTL_KEY_HEX] = '\0';
+  int found = 0;
+  for (const char *p = q ? q + 1 : end; p < end;) {
+    const char *amp = memchr(p, '&', (size_t)(end - p));
+    const char *pend = amp ? amp : end;
+    if (pend - p >= 6 && memcmp(p, "shard=", 6) == 0) {
+      const char *v = p + 6;
+      if (found || v == pend || *v < '0' || *v > '9' ||
+          !parse_int(&v, pend, 0, 0x7fffffffLL, shard) || v != pend)
+        return DCM_CTL_TARGET_BAD_SHARD;
+      found = 1;
+    } else if (pend - p == 5 && memcmp(p, "shard", 5) == 0) {
+      return DCM_CTL_TARGET_BAD_SHARD; /* a shard without a value */
+    }
+    p = amp ? amp + 1 : end;
+  }
+  return found ? DCM_CTL_TARGET_OK : DCM_CTL_TARGET_BAD_SHARD;
+}

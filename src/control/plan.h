@@ -1,7 +1,8 @@
 /*
  * plan.h: the agent's pure helpers, kept apart so unit tests can drive them
  * without processes or sockets: turning an assignment into shard groups
- * (one cluster each), and the cluster stdout line contract (READY, FATAL).
+ * (one cluster each), the cluster stdout line contract (READY, FATAL), and
+ * the identify endpoint's request target (/<run key>?shard=N).
  * No I/O, no libuv.
  */
 #ifndef DCM_CTL_PLAN_H
@@ -66,5 +67,32 @@ void dcm__ctl_lines_feed(dcm__ctl_lines_t *ls, const char *data, size_t n,
                          dcm__ctl_line_cb cb, void *arg);
 /* Delivers a last unterminated line, if any (at EOF). */
 void dcm__ctl_lines_flush(dcm__ctl_lines_t *ls, dcm__ctl_line_cb cb, void *arg);
+
+/* A cluster run's identify key: 128 random bits as lowercase hex. */
+#define DCM_CTL_KEY_BYTES 16
+#define DCM_CTL_KEY_HEX (2 * DCM_CTL_KEY_BYTES)
+
+/* Lowercase hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
+void dcm__ctl_hex(const unsigned char *in, size_t n, char *out);
+
+/* 1 if a and b, both DCM_CTL_KEY_HEX characters, are equal; the time taken
+ * does not depend on where they differ. */
+int dcm__ctl_key_equal(const char *a, const char *b);
+
+typedef enum {
+  DCM_CTL_TARGET_OK = 0,
+  DCM_CTL_TARGET_NO_PATH,  /* not "/<DCM_CTL_KEY_HEX lowercase hex>": 404 */
+  DCM_CTL_TARGET_BAD_SHARD /* no shard parameter, or not one decimal shard id: 400 */
+} dcm__ctl_target_kind;
+
+/*
+ * Splits an identify request target "/<key>?shard=N[&other=...]". On OK
+ * the key is copied into key (NUL-terminated) and the shard id (0 to
+ * 2^31-1) into *shard. Other parameters are ignored; a repeated shard is
+ * refused. The path is checked first, so a bad path is NO_PATH whatever
+ * the query says.
+ */
+dcm__ctl_target_kind dcm__ctl_identify_target(const char *url, size_t len,
+                                              char key[DCM_CTL_KEY_HEX + 1], int *shard);
 
 #endif
