@@ -27,7 +27,7 @@ async def queued(m, *names):
 class IdentifyQueue(unittest.TestCase):
 
     def test_grants_are_paced_per_bucket_in_shard_order(self):
-        interval = 0.4
+        interval = 0.5
         with master(8, 2, "--max-concurrency", "2", "--identify-interval", str(interval)) as m:
             async def go():
                 a, b = await queued(m, "a", "b")
@@ -46,8 +46,9 @@ class IdentifyQueue(unittest.TestCase):
                     # the first may go before the others arrive; the queued ones go in order
                     self.assertEqual([g[1] for g in mine[1:]], sorted(g[1] for g in mine[1:]))
                     for x, y in zip(mine, mine[1:]):
-                        # never closer than the interval (less a little for delivery jitter)
-                        self.assertGreater(y[0] - x[0], interval - 0.05)
+                        # never closer than the interval, less delivery jitter (the
+                        # exact gaps are checked in spec/unit/test_identify.c)
+                        self.assertGreater(y[0] - x[0], interval - 0.2)
                 st = status(m)
                 self.assertEqual(st["identify"]["granted"], 8)
                 self.assertEqual(st["identify"]["waiting"], 0)
