@@ -320,19 +320,25 @@ static size_t adopt(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
   size_t adopted = 0;
   for (size_t i = 0; i < n; i++) {
     dcm__machine_t *x = xs[i];
+    size_t beyond = 0, taken = 0; /* one summary line each, not one per shard */
+    int first_beyond = -1, first_taken = -1;
+    const char *holder = NULL;
     for (size_t k = 0; x->has_reported && k < x->nreported; k++) {
       int s = x->reported[k];
       if (s >= m->shard_count) {
-        dcm__warn(&m->log, x->id, "reports shard %d, beyond the %d shards; ignored", s,
-                  m->shard_count);
+        if (beyond++ == 0) first_beyond = s;
       } else if (m->owner[s] != NULL) {
-        if (m->owner[s] != x)
-          dcm__warn(&m->log, x->id, "reports shard %d, also reported by %s; %s keeps it", s,
-                    m->owner[s]->id, m->owner[s]->id);
+        if (m->owner[s] != x && taken++ == 0) first_taken = s, holder = m->owner[s]->id;
       } else if (dcm__fleet_give(m, x, s) == 0) {
         adopted++;
       }
     }
+    if (beyond)
+      dcm__warn(&m->log, x->id, "reports %zu shards beyond the %d shards (first: %d); ignored",
+                beyond, m->shard_count, first_beyond);
+    if (taken)
+      dcm__warn(&m->log, x->id, "reports %zu shards also reported by a lower id (first: %d, "
+                "kept by %s); ignored", taken, first_taken, holder);
   }
   return adopted;
 }

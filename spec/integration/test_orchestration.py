@@ -254,8 +254,21 @@ class Orchestration(unittest.TestCase):
                 for x in (a, b, c):
                     await x.close()
             run(go())
-            m.wait_log(r"\[b\] reports shard 6, also reported by a; a keeps it")
+            m.wait_log(r"\[b\] reports 1 shards also reported by a lower id \(first: 6, kept by a\)")
             m.wait_log(r"adopted 10 of 12 shards")
+            m.stop()
+
+    def test_a_huge_report_is_one_line(self):
+        # 120,000 shards reported where the fleet has 4: one summary line, no stall
+        with master(4, 1) as m:
+            async def go():
+                a = Control(m, "a", shards=list(range(120000)))
+                await fleet(m, a)
+                self.assertEqual((await a.next_connect(10))["shards"], [0, 1, 2, 3])
+                await a.close()
+            run(go())
+            m.wait_log(r"\[a\] reports 119996 shards beyond the 4 shards \(first: 4\); ignored")
+            self.assertEqual(m.count(r"beyond the"), 1)
             m.stop()
 
     def test_consistent_report_moves_nothing(self):
