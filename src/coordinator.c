@@ -29,7 +29,7 @@ static void set_state(dcm_master_t *m, dcm__state s) {
 }
 
 int dcm__coord_accepting(const dcm_master_t *m) {
-  return !m->stopping && m->state >= DCM_STATE_COLLECTING && m->state <= DCM_STATE_RUNNING;
+  return !m->stopping && m->state >= DCM_STATE_FETCHING && m->state <= DCM_STATE_RUNNING;
 }
 
 static void fatal_stop(dcm_master_t *m, int status, const char *machine, int code,
@@ -448,6 +448,24 @@ static void begin_collecting(dcm_master_t *m) {
   uv_timer_start(&m->timer, window_timer_cb, ms(m->o.collect_window), 0);
 }
 
+/* CONTROLs that identified while MASTER was asking Discord get their
+   `initialise` now and join the collection like any other. */
+static void release_held(dcm_master_t *m) {
+  dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
+  size_t n = 0;
+  if (xs == NULL) return;
+  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
+    dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, link);
+    if (x->held && x->conn) xs[n++] = x;
+    x->held = 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    dcm__session_initialise(xs[i]->conn);
+    dcm__coord_joined(m, xs[i], 0);
+  }
+  free(xs);
+}
+
 static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, void *arg) {
   dcm_master_t *m = arg;
   (void)d;
@@ -485,6 +503,7 @@ static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, 
       return;
     }
     begin_collecting(m);
+    release_held(m);
     return;
   }
   if (gw->shards != m->shard_count)

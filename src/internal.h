@@ -132,6 +132,7 @@ struct dcm__machine_s {
   dcm__connect_state connect;
   int identify_queue;     /* info.identify_queue: it asks for grants */
   int draining;           /* sent `offload`: never a receiver again */
+  int held;               /* identified while fetching: no `initialise` yet */
   int info_pending;       /* refresh `info` asked, not yet answered */
   char *failed_clusters;  /* JSON array from its heartbeat, NULL if none */
   int *sent;              /* shards of the last `connect` sent */
@@ -223,6 +224,7 @@ void dcm__session_open(dcm__conn_t *c);
 void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len);
 void dcm__session_deadline(dcm__conn_t *c);
 void dcm__session_closed(dcm__conn_t *c);
+void dcm__session_initialise(dcm__conn_t *c); /* sends `initialise` */
 const char *dcm__status_json(dcm_master_t *m, size_t *len);
 
 /* coordinator.c: the lifecycle */

@@ -45,7 +45,7 @@ void dcm__session_open(dcm__conn_t *c) {
   dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.handshake_timeout));
 }
 
-static void send_initialise(dcm__conn_t *c) {
+void dcm__session_initialise(dcm__conn_t *c) {
   dcm_master_t *m = c->m;
   size_t n;
   const char *s = dcm__enc_initialise(m->json, m->o.token,
@@ -107,8 +107,13 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
             resumed ? "reconnected inside the grace" : "identified", c->peer, x->cores,
             x->loadavg, x->standby ? "yes" : "no", x->version[0] ? " version=" : "",
             x->version);
-  send_initialise(c);
   dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer);
+  if (m->state == DCM_STATE_FETCHING) { /* initialise once Discord gave the count */
+    dcm__info(&m->log, x->id, "held until Discord's answer gives the shard count");
+    x->held = 1;
+    return;
+  }
+  dcm__session_initialise(c);
   dcm__coord_joined(m, x, resumed);
 }
 

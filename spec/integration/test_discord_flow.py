@@ -80,15 +80,22 @@ class DiscordFlow(unittest.TestCase):
                 m.wait_log(r"attempt 2 failed")
                 m.stop()
 
-    def test_controls_wait_while_fetching(self):
-        with FakeDiscord("slow:3,200:shards=2") as fd:
-            with master(fd) as m:
+    def test_controls_are_held_while_fetching(self):
+        # A CONTROL that identifies while MASTER asks Discord is kept, gets
+        # initialise as soon as the shard count is known, and takes part.
+        with FakeDiscord("slow:1.5") as fd:  # then a plain 200: 1 shard
+            with master(fd, "--expected-machines", "1") as m:
                 self.assertEqual(status(m)["state"], "fetching")
 
                 async def go():
-                    ws = await connect(m)
-                    self.assertEqual(await closed_with(ws), 1001)
+                    t0 = time.monotonic()
+                    a = await Control(m, "a").start()  # returns once initialise came
+                    self.assertGreater(time.monotonic() - t0, 0.5)
+                    self.assertEqual(a.init["d"]["shard_count"], 1)
+                    self.assertEqual((await a.next_connect())["shards"], [0])
+                    await a.close()
                 run(go())
+                m.wait_log(r"\[a\] held until Discord's answer gives the shard count")
                 m.stop()
 
     def test_identify_budget_reserve_holds_grants_until_the_reset(self):
