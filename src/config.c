@@ -204,13 +204,6 @@ static int parse_listen(const char *s, char *host, size_t hostn, int *port) {
   return 0;
 }
 
-/* ws: 0 = https:// (or http://), 1 = wss:// (or ws://). */
-static int is_url(const char *s, int ws) {
-  const char *tls = ws ? "wss://" : "https://", *plain = ws ? "ws://" : "http://";
-  return (strncmp(s, tls, strlen(tls)) == 0 && s[strlen(tls)]) ||
-         (strncmp(s, plain, strlen(plain)) == 0 && s[strlen(plain)]);
-}
-
 static int has_ctl(const char *s) {
   for (; *s; s++)
     if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
@@ -282,7 +275,7 @@ static int apply_string(dcm__config_t *cfg, const ckey_t *k, const char *name, c
         return fail(err, n, "%s: '%s' is not a number of seconds", name, quote(s, q, sizeof q));
       return apply_number(cfg, k, name, d, err, n);
     case K_URL:
-      if (!is_url(s, k->max) || has_ctl(s) || strlen(s) > 2048)
+      if (!dcm__url_ok(s, k->max) || has_ctl(s) || strlen(s) > 2048)
         return fail(err, n, "%s: '%s' is not a%s URL", name, quote(s, q, sizeof q),
                     k->max ? " wss:// (or ws://)" : "n https:// (or http://)");
       return set_str(cfg, str_field(o, k), s, strlen(s));

@@ -55,6 +55,37 @@ int dcm__is_loopback(const char *host) {
   return 0;
 }
 
+int dcm__url_ok(const char *s, int ws) {
+  const char *tls = ws ? "wss://" : "https://", *plain = ws ? "ws://" : "http://";
+  if (strncmp(s, tls, strlen(tls)) == 0)
+    s += strlen(tls);
+  else if (strncmp(s, plain, strlen(plain)) == 0)
+    s += strlen(plain);
+  else
+    return 0;
+  const char *end = s + strcspn(s, "/?#");
+  const char *host_end = end;
+  if (*s == '[') { /* [IPv6] */
+    const char *close = memchr(s, ']', (size_t)(end - s));
+    if (close == NULL || close == s + 1) return 0;
+    host_end = close + 1;
+    if (host_end != end && *host_end != ':') return 0;
+  } else {
+    const char *colon = memchr(s, ':', (size_t)(end - s));
+    if (colon) host_end = colon;
+  }
+  if (host_end == s) return 0;
+  if (host_end == end) return 1;
+  long port = 0; /* after ':': 1-5 digits, 1-65535 */
+  const char *p = host_end + 1;
+  if (p == end || end - p > 5) return 0;
+  for (; p < end; p++) {
+    if (*p < '0' || *p > '9') return 0;
+    port = port * 10 + (*p - '0');
+  }
+  return port >= 1 && port <= 65535;
+}
+
 static int bad_time(double v, int allow_zero) {
   return !isfinite(v) || v < 0 || (!allow_zero && v == 0) || v > 1e7;
 }
@@ -74,9 +105,8 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
     FAIL("max_concurrency: %d is out of range 1-1024", o->max_concurrency);
   if (o->expected_machines < 0)
     FAIL("expected_machines: %d must not be negative", o->expected_machines);
-  if (o->api_base == NULL || (strncmp(o->api_base, "https://", 8) != 0 &&
-                              strncmp(o->api_base, "http://", 7) != 0))
-    FAIL("api_base: must start with https:// (or http:// for tests)");
+  if (o->api_base == NULL || !dcm__url_ok(o->api_base, 0))
+    FAIL("api_base: must be https://HOST[:PORT][/PATH] (or http:// for tests)");
   if (bad_time(o->collect_window, 1)) FAIL("collect_window: must be a time >= 0 seconds");
   if (bad_time(o->heartbeat_interval, 0)) FAIL("heartbeat_interval: must be a time > 0 seconds");
   if (bad_time(o->heartbeat_grace, 1)) FAIL("heartbeat_grace: must be a time >= 0 seconds");
@@ -87,10 +117,8 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
     FAIL("identify_interval: must be a time >= 0.001 seconds");
   if (o->identify_reserve < 0 || o->identify_reserve > 1000000)
     FAIL("identify_reserve: %d is out of range 0-1000000", o->identify_reserve);
-  if (o->gateway_url && ((strncmp(o->gateway_url, "wss://", 6) != 0 &&
-                          strncmp(o->gateway_url, "ws://", 5) != 0) ||
-                         strlen(o->gateway_url) > 500))
-    FAIL("gateway_url: must be a wss:// (or ws://) URL of at most 500 bytes");
+  if (o->gateway_url && (!dcm__url_ok(o->gateway_url, 1) || strlen(o->gateway_url) > 500))
+    FAIL("gateway_url: must be wss://HOST[:PORT][/PATH] (or ws://), at most 500 bytes");
   for (const char *t = o->gateway_url; t && *t; t++)
     if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("gateway_url: contains a control character");
   if ((unsigned)o->log_level > DCM_LOG_ERROR) FAIL("log_level: must be debug, info, warn or error");

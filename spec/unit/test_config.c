@@ -174,6 +174,15 @@ static void test_bad_flags(void) {
   BAD("--log-format: 'xml' is not text or json", "--shards", "1", "--log-format", "xml");
   BAD("--log-level: 'verbose' is not debug, info", "--shards", "1", "--log-level", "verbose");
   BAD("--api-base: 'ftp://x' is not", "--shards", "1", "--api-base", "ftp://x");
+  BAD("--api-base: 'http://127.0.0.1:/api' is not", "--shards", "1", "--api-base",
+      "http://127.0.0.1:/api");
+  BAD("--api-base: 'http://:80/api' is not", "--shards", "1", "--api-base", "http://:80/api");
+  BAD("--api-base: 'https://h:65536' is not", "--shards", "1", "--api-base", "https://h:65536");
+  BAD("--api-base: 'https://h:8x/' is not", "--shards", "1", "--api-base", "https://h:8x/");
+  BAD("--gateway-url: 'https://gw' is not a wss://", "--shards", "1", "--gateway-url", "https://gw");
+  BAD("--gateway-url: 'wss://[::1' is not", "--shards", "1", "--gateway-url", "wss://[::1");
+  BAD("--identify-interval: ", "--shards", "1", "--identify-interval", "0");
+  BAD("--identify-reserve: '-1' is not", "--shards", "1", "--identify-reserve", "-1");
   BAD("--policy: cannot read '/nonexistent/p.lua'", "--shards", "1", "--policy", "/nonexistent/p.lua");
   BAD("--bogus: unknown flag", "--shards", "1", "--bogus", "1");
   BAD("--token: unknown flag", "--token=abc", "--shards", "1");
