@@ -146,6 +146,12 @@ def _valid_close_code(c):
                            or 3000 <= c <= 4999)
 
 
+def _header(headers, name):
+    """The header's value; None when it is missing or repeated."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
 def _close_code(ws):
     """The close code of a finished connection, whichever side sent it."""
     if ws.close_rcvd_then_sent:
@@ -188,7 +194,7 @@ class _Proto(WebSocketServerProtocol):
                 raise ValueError("unsupported HTTP version")
             headers = await read_headers(self.reader)
             body = b""
-            n = int(headers.get("Content-Length", "0"))
+            n = int(_header(headers, "Content-Length") or "0")
             if n < 0 or n > MAX_BODY:
                 raise ValueError("body too large")
             if n:
@@ -353,7 +359,7 @@ class FakeGateway:
             sys.stderr.flush()
 
     def _http(self, proto, path, headers):
-        if "websocket" in headers.get("Upgrade", "").lower():
+        if "websocket" in (_header(headers, "Upgrade") or "").lower():
             if len(proto.ws_server.websockets) > MAX_CONNECTIONS:
                 return self._reply(503, {"message": "too many connections", "code": 0})
             if proto.http_method != "GET":
@@ -364,7 +370,7 @@ class FakeGateway:
         if method not in ("GET", "POST"):
             return self._reply(405, {"message": "405: Method Not Allowed", "code": 0})
         if method == "GET" and p.endswith("/gateway/bot"):
-            if headers.get("Authorization") != "Bot " + self.token:
+            if _header(headers, "Authorization") != "Bot " + self.token:
                 return self._reply(401, {"message": "401: Unauthorized", "code": 0})
             self._roll_window()
             left = self.reset_after_ms - (time.monotonic() - self._window_start) * 1000

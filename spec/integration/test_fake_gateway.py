@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -290,6 +291,13 @@ class FakeGatewayTest(unittest.TestCase):
             self.assertEqual(code, 401, bad)
             self.assertIn("message", body)
         self.assertEqual(gw.http("GET", "/nope")[0], 404)
+        auth2 = "Authorization: Bot %s\r\n" % TOKEN
+        for raw, status in (("GET /gateway/bot HTTP/1.1\r\n" + auth2 * 2 + "\r\n", b" 401 "),
+                            ("GET /gateway/bot HTTP/1.0\r\n\r\n", b" 400 "),
+                            ("garbage\r\n\r\n", b" 400 ")):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+                sock.sendall(raw.encode())
+                self.assertIn(status, sock.recv(4096).split(b"\r\n")[0], raw)
         self.assertEqual(gw.http("PUT", "/_config", b"{}")[0], 405)
         for body in (b"not json", b"[]", b'{"refuse_resume": 1}', b'{"bogus": true}',
                      b'{"fatal_shards": {"x": 4011}}', b'{"disallowed_intents": -1}',
@@ -380,6 +388,8 @@ class FakeGatewayTest(unittest.TestCase):
             self.assertEqual((await recv(e))["op"], 9)
             # Bad input closes with Discord's codes.
             for payload, code in (("not json", 4002), ('{"op": 42, "d": {}}', 4001),
+                                  ("[1]", 4002), ('{"op": "2"}', 4002), (b"\x00", 4002),
+                                  (" " * ((1 << 20) + 1), 1009),
                                   (json.dumps({"op": 2, "d": ident([0, 4], "bad")}), 4004),
                                   (json.dumps({"op": 2, "d": ident(None)}), 4010),
                                   (json.dumps({"op": 2, "d": ident([4, 4])}), 4010),
@@ -397,7 +407,7 @@ class FakeGatewayTest(unittest.TestCase):
                 await w.close(4000)
 
         asyncio.run(asyncio.wait_for(go(), 40))
-        st = gw.settled()
+        st = gw.settled(lambda st: not st["open"] and sum(st["closes"].values()) == 18)
         self.assertEqual(st["invalid_sessions"], 1)
         self.assertEqual(st["identify_count"], 3 + 7)
         self.assertEqual(st["remaining"], 1000 - 10)
@@ -409,7 +419,7 @@ class FakeGatewayTest(unittest.TestCase):
         self.assertEqual(st["max_open_per_shard"], 1)
         self.assertEqual(st["double_sessions"], [])
         self.assertEqual(st["open"], {})
-        for code in ("4009", "4002", "4001", "4004", "4010", "4013", "4005", "1000"):
+        for code in ("4009", "4002", "4001", "4004", "4010", "4013", "4005", "1000", "1009"):
             self.assertIn(code, st["closes"])
         self.assertFalse(st["sessions"]["0"]["open"])
         self.assertIn("0", st["resumed_t"])
@@ -645,6 +655,12 @@ class FakeGatewayTest(unittest.TestCase):
             self.assertIn("HTTP %d" % status, c.err.text())
         c = self.cluster(gw, [2], 2, self.queue())  # not a shard of a 2-shard bot
         self.assertEqual(c.wait(), 2)
+        for bad in ({"DISCORD_GATEWAY_URL": "http://127.0.0.1:1"}, {"SHARD_COUNT": "two"},
+                    {"DISCLUSTER_IDENTIFY_URL": "http://127.0.0.1:99999/q"},
+                    {"DISCLUSTER_INTENTS": "all"}, {"DISCORD_TOKEN": ""}):
+            c = self.cluster(gw, [0], 2, self.queue(), extra_env=bad)
+            self.assertEqual(c.wait(), 2, bad)
+            self.assertRegex(c.err.text(), r"must be|is empty", bad)
         st = gw.settled()
         self.assertEqual(st["identify_count"], 0)
         self.assertEqual(st["open"], {})
