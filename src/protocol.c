@@ -143,8 +143,7 @@ static void decode_failed(lua_State *L, int d, size_t max, dcm__packet_t *p) {
              total, max);
     return;
   }
-  p->shards = malloc((total ? total : 1) * sizeof(int));
-  if (p->shards == NULL) return;
+  if (total > 0 && (p->shards = malloc(total * sizeof(int))) == NULL) return;
   for (size_t i = 1; i <= n; i++) {
     lua_rawgeti(L, arr, (lua_Integer)i);
     dcm__json_field(L, lua_gettop(L), "shards");
@@ -157,7 +156,7 @@ static void decode_failed(lua_State *L, int d, size_t max, dcm__packet_t *p) {
     }
     lua_settop(L, arr);
   }
-  qsort(p->shards, p->nshards, sizeof(int), cmp_int);
+  if (p->nshards) qsort(p->shards, p->nshards, sizeof(int), cmp_int);
   size_t u = 0;
   for (size_t i = 0; i < p->nshards; i++)
     if (u == 0 || p->shards[u - 1] != p->shards[i]) p->shards[u++] = p->shards[i];

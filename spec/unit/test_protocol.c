@@ -111,6 +111,7 @@ static void other_ops(void) {
   expect("{\"o\":9,\"d\":{\"loadavg\":\"x\"}}", DCM_ERR_MALFORMED, "loadavg");
   CHECK_EQ(decode("{\"o\":9,\"d\":{\"failed_clusters\":[]}}", &p, err), 0);
   CHECK(p.has_failed && p.failed_json == NULL);
+  dcm__packet_clear(&p);
   CHECK_EQ(decode("{\"o\":9,\"d\":{\"failed_clusters\":[{\"cluster\":2,\"shards\":[4,5],"
                   "\"exit\":1}]}}", &p, err), 0);
   CHECK(p.has_failed && p.failed_json && strstr(p.failed_json, "\"cluster\":2"));
