@@ -187,7 +187,9 @@ class FakeMaster:
         self.conns = None
         self.server = None
 
-    async def start(self):
+    async def start(self, port=0):
+        """Listens on 127.0.0.1:port (0: any free port; a port given again
+        after stop() brings a MASTER back at the same address)."""
         import asyncio
         import websockets
         self.conns = asyncio.Queue()
@@ -197,7 +199,7 @@ class FakeMaster:
             await self.conns.put((ws, done))
             await done  # keep the connection until the test is finished with it
 
-        self.server = await websockets.serve(handler, "127.0.0.1", 0, ping_interval=None)
+        self.server = await websockets.serve(handler, "127.0.0.1", port, ping_interval=None)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def accept(self, timeout=10):
