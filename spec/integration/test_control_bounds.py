@@ -11,7 +11,8 @@ import signal
 import time
 import unittest
 
-from control_harness import FakeMaster, Fleet, alive, initialise
+from control_harness import (MASTER_FAST, FakeMaster, Fleet, alive, initialise,
+                             shards_by_machine, wait_for, wait_running)
 
 OP_INFO, OP_OFFLOAD, OP_INITIALISE, OP_CONNECT, OP_ACK, OP_HEARTBEAT, OP_READY = (
     0, 3, 5, 6, 8, 9, 10)
@@ -142,6 +143,25 @@ class Bounds(unittest.TestCase):
             await rec.close(fm)
 
         asyncio.run(go())
+
+    def test_real_master_moves_the_shards_over_the_cap(self):
+        f = self.fleet
+        m = f.master("--shards", "40", "--collect-window", "5", "--expected-machines", "2",
+                     *MASTER_FAST)
+        small = f.agent(m.port, "small", "--max-clusters", "1", command=self.idle)
+        big = f.agent(m.port, "big", command=self.idle)
+        wait_running(m, 20)
+        line = small.wait_log(r"need 1 more clusters than --max-clusters 1 allows", 15)
+        small.wait_log(r"ready: all 10 assigned", 15)
+        owners = wait_for(lambda: (lambda o: len(o["small"]) == 10 and o)(shards_by_machine(m)),
+                          10, "the shards over the cap moved")
+        self.assertEqual(len(owners["big"]), 30, owners)
+        self.assertEqual(sorted(owners["small"] + owners["big"]), list(range(40)))
+        moved = [int(x) for x in re.search(r"\((\d+) to (\d+)\)", line).groups()]
+        self.assertTrue(set(range(moved[0], moved[1] + 1)) <= set(owners["big"]), (line, owners))
+        m.wait_log(r"\[small\] 10 shards are in clusters it gave up on; moving them", 5)
+        big.wait_log(r"ready: all 30 assigned", 15)
+        self.assertEqual(len([1 for _, ss in f.starts() if set(ss) <= set(owners["small"])]), 1)
 
     def test_failed_summary_is_cut_to_16_kib(self):
         n = 20000

@@ -2,7 +2,8 @@
 waits for the whole process group (not only the shell) up to
 --stop-timeout; processes that leave the group (setsid, double fork) are
 adopted through the subreaper, keep their cluster alive (no duplicate
-start), get the stop's signals, and never outlive the agent."""
+start), get the stop's signals, and never outlive the agent; children the
+agent had before it started are left alone."""
 import asyncio
 import os
 import signal
@@ -29,15 +30,15 @@ while :; do sleep 0.1; done
 
 # Double forks a sleep into a new session. The first group's command then
 # exits (only the escaped sleep is left of it); the second stays. The
-# second also leaves a process with an empty environment, which no run can
-# claim.
+# second also leaves a process with an empty environment in a new session,
+# which no run can claim (its parent waits until it has got there).
 DETACHING = r"""#!/bin/sh
 echo "start $$ $SHARD_IDS" >> "$TEST_DIR/starts"
 ( setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $! > "$TEST_DIR/escaped.$SHARD_IDS" )
 case "$SHARD_IDS" in
   0,1) echo READY; exit 0 ;;
 esac
-( env -i setsid sleep 601 </dev/null >/dev/null 2>&1 & echo $! > "$TEST_DIR/unowned" )
+( env -i setsid sleep 601 </dev/null >/dev/null 2>&1 & echo $! > "$TEST_DIR/unowned"; sleep 0.5 )
 echo READY
 exec cat >/dev/null
 """
@@ -154,6 +155,36 @@ class Processes(unittest.TestCase):
                           % unowned, log)
             self.assertNotIn("did not stop within", log)  # sleep obeys SIGTERM
             self.assertEqual(len(f.starts()), 2)
+            peer.release()
+            await fm.stop()
+
+        asyncio.run(go())
+
+    def test_children_from_before_the_agent_are_left_alone(self):
+        f = self.fleet
+        before = os.path.join(f.dir, "before")
+        # A shell starts a background job, then execs the agent: the job is the
+        # agent's child from its first moment, but no cluster's.
+        wrap = ["/bin/sh", "-c", 'sleep 60 </dev/null >/dev/null 2>&1 & echo $! > "$0"; '
+                'exec "$@"', before]
+
+        async def go():
+            fm = FakeMaster()
+            await fm.start()
+            a = f.agent(fm.port, "wrapped", prefix=wrap)
+            pid = self.read_pid("before")
+            peer = await fm.accept()
+            await peer.recv(OP_INFO)
+            await peer.send(OP_INITIALISE, initialise(4))
+            await peer.send(OP_CONNECT, {"shards": [0, 1, 2, 3], "redundant": False})
+            await peer.recv(OP_READY)
+            self.assertEqual(ppid_of(pid), a.proc.pid)
+            a.signal(signal.SIGTERM)
+            await peer.recv(OP_OFFLOAD)
+            await peer.send(OP_CONNECT, {"shards": [], "redundant": True})
+            self.assertEqual(a.wait(15), 0, a.log())
+            self.assertTrue(alive(pid), a.log())
+            self.assertNotIn("belongs to no running cluster", a.log())
             peer.release()
             await fm.stop()
 

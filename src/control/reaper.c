@@ -207,6 +207,9 @@ static void visit(dcm__reaper_t *r, pid_t pid, char state, long pgid, void *arg)
       memmove(old, old + 1, (size_t)(r->before + r->nbefore - old - 1) * sizeof *old);
       r->nbefore--;
     }
+  } else if (o && o->cl) {
+    if (o->in_group && pgid != o->cl->pid) o->in_group = 0; /* it left: setsid() */
+    if (!o->in_group) signal_orphan(o, o->cl->stop_level);
   } else if (o == NULL && old == NULL) {
     adopt(r, pid, pgid);
   }
@@ -317,7 +320,12 @@ int dcm__reaper_start(dcm__reaper_t *r) {
 void dcm__reaper_signal(dcm__reaper_t *r, dcm__cluster_t *cl) {
   for (size_t i = 0; i < r->norphans; i++) {
     dcm__orphan_t *o = &r->orphans[i];
+    char state;
+    long ppid, pgid;
     if (o->cl != cl) continue;
+    /* Still in the group the caller just signalled? It may have left since
+     * it was adopted (adopted between fork and setsid). */
+    if (o->in_group && stat_of(o->pid, &state, &ppid, &pgid) && pgid != cl->pid) o->in_group = 0;
     if (o->in_group) {
       if (o->sent < cl->stop_level) o->sent = cl->stop_level;
     } else {
