@@ -30,6 +30,11 @@ static void test_groups(void) {
   CHECK(dcm__ctl_subset(g1, 0, want, 0));
   int g3[] = {9, 10};
   CHECK(!dcm__ctl_subset(g3, 2, want, 10));
+  CHECK(dcm__ctl_overlaps(g3, 2, want, 10));
+  int g4[] = {10, 11};
+  CHECK(!dcm__ctl_overlaps(g4, 2, want, 10));
+  CHECK(!dcm__ctl_overlaps(g1, 3, want, 0));
+  CHECK(!dcm__ctl_overlaps(g1, 0, want, 10));
   const int *groups[] = {g1, g2};
   size_t sizes[] = {3, 2};
   int rest[10];

@@ -112,14 +112,13 @@ static void send_heartbeat(dcm__agent_t *a) {
     }
     total++;
   }
-  size_t g = dcm__ctl_group_size(a->cfg.shards_per_cluster, a->max_concurrency);
-  for (size_t i = 0; i < a->nover; i += g) {
-    if (nf < DCM_CTL_FAILED_LIST_MAX) {
-      dcm__ctl_failed_t x = {-1, a->over + i, a->nover - i < g ? a->nover - i : g, 0, 0, 1, 0};
-      f[nf++] = x;
-    }
+  size_t g = dcm__ctl_group_size(a->cfg.shards_per_cluster, a->max_concurrency), i;
+  for (i = 0; i < a->nover && nf < DCM_CTL_FAILED_LIST_MAX; i += g) {
+    dcm__ctl_failed_t x = {-1, a->over + i, a->nover - i < g ? a->nover - i : g, 0, 0, 1, 0};
+    f[nf++] = x;
     total++;
   }
+  if (i < a->nover) total += (a->nover - i + g - 1) / g; /* groups not even looked at */
   nf = dcm__ctl_failed_fit(f, nf);
   const char *s = dcm__ctl_enc_heartbeat(a->json, dcm__ctl_loadavg(), f, nf, total - nf, &len);
   send_text(a, s, len);

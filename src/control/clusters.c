@@ -123,11 +123,6 @@ int dcm__cluster_create(dcm__agent_t *a, const int *shards, size_t n) {
 
 /* ---- the starter ----------------------------------------------------------- */
 
-static int cmp_int(const void *x, const void *y) {
-  int p = *(const int *)x, q = *(const int *)y;
-  return (p > q) - (p < q);
-}
-
 /* Spawns queued clusters, at most DCM_CTL_SPAWNS_PER_TURN per loop turn; one
  * that shares a shard with a cluster being stopped waits for it to be freed. */
 static void starter_cb(uv_idle_t *h) {
@@ -147,10 +142,7 @@ static void starter_cb(uv_idle_t *h) {
   for (dcm__cluster_t *cl = a->clusters, *next; cl; cl = next) {
     next = cl->next; /* a failed spawn may end in destroy(), never in free() */
     if (!cl->queued || cl->destroying || cl->run_handles > 0) continue;
-    int overlap = 0;
-    for (size_t i = 0; i < cl->nshards && !overlap && nbusy; i++)
-      overlap = bsearch(&cl->shards[i], busy, nbusy, sizeof *busy, cmp_int) != NULL;
-    if (overlap) continue;
+    if (dcm__ctl_overlaps(cl->shards, cl->nshards, busy, nbusy)) continue;
     if (spawned == DCM_CTL_SPAWNS_PER_TURN) {
       more = 1;
       break;

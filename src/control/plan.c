@@ -35,6 +35,12 @@ int dcm__ctl_subset(const int *g, size_t n, const int *s, size_t ns) {
   return 1;
 }
 
+int dcm__ctl_overlaps(const int *g, size_t n, const int *s, size_t ns) {
+  for (size_t i = 0; i < n && ns; i++)
+    if (contains(s, ns, g[i])) return 1;
+  return 0;
+}
+
 size_t dcm__ctl_rest(const int *want, size_t nwant, const int *const *groups,
                      const size_t *ngroups, size_t nkept, int *rest) {
   /* rest doubles as the marks: a kept shard's slot becomes -1 (ids are >= 0). */

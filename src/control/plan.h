@@ -24,6 +24,9 @@ size_t dcm__ctl_group_size(size_t per, int max_concurrency);
 /* 1 if every element of sorted group g (n) is in sorted set s (ns). */
 int dcm__ctl_subset(const int *g, size_t n, const int *s, size_t ns);
 
+/* 1 if an element of g (n) is in sorted set s (ns). */
+int dcm__ctl_overlaps(const int *g, size_t n, const int *s, size_t ns);
+
 /*
  * Writes into rest the elements of sorted want (ids >= 0) that are in none
  * of the kept groups; returns how many. rest has room for nwant. Time
