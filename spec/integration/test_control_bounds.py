@@ -186,7 +186,8 @@ class Bounds(unittest.TestCase):
             self.assertEqual(first["shards"], list(range(5000, 5000 + k)))
             self.assertEqual(first["shards_more"], 5000 - k)
             self.assertEqual(hb["failed_clusters_more"], 2)
-            self.assertEqual(self.fleet.starts()[0][1], list(range(5000)))
+            starts = wait_for(self.fleet.starts, 10, "the one cluster to start")
+            self.assertEqual([ss for _, ss in starts], [list(range(5000))])
             await rec.close(fm)
             a.signal(signal.SIGTERM)  # MASTER gone: stops at once
             self.assertEqual(a.wait(15), 0, a.log()[-3000:])
