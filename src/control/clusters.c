@@ -462,8 +462,8 @@ void dcm__cluster_stop(dcm__cluster_t *cl) {
     if (cl->running)
       dcm__info(&cl->a->log, me(cl), "stopping cluster %d (pid %d)", cl->id, (int)cl->pid);
     else
-      dcm__info(&cl->a->log, me(cl), "stopping cluster %d (what its command left running)",
-                cl->id);
+      dcm__info(&cl->a->log, me(cl), "stopping cluster %d (its command has exited; stopping "
+                "what it left)", cl->id);
     signal_run(cl, 1); /* nothing new if a FATAL restart sent SIGTERM already */
     close_run_handle(cl, (uv_handle_t *)&cl->in);
     uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
