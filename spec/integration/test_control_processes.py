@@ -30,15 +30,16 @@ while :; do sleep 0.1; done
 
 # Double forks a sleep into a new session. The first group's command then
 # exits (only the escaped sleep is left of it); the second stays. The
-# second also leaves a process with an empty environment in a new session,
-# which no run can claim (its parent waits until it has got there).
+# second also leaves a process born in a new session with an empty
+# environment, which no run can claim.
 DETACHING = r"""#!/bin/sh
 echo "start $$ $SHARD_IDS" >> "$TEST_DIR/starts"
 ( setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $! > "$TEST_DIR/escaped.$SHARD_IDS" )
 case "$SHARD_IDS" in
   0,1) echo READY; exit 0 ;;
 esac
-( env -i setsid sleep 601 </dev/null >/dev/null 2>&1 & echo $! > "$TEST_DIR/unowned"; sleep 0.5 )
+( exec env -i TEST_DIR="$TEST_DIR" setsid sh -c \
+    'sleep 601 </dev/null >/dev/null 2>&1 & echo $! > "$TEST_DIR/unowned"' )
 echo READY
 exec cat >/dev/null
 """
