@@ -64,9 +64,9 @@ class Fleet:
         self.masters.append(m)
         return m
 
-    def agent(self, master_port, id, *args, command=None, env=None, auth=None):
+    def agent(self, master_port, id, *args, command=None, env=None, auth=None, prefix=()):
         a = Agent(master_port, id, *args, command=command or os.path.join(self.dir, "cluster"),
-                  env=dict({"TEST_DIR": self.dir}, **(env or {})), auth=auth)
+                  env=dict({"TEST_DIR": self.dir}, **(env or {})), auth=auth, prefix=prefix)
         self.agents.append(a)
         return a
 
@@ -145,15 +145,16 @@ def wait_for(cond, timeout, what):
 class Agent(LoggedProcess):
     """One discluster-control process; its stderr lines are collected."""
 
-    def __init__(self, port, id, *args, command, env=None, auth=None):
+    def __init__(self, port, id, *args, command, env=None, auth=None, prefix=()):
+        """prefix: argv run in front of the agent's (a shell that execs it)."""
         e = {k: v for k, v in os.environ.items() if k not in ("DISCLUSTER_AUTH", "DISCORD_TOKEN")}
         if auth is not None:
             e["DISCLUSTER_AUTH"] = auth
         e.update(env or {})
         self.id = id
         self.name = "agent " + id
-        argv = [CONTROL_BIN, "--master", "ws://127.0.0.1:%d" % port, "--id", id,
-                "--cluster-command", command] + AGENT_FAST + list(args)
+        argv = list(prefix) + [CONTROL_BIN, "--master", "ws://127.0.0.1:%d" % port, "--id", id,
+                               "--cluster-command", command] + AGENT_FAST + list(args)
         self._spawn(argv, e)
 
 
@@ -187,7 +188,9 @@ class FakeMaster:
         self.conns = None
         self.server = None
 
-    async def start(self):
+    async def start(self, port=0):
+        """Listens on 127.0.0.1:port (0: any free port; a port given again
+        after stop() brings a MASTER back at the same address)."""
         import asyncio
         import websockets
         self.conns = asyncio.Queue()
@@ -197,7 +200,7 @@ class FakeMaster:
             await self.conns.put((ws, done))
             await done  # keep the connection until the test is finished with it
 
-        self.server = await websockets.serve(handler, "127.0.0.1", 0, ping_interval=None)
+        self.server = await websockets.serve(handler, "127.0.0.1", port, ping_interval=None)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def accept(self, timeout=10):

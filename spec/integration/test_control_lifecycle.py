@@ -1,6 +1,8 @@
 """discluster-control lifecycle against the real MASTER: a MASTER restart
-is resumed without moving shards; SIGTERM drains through `offload`."""
+is resumed without moving shards; SIGTERM drains through `offload`; the
+reconnect backs off from about 1 s, so a short MASTER outage is short."""
 import asyncio
+import re
 import signal
 import time
 import unittest
@@ -126,6 +128,49 @@ class Lifecycle(unittest.TestCase):
             await fm.stop()
             for pid, _ in f.starts():
                 wait_for(lambda: not alive(pid), 5, "cluster %d gone" % pid)
+
+        asyncio.run(go())
+
+    def test_short_master_outage_is_short_for_the_agent(self):
+        f = self.fleet
+
+        async def go():
+            fm = FakeMaster()
+            await fm.start()
+            port = fm.port
+            # --retry is the cap of the backoff: the default 30 s must not be the wait.
+            a = f.agent(port, "bouncer", "--retry", "30")
+            peer = await fm.accept()
+            await peer.recv(OP_INFO)
+            await peer.send(OP_INITIALISE, initialise(4))
+            await peer.send(OP_CONNECT, {"shards": [0, 1], "redundant": False})
+            await peer.recv(OP_READY)
+            mark = a.mark()
+            peer.release()
+            await fm.stop()  # MASTER goes away for half a second
+            a.wait_log(r"lost MASTER", 5, start=mark)
+            await asyncio.sleep(0.5)
+            fm2 = FakeMaster()
+            await fm2.start(port)
+            t0 = time.monotonic()
+            peer2 = await fm2.accept(timeout=15)
+            back = time.monotonic() - t0
+            hello = await peer2.recv(OP_INFO)
+            self.assertEqual(hello["d"]["shards"], [0, 1])
+            # Back at the first backoff attempt (0.6-1.1 s after the loss), or at worst
+            # the one after it (1-2 s later): about 2 s, never the 30 s of --retry.
+            self.assertLess(back, 2.5, a.log())
+            lines = a.log().split("\n")[mark:]
+            waits = [float(x) for x in re.findall(r"(?:reconnecting|retrying) in ([\d.]+)s",
+                                                  "\n".join(lines))]
+            self.assertEqual(waits[0], 0.1)  # at once after losing the session
+            self.assertTrue(waits[1:], lines)
+            for w in waits[1:]:
+                self.assertTrue(0.5 <= w <= 2.0, waits)  # then from about 1 s, jittered
+            peer2.release()
+            await fm2.stop()
+            a.signal(signal.SIGTERM)  # MASTER gone: stops at once
+            self.assertEqual(a.wait(10), 0, a.log())
 
         asyncio.run(go())
 

@@ -1,8 +1,10 @@
 /*
  * test_control.c: the agent's pure parts: shard grouping, the cluster
  * stdout line contract (READY, FATAL, bounded lines), the identify
- * endpoint's request target and keys, and the CONTROL-side packet codec. The agent is its own executable, not part of the library,
- * so its two pure sources are compiled in here.
+ * endpoint's request target and keys, the reconnect backoff, the /proc
+ * readers, and the CONTROL-side packet codec with the bounded
+ * failed_clusters. The agent is its own executable, not part of the
+ * library, so its two pure sources are compiled in here.
  */
 #include "check.h"
 #include "json.h"
@@ -28,6 +30,11 @@ static void test_groups(void) {
   CHECK(dcm__ctl_subset(g1, 0, want, 0));
   int g3[] = {9, 10};
   CHECK(!dcm__ctl_subset(g3, 2, want, 10));
+  CHECK(dcm__ctl_overlaps(g3, 2, want, 10));
+  int g4[] = {10, 11};
+  CHECK(!dcm__ctl_overlaps(g4, 2, want, 10));
+  CHECK(!dcm__ctl_overlaps(g1, 3, want, 0));
+  CHECK(!dcm__ctl_overlaps(g1, 0, want, 10));
   const int *groups[] = {g1, g2};
   size_t sizes[] = {3, 2};
   int rest[10];
@@ -292,14 +299,20 @@ static void test_encode(void) {
   s = dcm__ctl_enc_offload(L, &len);
   CHECK(strstr(s, "\"o\":3") && strstr(s, "\"d\":{}"));
   lua_settop(L, 0);
-  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, &len);
+  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 0, &len);
   CHECK(strstr(s, "\"failed_clusters\":[]") && strstr(s, "\"loadavg\":0.5") &&
-        strstr(s, "\"o\":9"));
+        strstr(s, "\"o\":9") && strstr(s, "\"failed_clusters_more\":0"));
   lua_settop(L, 0);
-  dcm__ctl_failed_t f = {2, shards, 2, 7, 0};
-  s = dcm__ctl_enc_heartbeat(L, 0, &f, 1, &len);
+  dcm__ctl_failed_t f = {2, shards, 2, 7, 0, 0, 0};
+  s = dcm__ctl_enc_heartbeat(L, 0, &f, 1, 3, &len);
   CHECK(strstr(s, "\"cluster\":2") && strstr(s, "\"shards\":[1,2]") && strstr(s, "\"exit\":7") &&
-        strstr(s, "\"signal\":0"));
+        strstr(s, "\"signal\":0") && strstr(s, "\"failed_clusters_more\":3") &&
+        !strstr(s, "over_cap") && !strstr(s, "shards_more"));
+  lua_settop(L, 0);
+  dcm__ctl_failed_t o = {-1, shards, 2, 0, 0, 1, 5};
+  s = dcm__ctl_enc_heartbeat(L, 0, &o, 1, 0, &len);
+  CHECK(strstr(s, "\"cluster\":-1") && strstr(s, "\"over_cap\":true") &&
+        strstr(s, "\"shards_more\":5"));
   lua_settop(L, 0);
   s = dcm__ctl_enc_fatal(L, 4004, "auth", -1, &len);
   CHECK(strstr(s, "\"code\":4004") && strstr(s, "\"message\":\"auth\"") && !strstr(s, "shard"));
@@ -321,6 +334,117 @@ static void test_encode(void) {
   lua_close(L);
 }
 
+static void test_failed_fit(void) {
+  lua_State *L = dcm__json_new();
+  static int big[20000];
+  int small[] = {1000000, 1000001};
+  dcm__ctl_failed_t f[80];
+  size_t len;
+  for (int i = 0; i < 20000; i++) big[i] = 1000000 + i;
+  /* Many small entries: at most DCM_CTL_FAILED_LIST_MAX. */
+  for (int i = 0; i < 80; i++) {
+    dcm__ctl_failed_t x = {i, small, 2, 7, 0, 0, 0};
+    f[i] = x;
+  }
+  CHECK_EQ(dcm__ctl_failed_fit(f, 80), (size_t)DCM_CTL_FAILED_LIST_MAX);
+  CHECK_EQ(dcm__ctl_failed_fit(f, 3), 3u);
+  CHECK_EQ(dcm__ctl_failed_fit(f, 0), 0u);
+  /* A first entry too big for the bytes is cut, the next one left out. */
+  dcm__ctl_failed_t g[2] = {{-1, big, 20000, 0, 0, 1, 0}, {3, big, 20000, 7, 0, 0, 0}};
+  CHECK_EQ(dcm__ctl_failed_fit(g, 2), 1u);
+  CHECK(g[0].nshards > 1000 && g[0].nshards < 20000);
+  CHECK_EQ(g[0].shards_more, 20000 - g[0].nshards);
+  const char *s = dcm__ctl_enc_heartbeat(L, 0.25, g, 1, 1, &len);
+  const char *list = strstr(s, "\"failed_clusters\":[");
+  CHECK(list != NULL);
+  /* The list is all of the packet but the short fields around it. */
+  CHECK(len < DCM_CTL_FAILED_JSON_MAX + 100 && len > DCM_CTL_FAILED_JSON_MAX - 500);
+  lua_settop(L, 0);
+  /* Entries that fill the bytes before the count. */
+  dcm__ctl_failed_t h[10];
+  for (int i = 0; i < 10; i++) {
+    dcm__ctl_failed_t x = {i, big + i * 1000, 1000, 1, 0, 0, 0};
+    h[i] = x;
+  }
+  size_t k = dcm__ctl_failed_fit(h, 10);
+  CHECK(k >= 1 && k < 10);
+  s = dcm__ctl_enc_heartbeat(L, 0, h, k, 10 - k, &len);
+  CHECK(len < DCM_CTL_FAILED_JSON_MAX + 100);
+  for (size_t i = 0; i < k; i++) CHECK(h[i].nshards == 1000 && h[i].shards_more == 0);
+  lua_settop(L, 0);
+  lua_close(L);
+}
+
+static void test_backoff(void) {
+  /* Doubling from about 1 s, jittered into [d/2, d], capped. */
+  CHECK_EQ(dcm__ctl_backoff_ms(0, 30000, 0), 500u);
+  CHECK_EQ(dcm__ctl_backoff_ms(0, 30000, 1), 1000u);
+  CHECK_EQ(dcm__ctl_backoff_ms(1, 30000, 0), 1000u);
+  CHECK_EQ(dcm__ctl_backoff_ms(3, 30000, 1), 8000u);
+  uint64_t w = dcm__ctl_backoff_ms(3, 30000, 0.5);
+  CHECK(w >= 4000 && w <= 8000);
+  CHECK_EQ(dcm__ctl_backoff_ms(5, 30000, 1), 30000u);
+  CHECK_EQ(dcm__ctl_backoff_ms(5, 30000, 0), 15000u);
+  CHECK_EQ(dcm__ctl_backoff_ms(63, 30000, 1), 30000u);
+  CHECK_EQ(dcm__ctl_backoff_ms(1000, 30000, 0), 15000u);
+  CHECK_EQ(dcm__ctl_backoff_ms(0, 200, 1), 200u);
+  CHECK_EQ(dcm__ctl_backoff_ms(0, 200, 0), 100u);
+  CHECK_EQ(dcm__ctl_backoff_ms(0, 1, 0), 1u);
+  CHECK_EQ(dcm__ctl_backoff_ms(0, 0, 0), 1u);
+}
+
+static void test_proc_readers(void) {
+  char key[DCM_CTL_KEY_HEX + 1];
+  const char *e = "DISCLUSTER_IDENTIFY_URL=http://127.0.0.1:4567/0123456789abcdef0123456789abcdef";
+  CHECK(dcm__ctl_environ_key(e, strlen(e), key));
+  CHECK_STR(key, "0123456789abcdef0123456789abcdef");
+  const char *bad[] = {
+      "DISCLUSTER_IDENTIFY_URL=http://127.0.0.1:4567/0123456789ABCDEF0123456789abcdef",
+      "DISCLUSTER_IDENTIFY_URL=http://127.0.0.1:45670123456789abcdef0123456789abcdef",
+      "DISCLUSTER_IDENTIFY_URX=http://127.0.0.1:4567/0123456789abcdef0123456789abcdef",
+      "DISCLUSTER_IDENTIFY_URL=/0123456789abcdef0123456789abcde",
+      "DISCLUSTER_IDENTIFY_URL=", "", "PATH=/usr/bin"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    CHECK(!dcm__ctl_environ_key(bad[i], strlen(bad[i]), key));
+
+  char state;
+  long ppid, pgid;
+  const char *st = "4242 (odd) name) (x) S 17 4000 4000 0 -1 4194560 97 0 0 0";
+  CHECK(dcm__ctl_parse_stat(st, strlen(st), &state, &ppid, &pgid));
+  CHECK(state == 'S' && ppid == 17 && pgid == 4000);
+  st = "99 (zombie) Z 1 99 99";
+  CHECK(dcm__ctl_parse_stat(st, strlen(st), &state, &ppid, &pgid));
+  CHECK(state == 'Z' && ppid == 1 && pgid == 99);
+  const char *no[] = {"", "12 (x", "12 (x) S", "12 (x) S 1", "12 (x) S a 2", "12 (x)S 1 2"};
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+    CHECK(!dcm__ctl_parse_stat(no[i], strlen(no[i]), &state, &ppid, &pgid));
+}
+
+static void test_rest_is_linear(void) {
+  /* 200,000 shards against 20,000 kept groups: a quadratic rest would take
+   * minutes; this one is one pass and a binary search per kept shard. */
+  enum { N = 200000, G = 20000, K = 5 };
+  int *want = malloc(N * sizeof *want), *rest = malloc(N * sizeof *rest);
+  int *kept = malloc(G * K * sizeof *kept);
+  const int **groups = malloc(G * sizeof *groups);
+  size_t *sizes = malloc(G * sizeof *sizes);
+  CHECK(want && rest && kept && groups && sizes);
+  for (int i = 0; i < N; i++) want[i] = 2 * i;
+  for (int g = 0; g < G; g++) {
+    for (int j = 0; j < K; j++) kept[g * K + j] = 2 * (g * 10 + j); /* half of each ten */
+    groups[g] = kept + g * K;
+    sizes[g] = K;
+  }
+  size_t n = dcm__ctl_rest(want, N, groups, sizes, G, rest);
+  CHECK_EQ(n, (size_t)(N - G * K));
+  CHECK(rest[0] == 10 && rest[4] == 18 && rest[5] == 30);
+  free(want);
+  free(rest);
+  free(kept);
+  free(groups);
+  free(sizes);
+}
+
 int main(void) {
   RUN(test_groups);
   RUN(test_line_kinds);
@@ -329,5 +453,9 @@ int main(void) {
   RUN(test_decode_extensions);
   RUN(test_identify_target);
   RUN(test_encode);
+  RUN(test_failed_fit);
+  RUN(test_backoff);
+  RUN(test_proc_readers);
+  RUN(test_rest_is_linear);
   return 0;
 }

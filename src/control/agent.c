@@ -6,7 +6,10 @@
  * that stop the fleet (and restarts a cluster that reports any other),
  * carries identify requests and grants between the identify endpoint and
  * MASTER, and stops: on `shutdown` at once, on SIGTERM after an `offload`
- * drain. Losing MASTER never stops the clusters.
+ * drain. Losing MASTER never stops the clusters; reconnects back off
+ * exponentially with jitter up to --retry. At most --max-clusters clusters
+ * run; the shards beyond are reported as failed (over_cap) so MASTER moves
+ * them. The heartbeat's failed_clusters is a bounded summary.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +27,7 @@ extern char **environ;
 #define MIN_HEARTBEAT_MS 100
 #define IDLE_GRACE_MS 15000 /* silence beyond two heartbeats before MASTER counts as gone */
 #define FAST_RETRY_MS 100   /* first attempt after losing an established session */
+#define REPORT_MS 20        /* failures within this long share one early heartbeat */
 
 static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
@@ -77,31 +81,58 @@ static size_t cluster_shard_total(dcm__agent_t *a) {
 }
 
 static void send_info(dcm__agent_t *a) {
-  size_t len, total = cluster_shard_total(a);
+  size_t len, total = cluster_shard_total(a), k = 0;
   int *shards = malloc((total ? total : 1) * sizeof *shards);
   if (shards == NULL) return;
   size_t n = running_shards(a, shards);
+  /* Only shards of the bot MASTER knows: never more than shard_count. */
+  while (a->shard_count > 0 && n > 0 && shards[n - 1] >= a->shard_count) n--, k++;
+  if (k)
+    dcm__warn(&a->log, me(a), "info: %zu running shards are not below shard_count %d (%d to "
+              "%d); left out of info.shards", k, a->shard_count, shards[n], shards[n + k - 1]);
   const char *s = dcm__ctl_enc_info(a->json, a->cfg.id, dcm__ctl_cores(), dcm__ctl_loadavg(),
                                     a->cfg.standby && n == 0, shards, n, DCM_VERSION, &len);
   send_text(a, s, len);
   free(shards);
 }
 
+/* failed_clusters: failed clusters in creation order, then the shards over
+ * --max-clusters in groups, cut to the bounds of dcm__ctl_failed_fit; the
+ * rest is counted in failed_clusters_more. */
 static void send_heartbeat(dcm__agent_t *a) {
-  size_t nf = 0, len;
-  for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
-    nf += cl->state == DCM_CLUSTER_FAILED && !cl->destroying;
-  dcm__ctl_failed_t *f = calloc(nf ? nf : 1, sizeof *f);
-  if (f == NULL) return;
-  nf = 0;
+  dcm__ctl_failed_t f[DCM_CTL_FAILED_LIST_MAX];
+  size_t nf = 0, total = 0, len;
+  uv_timer_stop(&a->report_timer);
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) {
     if (cl->state != DCM_CLUSTER_FAILED || cl->destroying) continue;
-    dcm__ctl_failed_t x = {cl->id, cl->shards, cl->nshards, cl->exit_status, cl->term_signal};
-    f[nf++] = x;
+    if (nf < DCM_CTL_FAILED_LIST_MAX) {
+      dcm__ctl_failed_t x = {cl->id, cl->shards, cl->nshards, cl->exit_status,
+                             cl->term_signal, 0, 0};
+      f[nf++] = x;
+    }
+    total++;
   }
-  const char *s = dcm__ctl_enc_heartbeat(a->json, dcm__ctl_loadavg(), f, nf, &len);
+  size_t g = dcm__ctl_group_size(a->cfg.shards_per_cluster, a->max_concurrency), i;
+  for (i = 0; i < a->nover && nf < DCM_CTL_FAILED_LIST_MAX; i += g) {
+    dcm__ctl_failed_t x = {-1, a->over + i, a->nover - i < g ? a->nover - i : g, 0, 0, 1, 0};
+    f[nf++] = x;
+    total++;
+  }
+  if (i < a->nover) total += (a->nover - i + g - 1) / g; /* groups not even looked at */
+  nf = dcm__ctl_failed_fit(f, nf);
+  const char *s = dcm__ctl_enc_heartbeat(a->json, dcm__ctl_loadavg(), f, nf, total - nf, &len);
   send_text(a, s, len);
-  free(f);
+}
+
+/* An early heartbeat, once for everything that changes within REPORT_MS. */
+static void report_cb(uv_timer_t *t) {
+  dcm__agent_t *a = t->data;
+  if (a->session) send_heartbeat(a);
+}
+
+static void report_soon(dcm__agent_t *a) {
+  if (a->session && !a->closed && !uv_is_active((uv_handle_t *)&a->report_timer))
+    uv_timer_start(&a->report_timer, report_cb, REPORT_MS, 0);
 }
 
 static void send_fatal(dcm__agent_t *a) {
@@ -144,13 +175,17 @@ static void stop_all_clusters(dcm__agent_t *a) {
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) dcm__cluster_stop(cl);
 }
 
-/* Takes want (sorted, unique, malloc'd). */
+/* Takes want (sorted, unique, malloc'd). Linear but for sorting: the kept
+ * groups are found with a binary search each, the rest by marks. */
 static void apply(dcm__agent_t *a, int *want, size_t n) {
   size_t kept = 0, stopped = 0, started = 0, nk = 0;
   char list[160];
   free(a->assigned);
   a->assigned = want;
   a->nassigned = n;
+  free(a->over);
+  a->over = NULL;
+  a->nover = 0;
   size_t count = 0;
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) count++;
   const int **groups = calloc(count + 1, sizeof *groups);
@@ -176,15 +211,29 @@ static void apply(dcm__agent_t *a, int *want, size_t n) {
   }
   size_t nrest = dcm__ctl_rest(want, n, groups, sizes, nk, rest);
   size_t g = dcm__ctl_group_size(a->cfg.shards_per_cluster, a->max_concurrency);
+  size_t room = a->cfg.max_clusters > kept ? a->cfg.max_clusters - kept : 0;
+  size_t fits = room * g < nrest ? room * g : nrest; /* room <= 4096, g <= 2^20 */
   /* Retry failed groups only after the plan, so their restart is the new
    * assignment's; ready is checked once everything is in place. */
   a->ready_pending = 0;
-  for (size_t i = 0; i < nrest; i += g) {
-    size_t k = nrest - i < g ? nrest - i : g;
+  for (size_t i = 0; i < fits; i += g) {
+    size_t k = fits - i < g ? fits - i : g;
     if (dcm__cluster_create(a, rest + i, k) != 0)
       dcm__error(&a->log, me(a), "out of memory creating a cluster");
     else
       started++;
+  }
+  if (fits < nrest) {
+    size_t over = nrest - fits;
+    a->over = malloc(over * sizeof *a->over);
+    if (a->over) {
+      memcpy(a->over, rest + fits, over * sizeof *a->over);
+      a->nover = over;
+    }
+    dcm__error(&a->log, me(a), "connect: %zu shards (%d to %d) need %zu more clusters than "
+               "--max-clusters %zu allows; they are not started and are reported to MASTER as "
+               "failed (over_cap)", over, rest[fits], rest[nrest - 1], (over + g - 1) / g,
+               a->cfg.max_clusters);
   }
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
     if (!cl->destroying && cl->state == DCM_CLUSTER_FAILED) dcm__cluster_retry(cl);
@@ -195,6 +244,7 @@ static void apply(dcm__agent_t *a, int *want, size_t n) {
   if (n && dcm__ctl_join(want, n, list, sizeof list) == 0) snprintf(list, sizeof list, "...");
   dcm__info(&a->log, me(a), "connect: %zu shards [%s]: %zu clusters kept, %zu started, %zu stopped",
             n, list, kept, started, stopped);
+  if (a->nover) report_soon(a); /* MASTER learns at once which shards to move */
   a->ready_pending = 1;
   check_ready(a);
 }
@@ -204,13 +254,20 @@ static void on_connect(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   const char *s = dcm__enc_ack(a->json, DCM_OP_CONNECT, &len);
   send_text(a, s, len);
   if (a->mode == DCM_AGENT_STOPPING) return;
+  size_t bad = 0;
+  int first = 0, last = 0;
   for (size_t i = 0; i < p->nshards; i++) {
-    if (p->shards[i] < a->shard_count)
-      p->shards[n++] = p->shards[i];
-    else
-      dcm__warn(&a->log, me(a), "connect names shard %d of only %d; ignored", p->shards[i],
-                a->shard_count);
+    int x = p->shards[i];
+    if (x < a->shard_count) {
+      p->shards[n++] = x;
+      continue;
+    }
+    if (bad++ == 0 || x < first) first = x;
+    if (x > last) last = x;
   }
+  if (bad) /* one line, however many */
+    dcm__warn(&a->log, me(a), "connect names %zu shards not below shard_count %d (%d to %d); "
+              "ignored", bad, a->shard_count, first, last);
   n = dcm__ctl_sort_unique(p->shards, n);
   int *want = p->shards;
   p->shards = NULL;
@@ -237,6 +294,9 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
     free(a->assigned);
     a->assigned = NULL;
     a->nassigned = 0;
+    free(a->over);
+    a->over = NULL;
+    a->nover = 0;
   }
   if (a->token) {
     memset(a->token, 0, strlen(a->token));
@@ -250,6 +310,7 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   a->heartbeat_ms = p->heartbeat_ms < MIN_HEARTBEAT_MS ? MIN_HEARTBEAT_MS : (uint64_t)p->heartbeat_ms;
   a->session = 1;
   a->had_session = 1;
+  a->retry_attempt = 0;
   dcm__client_set_idle(a->client, 2 * a->heartbeat_ms + IDLE_GRACE_MS);
   uv_timer_start(&a->heartbeat_timer, heartbeat_cb, a->heartbeat_ms, a->heartbeat_ms);
   dcm__info(&a->log, me(a), "initialised: %d shards, max_concurrency %d, heartbeat every %.3gs",
@@ -308,14 +369,26 @@ void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len) {
 
 static void retry_cb(uv_timer_t *t);
 
+/* The next attempt's delay: about 1 s doubling up to --retry, jittered. */
+static uint64_t next_retry(dcm__agent_t *a) {
+  uint32_t r;
+  if (uv_random(NULL, NULL, &r, sizeof r, 0, NULL) != 0) r = (uint32_t)uv_hrtime();
+  uint64_t wait = dcm__ctl_backoff_ms(a->retry_attempt, ms(a->cfg.retry),
+                                      (double)r / 4294967295.0);
+  if (a->retry_attempt < 64) a->retry_attempt++;
+  return wait;
+}
+
 static void connect_now(dcm__agent_t *a) {
   if (a->client || a->mode == DCM_AGENT_STOPPING) return;
   dcm__debug(&a->log, me(a), "connecting to ws://%s%s", a->cfg.master.hostport,
              a->cfg.master.path);
   int r = dcm__client_start(a, &a->client);
   if (r != 0) {
-    dcm__error(&a->log, me(a), "cannot start a connection: %s", dcm_strerror(r));
-    uv_timer_start(&a->retry_timer, retry_cb, ms(a->cfg.retry), 0);
+    uint64_t wait = next_retry(a);
+    dcm__error(&a->log, me(a), "cannot start a connection: %s; retrying in %.3gs",
+               dcm_strerror(r), (double)wait / 1000.0);
+    uv_timer_start(&a->retry_timer, retry_cb, wait, 0);
   }
 }
 
@@ -336,10 +409,13 @@ void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
     maybe_finish(a);
     return;
   }
-  uint64_t now = uv_now(a->loop), wait = ms(a->cfg.retry);
-  if (was_session && now - a->last_fast_retry >= wait) {
-    wait = FAST_RETRY_MS;
+  uint64_t now = uv_now(a->loop), wait;
+  if (was_session && now - a->last_fast_retry >= ms(a->cfg.retry)) {
+    wait = FAST_RETRY_MS; /* MASTER restarting: try at once, then back off from 1 s */
     a->last_fast_retry = now;
+    a->retry_attempt = 0;
+  } else {
+    wait = next_retry(a);
   }
   if (was_session)
     dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running; reconnecting in %.3gs",
@@ -360,7 +436,7 @@ void dcm__agent_cluster_changed(dcm__agent_t *a, dcm__cluster_t *cl) {
 
 void dcm__agent_cluster_failed(dcm__agent_t *a, dcm__cluster_t *cl) {
   (void)cl;
-  if (a->session) send_heartbeat(a); /* MASTER learns of it now, not at the next beat */
+  report_soon(a); /* MASTER learns of it now, not at the next beat */
 }
 
 void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code, const char *msg,
@@ -393,6 +469,8 @@ void dcm__agent_cluster_freed(dcm__agent_t *a) {
   maybe_finish(a);
 }
 
+void dcm__agent_reaper_changed(dcm__agent_t *a) { maybe_finish(a); }
+
 /* ---- lifecycle ----------------------------------------------------------- */
 
 static void close_handle(uv_handle_t *h) {
@@ -401,6 +479,8 @@ static void close_handle(uv_handle_t *h) {
 
 static void maybe_finish(dcm__agent_t *a) {
   if (a->mode != DCM_AGENT_STOPPING || a->closed || a->nclusters > 0) return;
+  /* Nothing the clusters started may outlive the agent. */
+  if (!dcm__reaper_idle(&a->reaper)) return; /* a sweep or the poll comes back here */
   if (a->client) {
     if (a->client->phase == DCM_CLIENT_OPEN) dcm__client_close(a->client, 1000, "control stopping");
     return; /* on_closed comes back here */
@@ -410,9 +490,12 @@ static void maybe_finish(dcm__agent_t *a) {
   close_handle((uv_handle_t *)&a->retry_timer);
   close_handle((uv_handle_t *)&a->heartbeat_timer);
   close_handle((uv_handle_t *)&a->drain_timer);
+  close_handle((uv_handle_t *)&a->report_timer);
   close_handle((uv_handle_t *)&a->sigterm);
   close_handle((uv_handle_t *)&a->sigint);
   dcm__ident_stop(&a->ident);
+  dcm__clusters_close(a);
+  dcm__reaper_close(&a->reaper);
 }
 
 static void begin_stop(dcm__agent_t *a, const char *why) {
@@ -421,6 +504,7 @@ static void begin_stop(dcm__agent_t *a, const char *why) {
   dcm__info(&a->log, me(a), "stopping (%s): %zu clusters to stop", why, a->nclusters);
   uv_timer_stop(&a->retry_timer);
   uv_timer_stop(&a->drain_timer);
+  uv_timer_stop(&a->report_timer);
   stop_all_clusters(a);
   if (a->client && a->client->phase != DCM_CLIENT_OPEN && a->client->phase != DCM_CLIENT_CLOSING)
     dcm__client_abort(a->client, "stopping");
@@ -488,9 +572,13 @@ int dcm__agent_init(dcm__agent_t *a, uv_loop_t *loop, const dcm__ctl_config_t *c
   uv_timer_init(loop, &a->retry_timer);
   uv_timer_init(loop, &a->heartbeat_timer);
   uv_timer_init(loop, &a->drain_timer);
+  uv_timer_init(loop, &a->report_timer);
   uv_signal_init(loop, &a->sigterm);
   uv_signal_init(loop, &a->sigint);
+  dcm__clusters_init(a);
+  dcm__reaper_init(&a->reaper, a);
   a->retry_timer.data = a->heartbeat_timer.data = a->drain_timer.data = a;
+  a->report_timer.data = a;
   a->sigterm.data = a->sigint.data = a;
   return 0;
 }
@@ -504,11 +592,19 @@ void dcm__agent_start(dcm__agent_t *a) {
     begin_stop(a, "no identify endpoint");
     return;
   }
+  r = dcm__reaper_start(&a->reaper);
+  if (r != 0) {
+    dcm__error(&a->log, me(a), "cannot watch SIGCHLD: %s", uv_strerror(r));
+    a->exit_status = 1;
+    begin_stop(a, "no SIGCHLD watcher");
+    return;
+  }
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   dcm__info(&a->log, me(a), "discluster-control %s: MASTER ws://%s%s, %d cores%s; identify "
-            "endpoint on 127.0.0.1:%d", DCM_VERSION, a->cfg.master.hostport, a->cfg.master.path,
-            dcm__ctl_cores(), a->cfg.standby ? ", standby" : "", a->ident.port);
+            "endpoint on 127.0.0.1:%d; at most %zu clusters", DCM_VERSION,
+            a->cfg.master.hostport, a->cfg.master.path, dcm__ctl_cores(),
+            a->cfg.standby ? ", standby" : "", a->ident.port, a->cfg.max_clusters);
   a->last_fast_retry = uv_now(a->loop) - ms(a->cfg.retry) - 1;
   connect_now(a);
 }
@@ -523,10 +619,14 @@ void dcm__agent_free(dcm__agent_t *a) {
     free(a->token);
   }
   free(a->assigned);
+  free(a->over);
+  free(a->ids);
   if (a->json) lua_close(a->json);
   dcm__log_close(&a->log);
   a->environ_base = NULL;
   a->token = NULL;
   a->assigned = NULL;
+  a->over = NULL;
+  a->ids = NULL;
   a->json = NULL;
 }

@@ -1,7 +1,9 @@
 /*
  * agent.h: the CONTROL agent's internal structs and the calls between its
  * parts: the WebSocket client transport (client.c), the cluster processes
- * (clusters.c) and the protocol and lifecycle state machine (agent.c).
+ * (clusters.c), the processes that escape a cluster's process group
+ * (reaper.c), the identify endpoint (identify.c) and the protocol and
+ * lifecycle state machine (agent.c).
  * Ownership: the agent owns at most one client connection at a time and
  * every cluster; each is freed only in its handles' close callbacks.
  * Depends on libuv, http-parser and the core's ws.h, log.h and json.h.
@@ -25,6 +27,9 @@
 #define DCM_CTL_MAX_OUTBOUND (4u << 20)
 #define DCM_CTL_HEAD_MAX 8192
 #define DCM_CTL_RESTARTS 3 /* restarts of a crashed cluster before it is failed */
+#define DCM_CTL_MAX_CLUSTERS 256      /* --max-clusters default */
+#define DCM_CTL_MAX_CLUSTERS_LIMIT 4096 /* --max-clusters' largest value */
+#define DCM_CTL_SPAWNS_PER_TURN 16    /* cluster processes started per loop turn */
 
 typedef struct dcm__agent_s dcm__agent_t;
 typedef struct dcm__client_s dcm__client_t;
@@ -45,7 +50,8 @@ typedef struct {
   int standby;
   const char *cluster_command;
   size_t shards_per_cluster; /* 10 */
-  double retry;              /* 30 s between connection attempts */
+  size_t max_clusters;       /* 256: clusters (processes) at once, beyond: over_cap */
+  double retry;              /* 30 s: the cap of the reconnect backoff */
   double drain_timeout;      /* 30 s */
   double stop_timeout;       /* 5 s from SIGTERM to SIGKILL for a cluster */
   double restart_backoff;    /* 1 s, doubled per restart */
@@ -105,6 +111,13 @@ typedef enum {
   DCM_CLUSTER_STOPPING  /* SIGTERM sent (SIGKILL after stop_timeout) */
 } dcm__cluster_state;
 
+/*
+ * A run of a cluster is its command's process (the leader, started by
+ * libuv in a new session), the process group it leads, and every process
+ * of it that the subreaper adopted (reaper.c). The run is over only when
+ * all of them are gone; a leader that exits while the rest runs on
+ * leaves the cluster in its state ("lingering").
+ */
 struct dcm__cluster_s {
   dcm__agent_t *a;
   dcm__cluster_t *prev, *next;
@@ -113,31 +126,39 @@ struct dcm__cluster_s {
   size_t nshards;
   dcm__cluster_state state;
   int restarts;
-  int exit_status, term_signal; /* of the last exit */
+  int exit_status, term_signal; /* of the leader's last exit */
   uint64_t ready_at;
   uv_timer_t timer; /* backoff, stop deadline, stdout drain */
   uv_process_t proc;
   uv_pipe_t out; /* the cluster's stdout */
   uv_pipe_t in;  /* its stdin: EOF tells it the agent is gone */
-  int running;   /* process not yet exited */
+  int queued;    /* to be spawned by the starter (one loop turn at a time) */
+  int running;   /* the leader has not exited: libuv reaps it, never reaper.c */
+  int live;      /* this run is not over */
+  int group_left; /* the leader's process group may still have members */
+  int lingering_logged;
+  int stop_level; /* this run got 0 nothing, 1 SIGTERM, 2 SIGKILL */
+  size_t norphans; /* adopted processes of this run not yet reaped */
   int run_handles; /* proc/out/in still open */
   int out_eof, exited, destroying;
   int handles;     /* every open handle, timer included */
-  pid_t pid;
+  pid_t pid;       /* the leader, and the id of its process group */
   int fatal_restart; /* printed a FATAL that is not fatal: restarting it */
-  /* this run's identify path (DISCLUSTER_IDENTIFY_URL); "" when not running */
+  /* this run's key (DISCLUSTER_IDENTIFY_URL); "" when no run is live */
   char key[DCM_CTL_KEY_HEX + 1];
   dcm__ctl_lines_t lines;
   char rbuf[4096];
 };
 
-/* Creates a cluster for sorted shards (copied) and starts it unless it must
- * wait for an overlapping stopping cluster. */
+/* Creates a cluster for sorted shards (copied) and queues its start: the
+ * starter spawns at most DCM_CTL_SPAWNS_PER_TURN per loop turn, and none
+ * that shares a shard with a cluster still stopping. */
 int dcm__cluster_create(dcm__agent_t *a, const int *shards, size_t n);
 void dcm__cluster_stop(dcm__cluster_t *cl);
 /* Sends SIGKILL to every cluster that is stopping (second signal). */
 void dcm__clusters_kill_all(dcm__agent_t *a);
-/* Starts waiting clusters that no longer overlap a stopping one. */
+/* Runs the starter on the next loop turns (a stopping cluster is gone, a
+ * restart is due). */
 void dcm__clusters_start_waiting(dcm__agent_t *a);
 /* Restarts a failed cluster with a fresh restart budget. */
 void dcm__cluster_retry(dcm__cluster_t *cl);
@@ -145,7 +166,73 @@ void dcm__cluster_retry(dcm__cluster_t *cl);
  * SIGTERM after a grace unless it exits first; the exit takes the crash
  * path (restart with backoff). */
 void dcm__cluster_restart_soon(dcm__cluster_t *cl);
+/* After a reaper sweep or poll: ends the runs with nothing left. Returns 1
+ * while a run lingers (its leader exited, something of it still runs);
+ * *urgent when one of those is being stopped. */
+int dcm__clusters_check_runs(dcm__agent_t *a, int *urgent);
+/* Starts the starter's handle (agent start) and closes it (exit). */
+void dcm__clusters_init(dcm__agent_t *a);
+void dcm__clusters_close(dcm__agent_t *a);
 const char *dcm__cluster_state_name(dcm__cluster_state s);
+
+/* ---- adopted processes (reaper.c) --------------------------------------- */
+
+/*
+ * The agent is a child subreaper (PR_SET_CHILD_SUBREAPER): whatever a
+ * cluster starts and leaves behind (a double fork, setsid) becomes the
+ * agent's child instead of init's. A sweep reads /proc for the agent's
+ * children that libuv did not spawn (libuv waits for its own pids only, so
+ * these waitpid() calls never take its children), reaps the dead ones and
+ * adopts the living: each is matched to a live run by its process group
+ * or by the run key in its environment, and signalled along with that
+ * run. One that matches no run is stopped (SIGTERM, SIGKILL after
+ * --stop-timeout); children the agent already had when it started are
+ * left alone (only reaped). Sweeps follow SIGCHLD, stops and leader exits,
+ * at most one per DCM_CTL_SWEEP_MIN_MS; at most DCM_CTL_ORPHANS_MAX
+ * adopted processes are tracked, any beyond get SIGKILL at once.
+ */
+#define DCM_CTL_ORPHANS_MAX 4096
+#define DCM_CTL_STR_(x) #x
+#define DCM_CTL_STR(x) DCM_CTL_STR_(x)
+#define DCM_CTL_SWEEP_MIN_MS 50
+
+typedef struct {
+  pid_t pid;
+  dcm__cluster_t *cl; /* NULL: matches no run; it is being stopped */
+  int in_group;       /* in cl's process group: the group's signals reach it */
+  int sent;           /* 0, 1 SIGTERM, 2 SIGKILL */
+  uint64_t kill_at;   /* without a cluster: when SIGKILL follows */
+  unsigned seen;      /* sweep generation */
+} dcm__orphan_t;
+
+typedef struct {
+  dcm__agent_t *a;
+  uv_signal_t sigchld;
+  uv_timer_t sweep_timer; /* the next sweep (coalesced) */
+  uv_timer_t poll_timer;  /* lingering runs' groups, SIGKILL deadlines */
+  int open;               /* handles initialised and not closed */
+  int subreaper;          /* prctl succeeded */
+  dcm__orphan_t *orphans; /* sorted by pid */
+  size_t norphans, cap;
+  pid_t *before;          /* children the agent had at start: not its clusters' */
+  size_t nbefore;
+  unsigned generation;
+  uint64_t last_sweep;
+  uint64_t over_limit;    /* processes killed because the table was full */
+} dcm__reaper_t;
+
+void dcm__reaper_init(dcm__reaper_t *r, dcm__agent_t *a);
+/* Becomes the subreaper and watches SIGCHLD; 0 or a libuv/errno error. */
+int dcm__reaper_start(dcm__reaper_t *r);
+/* A sweep soon (coalesced). */
+void dcm__reaper_kick(dcm__reaper_t *r);
+/* Signals the adopted processes of cl's run up to cl->stop_level. */
+void dcm__reaper_signal(dcm__reaper_t *r, dcm__cluster_t *cl);
+/* cl is being freed: its adopted processes, if any, lose their run. */
+void dcm__reaper_forget(dcm__reaper_t *r, dcm__cluster_t *cl);
+/* Sweeps now; 1 if the agent has no child left that libuv does not own. */
+int dcm__reaper_idle(dcm__reaper_t *r);
+void dcm__reaper_close(dcm__reaper_t *r);
 
 /* ---- the identify endpoint (identify.c) --------------------------------- */
 
@@ -216,8 +303,9 @@ struct dcm__agent_s {
   uv_timer_t retry_timer;
   uv_timer_t heartbeat_timer;
   uv_timer_t drain_timer;
+  uv_timer_t report_timer; /* an early heartbeat: failures, shards over the cap */
   uv_signal_t sigterm, sigint;
-  int handles;
+  unsigned retry_attempt;  /* failed attempts since the last session: the backoff */
   /* from initialise */
   char *token;
   int shard_count;
@@ -228,12 +316,21 @@ struct dcm__agent_s {
   int *assigned;
   size_t nassigned;
   int ready_pending;
-  dcm__cluster_t *clusters; /* list head (NULL = empty) */
+  dcm__cluster_t *clusters, *clusters_tail; /* in creation order */
   size_t nclusters;         /* cluster structs not yet freed */
+  uint64_t *ids;            /* CLUSTER_IDs in use, a bitmap */
+  size_t nids_words;
+  uv_idle_t starter;        /* spawns queued clusters, a few per loop turn */
+  int starter_open;
+  /* shards of the assignment beyond --max-clusters (sorted): not started,
+   * reported in failed_clusters as over_cap */
+  int *over;
+  size_t nover;
   /* a fatal to relay once connected */
   int fatal_pending, fatal_code, fatal_shard;
   char fatal_message[DCM_MESSAGE_MAX + 1];
   dcm__ident_t ident;
+  dcm__reaper_t reaper;
   dcm__agent_mode mode;
   int exit_status;
   int closed; /* every handle asked to close */
@@ -256,6 +353,8 @@ void dcm__agent_cluster_failed(dcm__agent_t *a, dcm__cluster_t *cl);
 void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code,
                               const char *msg, size_t len, int shard);
 void dcm__agent_cluster_freed(dcm__agent_t *a);
+/* From reaper.c: a sweep or poll ended (maybe the agent can exit now). */
+void dcm__agent_reaper_changed(dcm__agent_t *a);
 
 /* From identify.c: identify or release {"shard": shard}, sent only while a
  * session is up (MASTER forgets a connection's requests when it closes). */

@@ -1,13 +1,18 @@
 /*
  * clusters.c: the bot's cluster processes. Each runs the user's command
- * through /bin/sh -c in its own process group (so a stop reaches every
- * process it started), with SHARD_IDS, SHARD_COUNT, CLUSTER_ID,
- * DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL and
+ * through /bin/sh -c in its own session and process group (so a stop
+ * reaches every process it started), with SHARD_IDS, SHARD_COUNT,
+ * CLUSTER_ID, DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL and
  * DISCLUSTER_IDENTIFY_URL (a fresh key per run) in its environment, stdin
  * a pipe whose EOF says the agent is gone, stdout read line by line
- * (bounded) for READY and FATAL, stderr inherited. Crashes restart with
- * doubling backoff, DCM_CTL_RESTARTS times.
+ * (bounded) for READY and FATAL, stderr inherited. A run ends when its
+ * leader, its group and the processes reaper.c adopted from it are all
+ * gone; a stop waits for that up to --stop-timeout, then SIGKILL. Crashes
+ * restart with doubling backoff, DCM_CTL_RESTARTS times. Starts go through
+ * one idle handle, DCM_CTL_SPAWNS_PER_TURN per loop turn, so a large
+ * assignment never holds the loop (heartbeats, signals) for long.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +20,7 @@
 
 #include "agent.h"
 
-#define DRAIN_MS 500        /* stdout kept open this long after an exit */
+#define DRAIN_MS 500        /* stdout kept open this long after a run ends */
 #define STABLE_MS 60000     /* READY this long: the restart budget is whole again */
 #define FATAL_GRACE_MS 1000 /* a non-fatal FATAL: this long to exit by itself */
 #define OWN_VARS 7
@@ -32,13 +37,37 @@ static const char *me(const dcm__cluster_t *cl) { return cl->a->cfg.id; }
 static void spawn(dcm__cluster_t *cl);
 static void after_exit(dcm__cluster_t *cl);
 
+/* ---- CLUSTER_IDs: the lowest free one, from a bitmap ---------------------- */
+
+static int take_id(dcm__agent_t *a) {
+  size_t w = 0;
+  while (w < a->nids_words && a->ids[w] == UINT64_MAX) w++;
+  if (w == a->nids_words) {
+    size_t n = a->nids_words ? 2 * a->nids_words : 4;
+    uint64_t *ids = realloc(a->ids, n * sizeof *ids);
+    if (ids == NULL) return -1;
+    memset(ids + a->nids_words, 0, (n - a->nids_words) * sizeof *ids);
+    a->ids = ids;
+    a->nids_words = n;
+  }
+  int bit = __builtin_ctzll(~a->ids[w]);
+  a->ids[w] |= (uint64_t)1 << bit;
+  return (int)(w * 64 + (size_t)bit);
+}
+
+static void give_id(dcm__agent_t *a, int id) {
+  if (id >= 0 && (size_t)id / 64 < a->nids_words) a->ids[id / 64] &= ~((uint64_t)1 << (id % 64));
+}
+
 /* ---- lifetime ------------------------------------------------------------ */
 
 static void freed(dcm__cluster_t *cl) {
   dcm__agent_t *a = cl->a;
   dcm__ident_cluster_gone(&a->ident, cl); /* none should wait by now */
+  dcm__reaper_forget(&a->reaper, cl);
   if (cl->prev) cl->prev->next = cl->next; else a->clusters = cl->next;
-  if (cl->next) cl->next->prev = cl->prev;
+  if (cl->next) cl->next->prev = cl->prev; else a->clusters_tail = cl->prev;
+  give_id(a, cl->id);
   free(cl->shards);
   free(cl);
   a->nclusters--;
@@ -47,7 +76,8 @@ static void freed(dcm__cluster_t *cl) {
 
 static void close_cb(uv_handle_t *h) {
   dcm__cluster_t *cl = h->data;
-  if (h != (uv_handle_t *)&cl->timer) cl->run_handles--;
+  if (h != (uv_handle_t *)&cl->timer && --cl->run_handles == 0 && cl->queued)
+    dcm__clusters_start_waiting(cl->a); /* the restart waited for these */
   if (--cl->handles == 0) freed(cl);
 }
 
@@ -58,55 +88,88 @@ static void close_run_handle(dcm__cluster_t *cl, uv_handle_t *h) {
 /* Closes the timer; the struct goes once every handle has closed. */
 static void destroy(dcm__cluster_t *cl) {
   cl->destroying = 1;
+  cl->queued = 0;
   cl->state = DCM_CLUSTER_STOPPING;
   uv_timer_stop(&cl->timer);
   if (!uv_is_closing((uv_handle_t *)&cl->timer)) uv_close((uv_handle_t *)&cl->timer, close_cb);
-}
-
-static int free_id(dcm__agent_t *a) {
-  for (int id = 0;; id++) {
-    int used = 0;
-    for (dcm__cluster_t *o = a->clusters; o && !used; o = o->next) used = o->id == id;
-    if (!used) return id;
-  }
-}
-
-static int overlaps_stopping(const dcm__cluster_t *cl) {
-  for (dcm__cluster_t *o = cl->a->clusters; o; o = o->next) {
-    if (o == cl || o->state != DCM_CLUSTER_STOPPING) continue;
-    for (size_t i = 0; i < cl->nshards; i++)
-      if (dcm__ctl_subset(&cl->shards[i], 1, o->shards, o->nshards)) return 1;
-  }
-  return 0;
 }
 
 int dcm__cluster_create(dcm__agent_t *a, const int *shards, size_t n) {
   dcm__cluster_t *cl = calloc(1, sizeof *cl);
   if (cl == NULL) return DCM_ENOMEM;
   cl->shards = malloc((n ? n : 1) * sizeof *cl->shards);
-  if (cl->shards == NULL) {
+  cl->id = take_id(a);
+  if (cl->shards == NULL || cl->id < 0) {
+    give_id(a, cl->id);
+    free(cl->shards);
     free(cl);
     return DCM_ENOMEM;
   }
   memcpy(cl->shards, shards, n * sizeof *shards);
   cl->nshards = n;
   cl->a = a;
-  cl->id = free_id(a);
   uv_timer_init(a->loop, &cl->timer);
   cl->timer.data = cl;
   cl->handles = 1;
-  cl->next = a->clusters;
-  if (a->clusters) a->clusters->prev = cl;
-  a->clusters = cl;
+  cl->prev = a->clusters_tail;
+  if (a->clusters_tail) a->clusters_tail->next = cl; else a->clusters = cl;
+  a->clusters_tail = cl;
   a->nclusters++;
   cl->state = DCM_CLUSTER_WAITING;
-  if (!overlaps_stopping(cl)) spawn(cl);
+  cl->queued = 1;
+  dcm__clusters_start_waiting(a);
   return 0;
 }
 
-void dcm__clusters_start_waiting(dcm__agent_t *a) {
+/* ---- the starter ----------------------------------------------------------- */
+
+/* Spawns queued clusters, at most DCM_CTL_SPAWNS_PER_TURN per loop turn; one
+ * that shares a shard with a cluster being stopped waits for it to be freed. */
+static void starter_cb(uv_idle_t *h) {
+  dcm__agent_t *a = h->data;
+  size_t total = 0, nbusy = 0, spawned = 0;
+  int more = 0;
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
-    if (cl->state == DCM_CLUSTER_WAITING && !overlaps_stopping(cl)) spawn(cl);
+    if (cl->destroying) total += cl->nshards;
+  int *busy = total ? malloc(total * sizeof *busy) : NULL;
+  if (total && busy == NULL) return; /* out of memory: try again next turn */
+  for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
+    if (cl->destroying) {
+      memcpy(busy + nbusy, cl->shards, cl->nshards * sizeof *busy);
+      nbusy += cl->nshards;
+    }
+  nbusy = dcm__ctl_sort_unique(busy, nbusy);
+  for (dcm__cluster_t *cl = a->clusters, *next; cl; cl = next) {
+    next = cl->next; /* a failed spawn may end in destroy(), never in free() */
+    if (!cl->queued || cl->destroying || cl->run_handles > 0) continue;
+    if (dcm__ctl_overlaps(cl->shards, cl->nshards, busy, nbusy)) continue;
+    if (spawned == DCM_CTL_SPAWNS_PER_TURN) {
+      more = 1;
+      break;
+    }
+    cl->queued = 0;
+    spawn(cl);
+    spawned++;
+  }
+  free(busy);
+  if (!more) uv_idle_stop(h);
+}
+
+void dcm__clusters_start_waiting(dcm__agent_t *a) {
+  if (a->starter_open && !uv_is_active((uv_handle_t *)&a->starter))
+    uv_idle_start(&a->starter, starter_cb);
+}
+
+void dcm__clusters_init(dcm__agent_t *a) {
+  uv_idle_init(a->loop, &a->starter);
+  a->starter.data = a;
+  a->starter_open = 1;
+}
+
+void dcm__clusters_close(dcm__agent_t *a) {
+  if (!a->starter_open) return;
+  a->starter_open = 0;
+  uv_close((uv_handle_t *)&a->starter, NULL);
 }
 
 /* ---- stdout -------------------------------------------------------------- */
@@ -143,7 +206,7 @@ static void stdout_done(dcm__cluster_t *cl) {
   cl->out_eof = 1;
   dcm__ctl_lines_flush(&cl->lines, on_line, cl);
   close_run_handle(cl, (uv_handle_t *)&cl->out);
-  if (cl->exited) {
+  if (cl->exited && !cl->live) {
     uv_timer_stop(&cl->timer);
     after_exit(cl);
   }
@@ -158,22 +221,33 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
+/* ---- signals to a run ------------------------------------------------------ */
+
+/* 1 while the leader's process group has a member (a zombie counts). */
+static int group_exists(pid_t pgid) {
+  return pgid > 0 && (kill(-pgid, 0) == 0 || errno == EPERM);
+}
+
+/* SIGTERM (level 1) or SIGKILL (level 2) to the whole run: its group, and
+ * through reaper.c what escaped the group. */
+static void signal_run(dcm__cluster_t *cl, int level) {
+  if (!cl->live || level <= cl->stop_level) return;
+  cl->stop_level = level;
+  if (cl->group_left) kill(-cl->pid, level == 2 ? SIGKILL : SIGTERM);
+  dcm__reaper_signal(&cl->a->reaper, cl);
+  dcm__reaper_kick(&cl->a->reaper); /* and whatever escaped it unseen so far */
+}
+
 /* ---- exits and restarts -------------------------------------------------- */
 
 static void drain_cb(uv_timer_t *t) { stdout_done(t->data); }
 
-static void exit_cb(uv_process_t *p, int64_t status, int sig) {
-  dcm__cluster_t *cl = p->data;
-  cl->running = 0;
-  cl->exited = 1;
-  cl->exit_status = (int)status;
-  cl->term_signal = sig;
+/* Nothing of the run is left. */
+static void run_over(dcm__cluster_t *cl) {
+  cl->live = 0;
   /* This run's identify URL dies with it; a restart gets a new one. */
   dcm__ident_cluster_gone(&cl->a->ident, cl);
-  cl->key[0] = '\0';
-  /* Whatever the shell left behind in the group goes with it. */
-  if (cl->pid > 0) kill(-cl->pid, SIGKILL);
-  close_run_handle(cl, (uv_handle_t *)&cl->proc);
+  memset(cl->key, 0, sizeof cl->key);
   close_run_handle(cl, (uv_handle_t *)&cl->in);
   uv_timer_stop(&cl->timer);
   if (cl->out_eof) {
@@ -184,13 +258,16 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   }
 }
 
-static void backoff_cb(uv_timer_t *t) {
-  dcm__cluster_t *cl = t->data;
-  if (cl->run_handles > 0) { /* the last run's handles are still closing */
-    uv_timer_start(&cl->timer, backoff_cb, 10, 0);
-    return;
-  }
-  spawn(cl);
+static void exit_cb(uv_process_t *p, int64_t status, int sig) {
+  dcm__cluster_t *cl = p->data;
+  cl->running = 0;
+  cl->exited = 1;
+  cl->exit_status = (int)status;
+  cl->term_signal = sig;
+  close_run_handle(cl, (uv_handle_t *)&cl->proc);
+  /* Whether the run is over is decided after a sweep has adopted what the
+   * leader left behind (dcm__clusters_check_runs). */
+  dcm__reaper_kick(&cl->a->reaper);
 }
 
 static void describe_exit(const dcm__cluster_t *cl, char *out, size_t n) {
@@ -200,7 +277,38 @@ static void describe_exit(const dcm__cluster_t *cl, char *out, size_t n) {
     snprintf(out, n, "exit status %d", cl->exit_status);
 }
 
-/* The process is gone and its stdout read: stop, restart or give up. */
+int dcm__clusters_check_runs(dcm__agent_t *a, int *urgent) {
+  int lingering = 0;
+  *urgent = 0;
+  for (dcm__cluster_t *cl = a->clusters, *next; cl; cl = next) {
+    next = cl->next; /* run_over never frees synchronously */
+    if (!cl->live || !cl->exited) continue;
+    if (cl->group_left && !group_exists(cl->pid)) cl->group_left = 0;
+    if (!cl->group_left && cl->norphans == 0) {
+      run_over(cl);
+      continue;
+    }
+    lingering = 1;
+    if (cl->stop_level > 0) *urgent = 1;
+    if (!cl->lingering_logged && cl->stop_level == 0) {
+      char how[48];
+      cl->lingering_logged = 1;
+      describe_exit(cl, how, sizeof how);
+      dcm__info(&a->log, me(cl), "cluster %d: its command exited (%s) but processes it started "
+                "still run (%s%zu adopted); the cluster lives until they are gone", cl->id, how,
+                cl->group_left ? "its process group, " : "", cl->norphans);
+    }
+  }
+  return lingering;
+}
+
+static void backoff_cb(uv_timer_t *t) {
+  dcm__cluster_t *cl = t->data;
+  cl->queued = 1;
+  dcm__clusters_start_waiting(cl->a);
+}
+
+/* The run is over and its stdout read: stop, restart or give up. */
 static void after_exit(dcm__cluster_t *cl) {
   dcm__agent_t *a = cl->a;
   char how[48];
@@ -273,6 +381,9 @@ static void spawn(dcm__cluster_t *cl) {
   cl->exited = cl->out_eof = 0;
   cl->exit_status = cl->term_signal = 0;
   cl->pid = 0;
+  cl->stop_level = 0;
+  cl->lingering_logged = 0;
+  cl->group_left = 0;
   memset(&cl->lines, 0, sizeof cl->lines);
   uv_pipe_init(a->loop, &cl->in, 0);
   uv_pipe_init(a->loop, &cl->out, 0);
@@ -308,7 +419,7 @@ static void spawn(dcm__cluster_t *cl) {
   free(env);
   if (r == 0) {
     cl->pid = cl->proc.pid;
-    cl->running = 1;
+    cl->running = cl->live = cl->group_left = 1;
     cl->state = DCM_CLUSTER_STARTING;
     dcm__info(&a->log, me(cl), "cluster %d started: pid %d, shards %s", cl->id, (int)cl->pid,
               ids);
@@ -319,7 +430,7 @@ static void spawn(dcm__cluster_t *cl) {
     return;
   }
   free(ids);
-  cl->key[0] = '\0';
+  memset(cl->key, 0, sizeof cl->key);
   dcm__error(&a->log, me(cl), "cluster %d: cannot start: %s", cl->id, uv_strerror(r));
   if (cl->run_handles == 3) close_run_handle(cl, (uv_handle_t *)&cl->proc);
   close_run_handle(cl, (uv_handle_t *)&cl->in);
@@ -334,21 +445,26 @@ static void spawn(dcm__cluster_t *cl) {
 
 static void kill_cb(uv_timer_t *t) {
   dcm__cluster_t *cl = t->data;
-  if (!cl->running) return;
+  if (!cl->live) return;
   dcm__warn(&cl->a->log, me(cl), "cluster %d did not stop within %.3gs; SIGKILL", cl->id,
             cl->a->cfg.stop_timeout);
-  kill(-cl->pid, SIGKILL);
+  signal_run(cl, 2);
 }
 
 void dcm__cluster_stop(dcm__cluster_t *cl) {
   if (cl->destroying) return;
   /* Its requests end now; new ones get 503 until the run is over. */
   dcm__ident_cluster_gone(&cl->a->ident, cl);
-  if (cl->running) {
+  cl->queued = 0;
+  if (cl->live) {
     cl->state = DCM_CLUSTER_STOPPING;
     cl->destroying = 1;
-    dcm__info(&cl->a->log, me(cl), "stopping cluster %d (pid %d)", cl->id, (int)cl->pid);
-    kill(-cl->pid, SIGTERM);
+    if (cl->running)
+      dcm__info(&cl->a->log, me(cl), "stopping cluster %d (pid %d)", cl->id, (int)cl->pid);
+    else
+      dcm__info(&cl->a->log, me(cl), "stopping cluster %d (its command has exited; stopping "
+                "what it left)", cl->id);
+    signal_run(cl, 1); /* nothing new if a FATAL restart sent SIGTERM already */
     close_run_handle(cl, (uv_handle_t *)&cl->in);
     uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
   } else if (cl->exited && !cl->out_eof) {
@@ -361,27 +477,29 @@ void dcm__cluster_stop(dcm__cluster_t *cl) {
 
 void dcm__clusters_kill_all(dcm__agent_t *a) {
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next)
-    if (cl->running && cl->state == DCM_CLUSTER_STOPPING) kill(-cl->pid, SIGKILL);
+    if (cl->live && cl->state == DCM_CLUSTER_STOPPING) signal_run(cl, 2);
 }
 
 void dcm__cluster_retry(dcm__cluster_t *cl) {
-  if (cl->state != DCM_CLUSTER_FAILED || cl->run_handles > 0) return;
+  if (cl->state != DCM_CLUSTER_FAILED) return;
   cl->restarts = 0;
+  cl->state = DCM_CLUSTER_WAITING;
+  cl->queued = 1;
   dcm__info(&cl->a->log, me(cl), "retrying failed cluster %d on a new connect", cl->id);
-  spawn(cl);
+  dcm__clusters_start_waiting(cl->a);
 }
 
 static void fatal_grace_cb(uv_timer_t *t) {
   dcm__cluster_t *cl = t->data;
-  if (!cl->running) return;
+  if (!cl->live) return;
   dcm__warn(&cl->a->log, me(cl), "cluster %d still runs %.3gs after its FATAL; SIGTERM so it "
             "restarts", cl->id, FATAL_GRACE_MS / 1000.0);
-  kill(-cl->pid, SIGTERM);
+  signal_run(cl, 1);
   uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
 }
 
 void dcm__cluster_restart_soon(dcm__cluster_t *cl) {
-  if (!cl->running || cl->destroying || cl->state == DCM_CLUSTER_STOPPING || cl->fatal_restart)
+  if (!cl->live || cl->destroying || cl->state == DCM_CLUSTER_STOPPING || cl->fatal_restart)
     return;
   cl->fatal_restart = 1;
   uv_timer_start(&cl->timer, fatal_grace_cb, FATAL_GRACE_MS, 0);

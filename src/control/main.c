@@ -28,7 +28,10 @@ static const char usage[] =
     "                                (env DISCLUSTER_CLUSTER_COMMAND)\n"
     "      --shards-per-cluster N    shards per cluster process; rounded up to a\n"
     "                                multiple of max_concurrency (10)\n"
-    "      --retry S                 seconds between connection attempts (30)\n"
+    "      --max-clusters N          clusters (processes) at once, 1 to 4096 (256);\n"
+    "                                shards beyond are reported to MASTER as failed\n"
+    "      --retry S                 longest wait between connection attempts; the\n"
+    "                                wait starts near 1 s and doubles (30)\n"
     "      --drain-timeout S         on SIGTERM, how long to wait for MASTER to move\n"
     "                                the shards away (30)\n"
     "      --stop-timeout S          SIGTERM to SIGKILL for a cluster (5)\n"
@@ -57,7 +60,7 @@ static const char usage[] =
     "error, 2 on bad usage.\n";
 
 enum {
-  OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_RETRY, OPT_DRAIN,
+  OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_MAXCL, OPT_RETRY, OPT_DRAIN,
   OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL
 };
 
@@ -67,6 +70,7 @@ static const struct option longopts[] = {
     {"standby", no_argument, NULL, OPT_STANDBY},
     {"cluster-command", required_argument, NULL, OPT_COMMAND},
     {"shards-per-cluster", required_argument, NULL, OPT_PER},
+    {"max-clusters", required_argument, NULL, OPT_MAXCL},
     {"retry", required_argument, NULL, OPT_RETRY},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN},
     {"stop-timeout", required_argument, NULL, OPT_STOP},
@@ -164,6 +168,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
   char *end;
   memset(a, 0, sizeof *a);
   c->shards_per_cluster = 10;
+  c->max_clusters = DCM_CTL_MAX_CLUSTERS;
   c->retry = 30;
   c->drain_timeout = 30;
   c->stop_timeout = 5;
@@ -196,6 +201,14 @@ static int parse_args(int argc, char **argv, args_t *a) {
         if (errno || end == v || *end || per < 1 || per > 100000)
           return fail("--shards-per-cluster '%s': must be an integer from 1 to 100000%s", v, "");
         c->shards_per_cluster = (size_t)per;
+        break;
+      case OPT_MAXCL:
+        errno = 0;
+        per = strtol(v, &end, 10);
+        if (errno || end == v || *end || per < 1 || per > DCM_CTL_MAX_CLUSTERS_LIMIT)
+          return fail("--max-clusters '%s': must be an integer from 1 to %s", v,
+                      DCM_CTL_STR(DCM_CTL_MAX_CLUSTERS_LIMIT));
+        c->max_clusters = (size_t)per;
         break;
       case OPT_RETRY: if (parse_seconds("retry", v, 0.01, &c->retry)) return -1; break;
       case OPT_DRAIN: if (parse_seconds("drain-timeout", v, 0, &c->drain_timeout)) return -1; break;

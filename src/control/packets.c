@@ -182,10 +182,41 @@ const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double lo
   return dcm__packet_seal(L, DCM_OP_INFO, len);
 }
 
+static size_t digits(long long v) {
+  size_t n = v < 0 ? 2 : 1;
+  for (unsigned long long u = v < 0 ? -(unsigned long long)v : (unsigned long long)v; u >= 10;
+       u /= 10)
+    n++;
+  return n;
+}
+
+/* Bytes of an entry's JSON without its shards, with room for every field
+ * at its widest and the comma between entries. */
+#define ENTRY_FIXED 160
+
+size_t dcm__ctl_failed_fit(dcm__ctl_failed_t *f, size_t n) {
+  size_t used = 2, k; /* the brackets */
+  for (k = 0; k < n && k < DCM_CTL_FAILED_LIST_MAX; k++) {
+    size_t need = ENTRY_FIXED, i;
+    for (i = 0; i < f[k].nshards; i++) {
+      size_t w = digits(f[k].shards[i]) + 1;
+      if (used + need + w > DCM_CTL_FAILED_JSON_MAX) break;
+      need += w;
+    }
+    if (i < f[k].nshards) {
+      if (k > 0 || i == 0) break;
+      f[k].shards_more += f[k].nshards - i; /* the first entry is cut */
+      f[k].nshards = i;
+    }
+    used += need;
+  }
+  return k;
+}
+
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
                                    const dcm__ctl_failed_t *failed, size_t nfailed,
-                                   size_t *len) {
-  lua_createtable(L, 0, 2);
+                                   size_t more, size_t *len) {
+  lua_createtable(L, 0, 3);
   lua_pushnumber(L, loadavg);
   lua_setfield(L, -2, "loadavg");
   if (nfailed == 0) {
@@ -193,7 +224,7 @@ const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
   } else {
     lua_createtable(L, (int)nfailed, 0);
     for (size_t i = 0; i < nfailed; i++) {
-      lua_createtable(L, 0, 4);
+      lua_createtable(L, 0, 6);
       lua_pushinteger(L, failed[i].cluster);
       lua_setfield(L, -2, "cluster");
       dcm__json_push_int_array(L, failed[i].shards, failed[i].nshards);
@@ -202,10 +233,20 @@ const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
       lua_setfield(L, -2, "exit");
       lua_pushinteger(L, failed[i].term_signal);
       lua_setfield(L, -2, "signal");
+      if (failed[i].over_cap) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "over_cap");
+      }
+      if (failed[i].shards_more) {
+        lua_pushinteger(L, (lua_Integer)failed[i].shards_more);
+        lua_setfield(L, -2, "shards_more");
+      }
       lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
   }
   lua_setfield(L, -2, "failed_clusters");
+  lua_pushinteger(L, (lua_Integer)more);
+  lua_setfield(L, -2, "failed_clusters_more");
   return dcm__packet_seal(L, DCM_OP_HEARTBEAT, len);
 }
 

@@ -48,14 +48,34 @@ int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards
                     dcm__ctl_packet_t *p, char *err, size_t errlen);
 void dcm__ctl_packet_clear(dcm__ctl_packet_t *p);
 
-/* One crashed-for-good cluster, for the heartbeat's failed_clusters. */
+/*
+ * One entry of the heartbeat's failed_clusters: a crashed-for-good
+ * cluster, or (over_cap, cluster -1) a group of shards not started because
+ * of --max-clusters. shards_more > 0: the entry's list was cut to fit and
+ * this many more shards belong to it.
+ */
 typedef struct {
   int cluster;
   const int *shards;
   size_t nshards;
   int exit_status;
   int term_signal;
+  int over_cap;
+  size_t shards_more;
 } dcm__ctl_failed_t;
+
+/* Bounds of failed_clusters: entries listed, and the list's JSON bytes
+ * (under 16 KiB); what is left out is counted in failed_clusters_more. */
+#define DCM_CTL_FAILED_LIST_MAX 64
+#define DCM_CTL_FAILED_JSON_MAX 16000
+
+/*
+ * Keeps the first entries of f (n of them) that fit both bounds and
+ * returns how many; an entry that does not fit ends the list, except the
+ * first, which is cut (nshards lowered, shards_more set) so that a
+ * non-empty list always names something.
+ */
+size_t dcm__ctl_failed_fit(dcm__ctl_failed_t *f, size_t n);
 
 /* 1 if s (n bytes) is a usable initialise.gateway_url: at most
  * DCM_CTL_GATEWAY_URL_MAX bytes, no control characters. */
@@ -69,9 +89,10 @@ int dcm__ctl_gateway_url_ok(const char *s, size_t n);
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
                               int standby, const int *shards, size_t n,
                               const char *version, size_t *len);
+/* more: entries left out of failed_clusters (failed_clusters_more). */
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
                                    const dcm__ctl_failed_t *failed, size_t nfailed,
-                                   size_t *len);
+                                   size_t more, size_t *len);
 const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len);
 const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
                                size_t *len);

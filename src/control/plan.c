@@ -35,15 +35,34 @@ int dcm__ctl_subset(const int *g, size_t n, const int *s, size_t ns) {
   return 1;
 }
 
+int dcm__ctl_overlaps(const int *g, size_t n, const int *s, size_t ns) {
+  for (size_t i = 0; i < n && ns; i++)
+    if (contains(s, ns, g[i])) return 1;
+  return 0;
+}
+
 size_t dcm__ctl_rest(const int *want, size_t nwant, const int *const *groups,
                      const size_t *ngroups, size_t nkept, int *rest) {
+  /* rest doubles as the marks: a kept shard's slot becomes -1 (ids are >= 0). */
+  memcpy(rest, want, nwant * sizeof *rest);
+  for (size_t g = 0; g < nkept; g++)
+    for (size_t i = 0; i < ngroups[g]; i++) {
+      const int *at = bsearch(&groups[g][i], want, nwant, sizeof *want, cmp_int);
+      if (at) rest[at - want] = -1;
+    }
   size_t k = 0;
-  for (size_t i = 0; i < nwant; i++) {
-    int kept = 0;
-    for (size_t g = 0; g < nkept && !kept; g++) kept = contains(groups[g], ngroups[g], want[i]);
-    if (!kept) rest[k++] = want[i];
-  }
+  for (size_t i = 0; i < nwant; i++)
+    if (rest[i] >= 0) rest[k++] = rest[i];
   return k;
+}
+
+uint64_t dcm__ctl_backoff_ms(unsigned attempt, uint64_t cap_ms, double u) {
+  uint64_t d = attempt >= 32 ? cap_ms : (uint64_t)DCM_CTL_BACKOFF_FIRST_MS << attempt;
+  if (d > cap_ms) d = cap_ms;
+  if (u < 0) u = 0;
+  if (u > 1) u = 1;
+  uint64_t w = d / 2 + (uint64_t)((double)(d - d / 2) * u);
+  return w ? w : 1;
 }
 
 size_t dcm__ctl_join(const int *v, size_t n, char *out, size_t len) {
@@ -187,4 +206,41 @@ dcm__ctl_target_kind dcm__ctl_identify_target(const char *url, size_t len,
     p = amp ? amp + 1 : end;
   }
   return found ? DCM_CTL_TARGET_OK : DCM_CTL_TARGET_BAD_SHARD;
+}
+
+int dcm__ctl_environ_key(const char *entry, size_t n, char key[DCM_CTL_KEY_HEX + 1]) {
+  static const char var[] = "DISCLUSTER_IDENTIFY_URL=";
+  size_t vl = sizeof var - 1;
+  if (n < vl + 1 + DCM_CTL_KEY_HEX || memcmp(entry, var, vl) != 0) return 0;
+  const char *k = entry + n - DCM_CTL_KEY_HEX;
+  if (k[-1] != '/') return 0;
+  for (size_t i = 0; i < DCM_CTL_KEY_HEX; i++)
+    if (!is_lower_hex(k[i])) return 0;
+  memcpy(key, k, DCM_CTL_KEY_HEX);
+  key[DCM_CTL_KEY_HEX] = '\0';
+  return 1;
+}
+
+int dcm__ctl_parse_stat(const char *s, size_t n, char *state, long *ppid, long *pgid) {
+  /* "pid (comm) state ppid pgrp ...": comm may hold anything, ')' included. */
+  const char *end = s + n, *p = NULL;
+  for (const char *q = s; q < end; q++)
+    if (*q == ')') p = q;
+  if (p == NULL || end - p < 4 || p[1] != ' ') return 0;
+  p += 2;
+  *state = *p++;
+  long v[2];
+  for (int i = 0; i < 2; i++) {
+    if (p >= end || *p != ' ') return 0;
+    p++;
+    int neg = p < end && *p == '-';
+    if (neg) p++;
+    if (p >= end || *p < '0' || *p > '9') return 0;
+    long x = 0;
+    while (p < end && *p >= '0' && *p <= '9' && x < 0x7fffffffL) x = x * 10 + (*p++ - '0');
+    v[i] = neg ? -x : x;
+  }
+  *ppid = v[0];
+  *pgid = v[1];
+  return 1;
 }

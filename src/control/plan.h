@@ -1,14 +1,16 @@
 /*
  * plan.h: the agent's pure helpers, kept apart so unit tests can drive them
  * without processes or sockets: turning an assignment into shard groups
- * (one cluster each), the cluster stdout line contract (READY, FATAL), and
- * the identify endpoint's request target (/<run key>?shard=N).
+ * (one cluster each), the cluster stdout line contract (READY, FATAL), the
+ * identify endpoint's request target (/<run key>?shard=N), the reconnect
+ * backoff, and reading /proc entries (stat, environ) of adopted processes.
  * No I/O, no libuv.
  */
 #ifndef DCM_CTL_PLAN_H
 #define DCM_CTL_PLAN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Longest stdout line kept from a cluster; the rest of a longer line is cut. */
 #define DCM_CTL_LINE_MAX 4096
@@ -22,12 +24,23 @@ size_t dcm__ctl_group_size(size_t per, int max_concurrency);
 /* 1 if every element of sorted group g (n) is in sorted set s (ns). */
 int dcm__ctl_subset(const int *g, size_t n, const int *s, size_t ns);
 
+/* 1 if an element of g (n) is in sorted set s (ns). */
+int dcm__ctl_overlaps(const int *g, size_t n, const int *s, size_t ns);
+
 /*
- * Writes into rest the elements of sorted want that are in none of the
- * kept groups (each sorted); returns how many. rest has room for nwant.
+ * Writes into rest the elements of sorted want (ids >= 0) that are in none
+ * of the kept groups; returns how many. rest has room for nwant. Time
+ * O(nwant + kept shards * log nwant), no allocation.
  */
 size_t dcm__ctl_rest(const int *want, size_t nwant, const int *const *groups,
                      const size_t *ngroups, size_t nkept, int *rest);
+
+/* Reconnect delays: attempt 0 waits about DCM_CTL_BACKOFF_FIRST_MS, each
+ * attempt doubles it, never above cap_ms; the result is in [d/2, d] for
+ * that d, placed by u in [0, 1] (jitter, so agents do not all come back
+ * at once). At least 1 ms. */
+#define DCM_CTL_BACKOFF_FIRST_MS 1000
+uint64_t dcm__ctl_backoff_ms(unsigned attempt, uint64_t cap_ms, double u);
 
 /* "0,1,2" into out (len bytes, NUL-terminated); returns the length, or 0
  * with out = "" when it does not fit. */
@@ -94,5 +107,16 @@ typedef enum {
  */
 dcm__ctl_target_kind dcm__ctl_identify_target(const char *url, size_t len,
                                               char key[DCM_CTL_KEY_HEX + 1], int *shard);
+
+/*
+ * One entry of /proc/PID/environ (n bytes, no NUL): 1 and the run key into
+ * key if it is DISCLUSTER_IDENTIFY_URL=...<'/'><DCM_CTL_KEY_HEX lowercase
+ * hex>, else 0.
+ */
+int dcm__ctl_environ_key(const char *entry, size_t n, char key[DCM_CTL_KEY_HEX + 1]);
+
+/* The start of /proc/PID/stat (n bytes): 1 with its state letter, parent
+ * pid and process group, 0 if it does not parse. */
+int dcm__ctl_parse_stat(const char *s, size_t n, char *state, long *ppid, long *pgid);
 
 #endif
