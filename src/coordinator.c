@@ -278,7 +278,7 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
   free(x->sent);
   x->sent = copy;
   x->nsent = x->nshards;
-  const char *s = dcm__enc_connect(m->json, x->shards, x->nshards, x->nshards == 0, &len);
+  const char *s = dcm__enc_connect(m->json, x->shards, x->nshards, x->nshards == 0, NULL, &len);
   if (s) dcm__conn_send(x->conn, s, len);
   lua_settop(m->json, 0);
   summarize(x->shards, x->nshards, list, sizeof list);

@@ -12,7 +12,7 @@
 static const char *const op_names[] = {
     "info", "fatal", "command", "offload", "shutdown", "initialise",
     "connect", "error", "ack", "heartbeat", "ready", "identify", "grant",
-    "release"};
+    "release", "sessions", "stopped"};
 
 const char *dcm__op_name(int op) {
   if (op < 0 || op > DCM_OP_MAX) return "unknown";
@@ -31,16 +31,76 @@ int dcm__valid_id(const char *id, size_t len) {
   return 1;
 }
 
+#define FAIL(code, ...) \
+  do { snprintf(err, errlen, __VA_ARGS__); return (code); } while (0)
+
 void dcm__packet_clear(dcm__packet_t *p) {
   free(p->shards);
   free(p->failed_json);
+  free(p->sessions);
   p->shards = NULL;
   p->failed_json = NULL;
-  p->nshards = 0;
+  p->sessions = NULL;
+  p->nshards = p->nsessions = 0;
 }
 
-#define FAIL(code, ...) \
-  do { snprintf(err, errlen, __VA_ARGS__); return (code); } while (0)
+int dcm__session_valid(const char *id, size_t idlen, long long seq, const char *url,
+                       size_t urllen) {
+  if (idlen < 1 || idlen > DCM_SESSION_ID_MAX || seq < 0 || seq > (1LL << 53) ||
+      urllen > DCM_RESUME_URL_MAX ||
+      (strncmp(url, "ws://", 5) != 0 && strncmp(url, "wss://", 6) != 0))
+    return 0;
+  for (size_t i = 0; i < idlen; i++) {
+    char c = id[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '-'))
+      return 0;
+  }
+  for (size_t i = 0; i < urllen; i++)
+    if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f || url[i] == '"' || url[i] == '\\')
+      return 0;
+  return 1;
+}
+
+/* sessions.sessions: valid entries kept, the rest counted in nbad. */
+static int decode_sessions(lua_State *L, int d, dcm__packet_t *p, char *err, size_t errlen) {
+  size_t n, idlen, urllen;
+  long long shard, seq;
+  dcm__json_field(L, d, "sessions");
+  int arr = lua_gettop(L);
+  if (!dcm__json_isarray(L, arr, &n)) FAIL(DCM_ERR_MALFORMED, "sessions: d.sessions must be an array");
+  if (n > DCM_SESSIONS_MAX)
+    FAIL(DCM_ERR_MALFORMED, "sessions: %zu entries, more than %d", n, DCM_SESSIONS_MAX);
+  if (n && (p->sessions = malloc(n * sizeof *p->sessions)) == NULL)
+    FAIL(DCM_ERR_MALFORMED, "out of memory");
+  for (size_t i = 1; i <= n; i++) {
+    lua_settop(L, arr);
+    lua_rawgeti(L, arr, (lua_Integer)i);
+    int e = lua_gettop(L);
+    const char *id = NULL, *url = NULL;
+    int ok = dcm__json_isobject(L, e) &&
+             (dcm__json_field(L, e, "shard"), dcm__json_tointeger(L, -1, &shard)) &&
+             shard >= 0 && shard <= INT32_MAX &&
+             (dcm__json_field(L, e, "seq"), dcm__json_tointeger(L, -1, &seq)) &&
+             dcm__json_field(L, e, "session_id") == LUA_TSTRING &&
+             (id = lua_tolstring(L, -1, &idlen)) != NULL &&
+             dcm__json_field(L, e, "resume_url") == LUA_TSTRING &&
+             (url = lua_tolstring(L, -1, &urllen)) != NULL &&
+             dcm__session_valid(id, idlen, seq, url, urllen);
+    if (!ok) {
+      p->nbad++;
+      continue;
+    }
+    dcm__session_t *s = &p->sessions[p->nsessions++];
+    s->shard = (int)shard;
+    s->seq = seq;
+    memcpy(s->session_id, id, idlen + 1);
+    memcpy(s->resume_url, url, urllen + 1);
+  }
+  lua_settop(L, arr - 1);
+  return 0;
+}
+
 
 /* Reads d[key] as an int array of shard ids into p->shards. */
 static int read_shards(lua_State *L, int d, const char *key, size_t max,
@@ -214,6 +274,12 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
         FAIL(DCM_ERR_MALFORMED, "%s: d.shard must be a shard id", dcm__op_name(p->op));
       p->shard = (int)v;
       return 0;
+    case DCM_OP_SESSIONS:
+      return decode_sessions(L, d, p, err, errlen);
+    case DCM_OP_STOPPED:
+      t = read_shards(L, d, "shards", max, p, err, errlen);
+      if (t == 1) FAIL(DCM_ERR_MALFORMED, "stopped: d.shards must be an array of shard ids");
+      return t < 0 ? DCM_ERR_MALFORMED : 0;
     case DCM_OP_READY:
       t = read_shards(L, d, "shards", max, p, err, errlen);
       if (t == 1) FAIL(DCM_ERR_MALFORMED, "ready: d.shards must be an array of shard ids");
@@ -305,12 +371,30 @@ const char *dcm__enc_initialise(lua_State *L, const char *token,
 }
 
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
-                             int redundant, size_t *len) {
-  lua_createtable(L, 0, 2);
+                             int redundant, const dcm__session_t *const *sess,
+                             size_t *len) {
+  lua_createtable(L, 0, 3);
   dcm__json_push_int_array(L, shards, n);
   lua_setfield(L, -2, "shards");
   lua_pushboolean(L, redundant);
   lua_setfield(L, -2, "redundant");
+  int any = 0;
+  for (size_t i = 0; sess && i < n; i++) {
+    if (sess[i] == NULL) continue;
+    if (!any) lua_createtable(L, 0, 0);
+    any = 1;
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, sess[i]->session_id);
+    lua_setfield(L, -2, "session_id");
+    lua_pushinteger(L, (lua_Integer)sess[i]->seq);
+    lua_setfield(L, -2, "seq");
+    lua_pushstring(L, sess[i]->resume_url);
+    lua_setfield(L, -2, "resume_url");
+    char key[16];
+    snprintf(key, sizeof key, "%d", shards[i]);
+    lua_setfield(L, -2, key);
+  }
+  if (any) lua_setfield(L, -2, "sessions");
   return dcm__packet_seal(L, DCM_OP_CONNECT, len);
 }
 

@@ -26,7 +26,9 @@ enum {
   DCM_OP_IDENTIFY = 11, /* C->M: ask for an identify grant for one shard */
   DCM_OP_GRANT = 12,    /* M->C: that shard may IDENTIFY now */
   DCM_OP_RELEASE = 13,  /* C->M: withdraw a request or return an unused grant */
-  DCM_OP_MAX = DCM_OP_RELEASE
+  DCM_OP_SESSIONS = 14, /* C->M: the latest Discord sessions of its shards */
+  DCM_OP_STOPPED = 15,  /* C->M: shards a `connect` removed are stopped */
+  DCM_OP_MAX = DCM_OP_STOPPED
 };
 
 enum {
@@ -53,6 +55,22 @@ static inline int dcm__discord_fatal_code(int code) {
 
 #define DCM_ID_MAX 128
 #define DCM_MESSAGE_MAX 512
+#define DCM_SESSION_ID_MAX 128
+#define DCM_RESUME_URL_MAX 512
+#define DCM_SESSIONS_MAX 1000 /* entries in one `sessions` packet */
+
+/* One shard's Discord session, as a cluster reported it. */
+typedef struct {
+  int shard;
+  long long seq;
+  char session_id[DCM_SESSION_ID_MAX + 1];
+  char resume_url[DCM_RESUME_URL_MAX + 1];
+} dcm__session_t;
+
+/* 1 if the fields are usable: id [A-Za-z0-9_-]{1,128}, seq 0..2^53,
+   url ws:// or wss:// without control characters or quotes. */
+int dcm__session_valid(const char *id, size_t idlen, long long seq, const char *url,
+                       size_t urllen);
 
 typedef struct {
   int op;
@@ -78,6 +96,9 @@ typedef struct {
   int has_failed;     /* d.failed_clusters present and valid (an extension;
                          a bad one leaves its reason in message) */
   char *failed_json;  /* re-encoded when non-empty and small, else NULL */
+  /* sessions: the valid entries; nbad counts those ignored */
+  dcm__session_t *sessions;
+  size_t nsessions, nbad;
 } dcm__packet_t;
 
 #define DCM_FAILED_JSON_MAX 16384
@@ -120,8 +141,10 @@ const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
                                 int max_concurrency, const char *gateway_url,
                                 size_t *len);
+/* sess: NULL, or one entry per shard (NULL = no session to hand over). */
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
-                             int redundant, size_t *len);
+                             int redundant, const dcm__session_t *const *sess,
+                             size_t *len);
 /* shard < 0: no d.shard. */
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
                            int shard, size_t *len);

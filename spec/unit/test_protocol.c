@@ -89,7 +89,9 @@ static void envelope(void) {
   expect("{\"o\":9}", DCM_ERR_MALFORMED, "\"d\"");
   expect("{\"o\":9,\"d\":[1]}", DCM_ERR_MALFORMED, "\"d\"");
   expect("{\"o\":9,\"d\":5}", DCM_ERR_MALFORMED, "\"d\"");
-  expect("{\"o\":14,\"d\":{}}", DCM_ERR_UNKNOWN_OP, "unknown opcode 14");
+  expect("{\"o\":16,\"d\":{}}", DCM_ERR_UNKNOWN_OP, "unknown opcode 16");
+  expect("{\"o\":14,\"d\":{}}", DCM_ERR_MALFORMED, "sessions: d.sessions must be an array");
+  expect("{\"o\":15,\"d\":{}}", DCM_ERR_MALFORMED, "stopped: d.shards");
   expect("{\"o\":11,\"d\":{}}", DCM_ERR_MALFORMED, "identify: d.shard must be a shard id");
   expect("{\"o\":13,\"d\":{\"shard\":-1}}", DCM_ERR_MALFORMED, "release: d.shard");
   expect("{\"o\":-1,\"d\":{}}", DCM_ERR_UNKNOWN_OP, NULL);
@@ -154,14 +156,14 @@ static void other_ops(void) {
 
 static void encoders(void) {
   size_t n;
-  const char *s = dcm__enc_connect(L, NULL, 0, 1, &n);
+  const char *s = dcm__enc_connect(L, NULL, 0, 1, NULL, &n);
   CHECK(s != NULL);
   CHECK(strstr(s, "\"shards\":[]") != NULL);
   CHECK(strstr(s, "\"redundant\":true") != NULL);
   CHECK(strstr(s, "\"o\":6") != NULL);
   lua_settop(L, 0);
   int sh[] = {4, 5, 6};
-  s = dcm__enc_connect(L, sh, 3, 0, &n);
+  s = dcm__enc_connect(L, sh, 3, 0, NULL, &n);
   CHECK(strstr(s, "\"shards\":[4,5,6]") != NULL);
   lua_settop(L, 0);
   s = dcm__enc_initialise(L, "tok", 30000, 16, 2, "wss://gw.example", &n);
@@ -183,6 +185,36 @@ static void encoders(void) {
   lua_settop(L, 0);
   s = dcm__enc_info_request(L, &n);
   CHECK(strstr(s, "\"o\":0") && strstr(s, "\"d\":{}"));
+  lua_settop(L, 0);
+}
+
+static void sessions(void) {
+  dcm__packet_t p;
+  char err[192];
+  CHECK_EQ(decode("{\"o\":14,\"d\":{\"sessions\":[{\"shard\":3,\"session_id\":\"ab_C-9\","
+                  "\"seq\":42,\"resume_url\":\"wss://gw.example/x\"},"
+                  "{\"shard\":4,\"session_id\":\"bad id\",\"seq\":1,\"resume_url\":\"wss://g\"},"
+                  "{\"shard\":5,\"session_id\":\"a\",\"seq\":-1,\"resume_url\":\"wss://g\"},"
+                  "{\"shard\":6,\"session_id\":\"a\",\"seq\":1,\"resume_url\":\"https://g\"},"
+                  "{\"shard\":7,\"session_id\":\"a\",\"seq\":1,\"resume_url\":\"wss://g\\\"x\"},"
+                  "{\"shard\":-1,\"session_id\":\"a\",\"seq\":1,\"resume_url\":\"wss://g\"},7]}}",
+                  &p, err), 0);
+  CHECK(p.nsessions == 1 && p.nbad == 6);
+  CHECK(p.sessions[0].shard == 3 && p.sessions[0].seq == 42);
+  CHECK_STR(p.sessions[0].session_id, "ab_C-9");
+  CHECK_STR(p.sessions[0].resume_url, "wss://gw.example/x");
+  dcm__packet_clear(&p);
+  CHECK_EQ(decode("{\"o\":15,\"d\":{\"shards\":[1,2]}}", &p, err), 0);
+  CHECK(p.op == DCM_OP_STOPPED && p.nshards == 2);
+  dcm__packet_clear(&p);
+  /* connect hands sessions over, keyed by shard */
+  dcm__session_t s1 = {5, 17, "sid", "wss://r.example"};
+  const dcm__session_t *sess[] = {NULL, &s1};
+  int sh[] = {4, 5};
+  size_t n;
+  const char *s = dcm__enc_connect(L, sh, 2, 0, sess, &n);
+  CHECK(strstr(s, "\"sessions\":{\"5\":{") && strstr(s, "\"seq\":17") &&
+        strstr(s, "\"session_id\":\"sid\"") && !strstr(s, "\"4\":"));
   lua_settop(L, 0);
 }
 
@@ -224,6 +256,7 @@ int main(void) {
   RUN(envelope);
   RUN(other_ops);
   RUN(encoders);
+  RUN(sessions);
   RUN(handshake_keys);
   RUN(ids);
   lua_close(L);
