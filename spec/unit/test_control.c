@@ -172,7 +172,7 @@ static void test_decode(void) {
   CHECK_EQ(p.ack_op, 9);
   CHECK_EQ(decode(L, "{\"o\":0,\"d\":{}}", &p), 0);
   CHECK_EQ(p.op, 0);
-  CHECK_EQ(decode(L, "{\"o\":14,\"d\":{}}", &p), DCM_ERR_UNKNOWN_OP);
+  CHECK_EQ(decode(L, "{\"o\":16,\"d\":{}}", &p), DCM_ERR_UNKNOWN_OP);
   CHECK_EQ(decode(L, "{\"o\":0}", &p), DCM_ERR_MALFORMED);
   CHECK_EQ(decode(L, "[1]", &p), DCM_ERR_MALFORMED);
   CHECK_EQ(decode(L, "nope", &p), DCM_ERR_MALFORMED);
