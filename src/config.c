@@ -71,6 +71,8 @@ static const ckey_t keys[] = {
    "identifies of the daily budget never granted"},
   {"gateway_url", "--gateway-url", K_URL, OFF(gateway_url), 1, "URL",
    "gateway for clusters; default: Discord's"},
+  {"handoff_timeout", "--handoff-timeout", K_TIME, OFF(handoff_timeout), 1, "S",
+   "a planned move waits this long for the stop"},
   {"log_format", "--log-format", K_FORMAT, OFF(log_format), 0, "text|json", "log line format"},
   {"log_level", "--log-level", K_LEVEL, OFF(log_level), 0, "debug|info|warn|error",
    "lowest level logged"},

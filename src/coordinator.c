@@ -166,12 +166,15 @@ static void queue_connect(dcm_master_t *m, dcm__machine_t *x) {
   if (dcm__list_empty(&x->queue_link)) dcm__list_push(&m->connect_queue, &x->queue_link);
 }
 
+static void hand_over(dcm_master_t *m, int s, dcm__machine_t *from, dcm__machine_t *to);
+
 /*
  * Places shards (unassigned now) on machines through the failover policy,
- * as if `dead` had held them. Receivers are queued for a `connect`.
+ * as if `dead` had held them. Receivers are queued for a `connect`, at once,
+ * or (stop before start) once `from`, still running them, confirms the stop.
  * Returns how many were placed; the rest stay unassigned.
  */
-static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
+static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead, dcm__machine_t *from,
                     dcm__machine_t **xs, size_t n) {
   if (dead->nshards == 0 || n == 0) return 0;
   dcm__pmachine_t *pm = policy_view(xs, n);
@@ -184,7 +187,7 @@ static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead,
       dcm__machine_t *to = xs[owner[i]];
       if (dcm__fleet_give(m, to, dead->shards[i]) == 0) {
         placed++;
-        queue_connect(m, to);
+        hand_over(m, dead->shards[i], from, to);
       }
     }
   } else {
@@ -205,7 +208,7 @@ static void place_unassigned(dcm_master_t *m, int active_only) {
     size_t n = receivers(m, xs, NULL, !active_only);
     if (nu && n) {
       dcm__pmachine_t dead = {"(unassigned)", 0, 0, 0, un, nu};
-      size_t placed = place(m, &dead, xs, n);
+      size_t placed = place(m, &dead, NULL, xs, n);
       dcm__info(&m->log, NULL, "placed %zu of %zu unassigned shards on %zu live machines",
                 placed, nu, n);
     }
@@ -274,16 +277,26 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
      every shard new to it (an estimate, on the safe side). */
   if (!x->identify_queue && m->idq)
     dcm__idq_spend(m->idq, (long)count_new(x->shards, x->nshards, x->sent, x->nsent));
+  /* Shards new to it move with their last session: it resumes them. */
+  const dcm__session_t **sess = calloc(x->nshards ? x->nshards : 1, sizeof *sess);
+  size_t handed = 0;
+  for (size_t i = 0, j = 0; sess && i < x->nshards; i++) {
+    while (j < x->nsent && x->sent[j] < x->shards[i]) j++;
+    if ((j == x->nsent || x->sent[j] != x->shards[i]) && m->session[x->shards[i]])
+      sess[i] = m->session[x->shards[i]], handed++;
+  }
   if (x->nshards) memcpy(copy, x->shards, x->nshards * sizeof *copy);
   free(x->sent);
   x->sent = copy;
   x->nsent = x->nshards;
-  const char *s = dcm__enc_connect(m->json, x->shards, x->nshards, x->nshards == 0, NULL, &len);
+  const char *s = dcm__enc_connect(m->json, x->shards, x->nshards, x->nshards == 0,
+                                   handed ? sess : NULL, &len);
+  free(sess);
   if (s) dcm__conn_send(x->conn, s, len);
   lua_settop(m->json, 0);
   summarize(x->shards, x->nshards, list, sizeof list);
-  dcm__info(&m->log, x->id, "connect: %zu shards (%s)%s", x->nshards, list,
-            x->nshards == 0 ? ", redundant" : "");
+  dcm__info(&m->log, x->id, "connect: %zu shards (%s)%s%s", x->nshards, list,
+            x->nshards == 0 ? ", redundant" : "", handed ? ", with sessions to resume" : "");
   if (x->nshards > 0) {
     x->connect = DCM_CONNECT_SENT;
     uv_timer_start(&x->timer, connect_timeout_cb, ms(m->o.connect_timeout), 0);
@@ -301,9 +314,103 @@ static void pump(dcm_master_t *m) {
     dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, queue_link);
     dcm__list_remove(l);
     if (x->state != DCM_MACHINE_LIVE || x->conn == NULL) continue; /* re-queued on resume */
+    if (x->awaiting > 0) continue; /* queued again when the senders stopped */
     send_connect(m, x);
   }
   maybe_running(m);
+}
+
+/* ---- handoff: stop before start ---------------------------------------- */
+
+static void handoff_timer_cb(uv_timer_t *t);
+
+static void arm_handoff_timer(dcm_master_t *m) {
+  uint64_t first = UINT64_MAX, now = uv_now(m->loop);
+  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
+    dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, link);
+    if (x->awaiting > 0 && x->handoff_deadline < first) first = x->handoff_deadline;
+  }
+  if (first == UINT64_MAX)
+    uv_timer_stop(&m->handoff_timer);
+  else if (!m->stopping)
+    uv_timer_start(&m->handoff_timer, handoff_timer_cb, first > now ? first - now : 0, 0);
+}
+
+/* Shard s is `to`'s now. If a machine still runs it (planned move), `to`
+   waits for that one's `stopped`; otherwise `to` is owed a `connect`. */
+static void hand_over(dcm_master_t *m, int s, dcm__machine_t *from, dcm__machine_t *to) {
+  if (from && from->handoff && !m->leaving[s]) m->leaving[s] = from;
+  if (m->leaving[s] == NULL || m->leaving[s] == to) {
+    m->leaving[s] = NULL;
+    queue_connect(m, to);
+    return;
+  }
+  if (to->awaiting++ == 0) {
+    to->handoff_deadline = uv_now(m->loop) + ms(m->o.handoff_timeout);
+    arm_handoff_timer(m);
+  }
+}
+
+/* s has stopped where it ran (or we stop waiting): its new owner may start. */
+static void handoff_done(dcm_master_t *m, int s) {
+  dcm__machine_t *to = m->owner[s];
+  m->leaving[s] = NULL;
+  if (to && to->awaiting > 0 && --to->awaiting == 0) queue_connect(m, to);
+}
+
+static void handoff_timer_cb(uv_timer_t *t) {
+  dcm_master_t *m = t->data;
+  uint64_t now = uv_now(m->loop);
+  size_t late = 0;
+  for (int s = 0; s < m->shard_count; s++) {
+    dcm__machine_t *to = m->owner[s];
+    if (m->leaving[s] && to && to->awaiting > 0 && to->handoff_deadline <= now) {
+      if (late++ == 0)
+        dcm__warn(&m->log, m->leaving[s]->id, "did not confirm the stop of shard %d within the "
+                  "handoff timeout (%.3gs); starting it on %s anyway", s,
+                  m->o.handoff_timeout, to->id);
+      handoff_done(m, s);
+    }
+  }
+  if (late > 1) dcm__warn(&m->log, NULL, "%zu shards started without a confirmed stop", late);
+  arm_handoff_timer(m);
+  pump(m);
+}
+
+void dcm__coord_stopped(dcm_master_t *m, dcm__machine_t *x, const int *shards, size_t n) {
+  size_t done = 0;
+  for (size_t i = 0; i < n; i++) {
+    int s = shards[i];
+    if (s >= 0 && s < m->shard_count && m->leaving[s] == x) {
+      handoff_done(m, s);
+      done++;
+    }
+  }
+  dcm__info(&m->log, x->id, "stopped %zu shards%s", n,
+            done ? "; their new machines start them" : "");
+  if (done) {
+    arm_handoff_timer(m);
+    pump(m);
+  }
+}
+
+void dcm__coord_sessions(dcm_master_t *m, dcm__machine_t *x, const dcm__session_t *ss,
+                         size_t n, size_t nbad) {
+  size_t kept = 0, foreign = 0;
+  for (size_t i = 0; i < n; i++) {
+    int s = ss[i].shard;
+    /* only from the machine that runs the shard, or is stopping it */
+    if (s < m->shard_count && (m->owner[s] == x || m->leaving[s] == x) &&
+        dcm__fleet_set_session(m, &ss[i]) == 0)
+      kept++;
+    else
+      foreign++;
+  }
+  if (nbad || foreign)
+    dcm__warn(&m->log, x->id, "sessions: %zu kept, %zu invalid, %zu for shards it does not run; "
+              "ignored", kept, nbad, foreign);
+  else
+    dcm__debug(&m->log, x->id, "sessions: %zu updated", kept);
 }
 
 /* ---- allocation -------------------------------------------------------- */
@@ -538,12 +645,13 @@ int dcm__coord_start(dcm_master_t *m) {
 
 /* ---- machine events ---------------------------------------------------- */
 
-/* Places shards (taken from `from`, unassigned now) on the receivers. */
+/* Places shards (taken from `from`, unassigned now) on the receivers; a
+   planned move (sender still running them) waits for the sender's stop. */
 static size_t move_shards(dcm_master_t *m, const dcm__pmachine_t *from,
-                          const dcm__machine_t *but) {
+                          dcm__machine_t *sender, const dcm__machine_t *but) {
   dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
   size_t n = xs ? receivers(m, xs, but, 1) : 0;
-  size_t placed = n ? place(m, from, xs, n) : 0;
+  size_t placed = n ? place(m, from, sender, xs, n) : 0;
   free(xs);
   if (placed < from->nshards)
     dcm__warn(&m->log, from->id, "%zu shards stay unassigned until a machine can take them",
@@ -559,10 +667,13 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   snprintf(id, sizeof id, "%s", x->id);
   if (shards && n) memcpy(shards, x->shards, n * sizeof *shards);
   if (m->idq) dcm__idq_drop_owner(m->idq, x);
+  for (int s = 0; s < m->shard_count; s++) /* declared dead: nothing to wait for */
+    if (m->leaving[s] == x) handoff_done(m, s);
+  arm_handoff_timer(m);
   dcm__fleet_remove(m, x);
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
   dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why);
-  if (shards && n) move_shards(m, &dead, NULL);
+  if (shards && n) move_shards(m, &dead, NULL, NULL);
   free(shards);
   pump(m);
 }
@@ -674,10 +785,10 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   if (n) memcpy(shards, x->shards, n * sizeof *shards);
   dcm__pmachine_t dead = {x->id, x->cores, x->loadavg, 1, shards, n};
   dcm__fleet_release(m, x);
-  dcm__list_remove(&x->queue_link); /* its empty connect goes after the receivers' */
-  dcm__info(&m->log, x->id, "offload: moving its %zu shards, then it stands by", n);
-  move_shards(m, &dead, x);
-  queue_connect(m, x);
+  dcm__info(&m->log, x->id, "offload: moving its %zu shards%s; it stands by", n,
+            x->handoff ? " once they stopped there, with their sessions" : "");
+  queue_connect(m, x); /* stop before start: the sender's empty connect goes first */
+  move_shards(m, &dead, x, x);
   free(shards);
   pump(m);
 }
@@ -696,7 +807,7 @@ void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n
   if (k > 0) {
     dcm__pmachine_t from = {x->id, x->cores, x->loadavg, x->standby, mine, k};
     dcm__warn(&m->log, x->id, "%zu shards are in clusters it gave up on; moving them", k);
-    move_shards(m, &from, x);
+    move_shards(m, &from, NULL, x); /* they failed: nothing runs them */
     queue_connect(m, x);
     pump(m);
   }

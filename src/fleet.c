@@ -18,20 +18,49 @@ int dcm__fleet_init(dcm_master_t *m) {
   return m->htab ? 0 : DCM_ENOMEM;
 }
 
+static void free_sessions(dcm_master_t *m) {
+  for (int s = 0; m->session && s < m->shard_count; s++) free(m->session[s]);
+  free(m->session);
+  m->session = NULL;
+}
+
 void dcm__fleet_free(dcm_master_t *m) {
   free(m->htab);
   free(m->owner);
+  free(m->leaving);
+  free_sessions(m);
   m->htab = NULL;
   m->owner = NULL;
+  m->leaving = NULL;
 }
 
 int dcm__fleet_set_shards(dcm_master_t *m, int shard_count) {
   dcm__machine_t **owner = calloc((size_t)shard_count, sizeof *owner);
-  if (owner == NULL) return DCM_ENOMEM;
+  dcm__machine_t **leaving = calloc((size_t)shard_count, sizeof *leaving);
+  dcm__session_t **session = calloc((size_t)shard_count, sizeof *session);
+  if (owner == NULL || leaving == NULL || session == NULL) {
+    free(owner);
+    free(leaving);
+    free(session);
+    return DCM_ENOMEM;
+  }
   free(m->owner);
+  free(m->leaving);
+  free_sessions(m);
   m->owner = owner;
+  m->leaving = leaving;
+  m->session = session;
   m->shard_count = shard_count;
   m->nunassigned = (size_t)shard_count;
+  return 0;
+}
+
+int dcm__fleet_set_session(dcm_master_t *m, const dcm__session_t *s) {
+  if (s->shard < 0 || s->shard >= m->shard_count) return DCM_EINVAL;
+  dcm__session_t *slot = m->session[s->shard];
+  if (slot == NULL && (slot = m->session[s->shard] = malloc(sizeof *slot)) == NULL)
+    return DCM_ENOMEM;
+  *slot = *s;
   return 0;
 }
 

@@ -15,6 +15,9 @@ void dcm__fleet_free(dcm_master_t *m); /* after every machine is gone */
 /* Sizes the shard table; every shard starts unassigned. */
 int dcm__fleet_set_shards(dcm_master_t *m, int shard_count);
 
+/* The latest Discord session of a shard (m->session[s], NULL if unknown). */
+int dcm__fleet_set_session(dcm_master_t *m, const dcm__session_t *s);
+
 dcm__machine_t *dcm__fleet_find(dcm_master_t *m, const char *id);
 /* A new LIVE machine with no shards; NULL on OOM. */
 dcm__machine_t *dcm__fleet_add(dcm_master_t *m, const char *id);

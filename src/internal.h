@@ -131,8 +131,12 @@ struct dcm__machine_s {
   int has_reported;
   dcm__connect_state connect;
   int identify_queue;     /* info.identify_queue: it asks for grants */
+  int handoff;            /* info.handoff: it confirms stops with `stopped` */
   int draining;           /* sent `offload`: never a receiver again */
   int held;               /* identified while fetching: no `initialise` yet */
+  size_t awaiting;        /* its new shards still stopping elsewhere: its
+                             `connect` waits (stop before start) */
+  uint64_t handoff_deadline; /* the wait ends then, stopped or not */
   int info_pending;       /* refresh `info` asked, not yet answered */
   char *failed_clusters;  /* JSON array from its heartbeat, NULL if none */
   int *sent;              /* shards of the last `connect` sent */
@@ -179,6 +183,9 @@ struct dcm_master_s {
   dcm__machine_t **htab;
   size_t hsize, nmachines;
   dcm__machine_t **owner; /* shard -> machine, NULL = unassigned */
+  dcm__machine_t **leaving; /* shard -> the machine it is moving away from,
+                               until that one confirms the stop (`stopped`) */
+  dcm__session_t **session; /* shard -> its latest Discord session, or NULL */
   int shard_count;
   int max_concurrency;
   /* lifecycle */
@@ -191,6 +198,7 @@ struct dcm_master_s {
   dcm__link_t connect_queue; /* machines owed a `connect` this loop turn */
   dcm__idq_t *idq;           /* identify queue and budget; once shards are known */
   uv_timer_t idq_timer;      /* the next grant that may be due */
+  uv_timer_t handoff_timer;  /* the earliest handoff deadline */
   double refetch_backoff;    /* seconds; asking Discord again while running */
   dcm__gateway_t gw;
   int have_gw;
@@ -240,6 +248,9 @@ void dcm__coord_identify(dcm_master_t *m, dcm__machine_t *x, int shard);
 void dcm__coord_release(dcm_master_t *m, dcm__machine_t *x, int shard);
 /* failed_clusters' shards (sorted): moved off the machine. */
 void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n);
+void dcm__coord_sessions(dcm_master_t *m, dcm__machine_t *x, const dcm__session_t *s,
+                         size_t n, size_t nbad);
+void dcm__coord_stopped(dcm_master_t *m, dcm__machine_t *x, const int *shards, size_t n);
 void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x);
 void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code,
                       const char *message, int shard);

@@ -141,8 +141,10 @@ int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
   uv_timer_init(m->loop, &m->budget_timer);
   uv_timer_init(m->loop, &m->idq_timer);
   uv_prepare_init(m->loop, &m->flush);
+  uv_timer_init(m->loop, &m->handoff_timer);
   m->timer.data = m->budget_timer.data = m->idq_timer.data = m->flush.data = m;
-  m->open_handles += 4;
+  m->handoff_timer.data = m;
+  m->open_handles += 5;
   snprintf(where, sizeof where, "%s%s%s:%d", strchr(m->o.listen_host, ':') ? "[" : "",
            m->o.listen_host, strchr(m->o.listen_host, ':') ? "]" : "", m->port);
   dcm__info(&m->log, NULL, "listening on %s (discluster-master %s, protocol %d, policy %s)",
@@ -205,6 +207,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
   uv_close((uv_handle_t *)&m->budget_timer, dcm__handle_closed);
   uv_close((uv_handle_t *)&m->idq_timer, dcm__handle_closed);
   uv_close((uv_handle_t *)&m->flush, dcm__handle_closed);
+  uv_close((uv_handle_t *)&m->handoff_timer, dcm__handle_closed);
   if (m->discord) {
     m->open_handles++;
     dcm__discord_close(m->discord, discord_closed, m);

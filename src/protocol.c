@@ -158,6 +158,10 @@ static int decode_info(lua_State *L, int d, size_t max, dcm__packet_t *p,
   if (t != LUA_TNIL && t != LUA_TBOOLEAN)
     FAIL(DCM_ERR_MALFORMED, "info: d.identify_queue must be a boolean");
   p->identify_queue = lua_toboolean(L, -1);
+  t = dcm__json_field(L, d, "handoff");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN)
+    FAIL(DCM_ERR_MALFORMED, "info: d.handoff must be a boolean");
+  p->handoff = lua_toboolean(L, -1);
   int r = read_shards(L, d, "shards", max, p, err, errlen);
   if (r < 0) return DCM_ERR_MALFORMED;
   p->has_shards = r == 0;

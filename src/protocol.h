@@ -82,6 +82,7 @@ typedef struct {
   int has_shards; /* info.shards present */
   char version[64];
   int identify_queue; /* info.identify_queue: asks for grants */
+  int handoff;        /* info.handoff: confirms stops with `stopped` */
   /* info.shards, ready.shards */
   int *shards;
   size_t nshards;

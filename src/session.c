@@ -83,6 +83,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
     x->standby = p->standby;
   }
   x->identify_queue = p->identify_queue;
+  x->handoff = p->handoff;
   copy_report(x, p);
   free(x->reported);
   x->reported = NULL;
@@ -191,6 +192,12 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
       break;
     case DCM_OP_RELEASE:
       dcm__coord_release(m, x, p->shard);
+      break;
+    case DCM_OP_SESSIONS:
+      dcm__coord_sessions(m, x, p->sessions, p->nsessions, p->nbad);
+      break;
+    case DCM_OP_STOPPED:
+      dcm__coord_stopped(m, x, p->shards, p->nshards);
       break;
     case DCM_OP_FATAL:
       dcm__coord_fatal(m, x, p->code, p->message, p->shard);

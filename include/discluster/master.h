@@ -84,6 +84,8 @@ typedef struct dcm_options_s {
   int identify_reserve;       /* 10: identifies of the daily budget never granted */
   const char *gateway_url;    /* NULL: Discord's `url` (wss://gateway.discord.gg
                                  with fixed shards); sent in `initialise` */
+  double handoff_timeout;     /* 15: a planned move waits this long at most for
+                                 the sender's `stopped` before the receiver starts */
   const char *token;          /* Discord bot token; secret */
   const char *auth;           /* shared secret for CONTROLs; secret */
   dcm_log_level log_level;    /* DCM_LOG_INFO */

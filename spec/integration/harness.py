@@ -25,7 +25,7 @@ SRC = os.environ.get("DCM_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.d
 
 OP_INFO, OP_FATAL, OP_COMMAND, OP_OFFLOAD, OP_SHUTDOWN = 0, 1, 2, 3, 4
 OP_INITIALISE, OP_CONNECT, OP_ERROR, OP_ACK, OP_HEARTBEAT, OP_READY = 5, 6, 7, 8, 9, 10
-OP_IDENTIFY, OP_GRANT, OP_RELEASE = 11, 12, 13
+OP_IDENTIFY, OP_GRANT, OP_RELEASE, OP_SESSIONS, OP_STOPPED = 11, 12, 13, 14, 15
 
 FAST = ["--collect-window", "0.5", "--heartbeat-interval", "1", "--heartbeat-grace", "1",
         "--reconnect-grace", "1", "--handshake-timeout", "2", "--connect-timeout", "3"]
@@ -247,11 +247,12 @@ class Control:
     """
 
     def __init__(self, master, id, cores=4, loadavg=1.0, standby=None, shards=None,
-                 auto_ready=True, headers=None, identify_queue=False):
+                 auto_ready=True, headers=None, identify_queue=False, handoff=False):
         self.master, self.id, self.cores, self.loadavg = master, id, cores, loadavg
         self.standby, self.report, self.auto_ready = standby, shards, auto_ready
         self.headers = headers
         self.identify_queue = identify_queue
+        self.handoff = handoff
         self.grants = asyncio.Queue()
         self.errors = asyncio.Queue()
         self.ws = None
@@ -270,6 +271,8 @@ class Control:
             d["shards"] = self.report
         if self.identify_queue:
             d["identify_queue"] = True
+        if self.handoff:
+            d["handoff"] = True
         return d
 
     async def start(self):
@@ -318,6 +321,14 @@ class Control:
 
     async def release(self, shard):
         await send(self.ws, OP_RELEASE, {"shard": shard})
+
+    async def sessions(self, entries):
+        """entries: [(shard, session_id, seq, resume_url)]."""
+        await send(self.ws, OP_SESSIONS, {"sessions": [
+            {"shard": s, "session_id": i, "seq": q, "resume_url": u} for s, i, q, u in entries]})
+
+    async def stopped(self, shards):
+        await send(self.ws, OP_STOPPED, {"shards": shards})
 
     async def next_grant(self, timeout=5):
         """(time.monotonic() when it arrived, shard)."""

@@ -1,0 +1,137 @@
+"""Session handoff at MASTER, with scripted CONTROLs (python3-websockets):
+sessions are kept per shard, a planned move waits for the sender's
+`stopped` (or the handoff timeout) and hands the sessions to the receiver,
+a dead machine's shards move at once with theirs, and bad or foreign
+session reports are ignored.
+"""
+import asyncio
+import unittest
+
+from harness import OP_OFFLOAD, Control, Master, run, send
+
+TIMING = ["--heartbeat-interval", "1", "--heartbeat-grace", "1", "--handshake-timeout", "2",
+          "--collect-window", "30", "--reconnect-grace", "0.5"]
+URL = "wss://gateway.example/resume"
+
+
+def master(shards, expected, *extra):
+    return Master("--shards", str(shards), "--expected-machines", str(expected), *TIMING, *extra)
+
+
+async def fleet(m, *specs):
+    xs = []
+    for name, kw in specs:
+        x = Control(m, name, identify_queue=True, **kw)
+        await x.start()
+        xs.append(x)
+    return xs
+
+
+def sess(shards, seq=10):
+    return [(s, "sid%d" % s, seq + s, URL) for s in shards]
+
+
+class Handoff(unittest.TestCase):
+
+    def test_a_drain_stops_first_then_hands_the_sessions_over(self):
+        with master(6, 2) as m:
+            async def go():
+                a, b = await fleet(m, ("a", {"handoff": True}), ("b", {"handoff": True}))
+                sa = (await a.next_connect())["shards"]
+                await b.next_connect()
+                await a.sessions(sess(sa))
+                await send(a.ws, OP_OFFLOAD, {})
+                self.assertEqual((await a.next_connect())["shards"], [])  # the sender first
+                await b.no_connect(0.5)  # b waits for a's stop
+                await a.sessions(sess(sa, seq=100))  # the final SESSION lines
+                await a.stopped(sa)
+                d = await b.next_connect(3)
+                self.assertEqual(sorted(d["shards"]), list(range(6)))
+                self.assertEqual(sorted(int(k) for k in d["sessions"]), sa)
+                for s in sa:
+                    self.assertEqual(d["sessions"][str(s)],
+                                     {"session_id": "sid%d" % s, "seq": 100 + s, "resume_url": URL})
+                for x in (a, b):
+                    await x.close()
+            run(go())
+            m.wait_log(r"\[a\] stopped 3 shards; their new machines start them")
+            m.wait_log(r"\[b\] connect: 6 shards \(0-5\), with sessions to resume")
+            m.stop()
+
+    def test_the_handoff_timeout_bounds_the_wait(self):
+        with master(4, 2, "--handoff-timeout", "1") as m:
+            async def go():
+                a, b = await fleet(m, ("a", {"handoff": True}), ("b", {}))
+                sa = (await a.next_connect())["shards"]
+                await b.next_connect()
+                await send(a.ws, OP_OFFLOAD, {})
+                await a.next_connect()
+                await b.no_connect(0.6)
+                d = await b.next_connect(3)  # after the timeout, without a stop
+                self.assertTrue(set(sa) <= set(d["shards"]))
+                self.assertNotIn("sessions", d)  # none were reported
+                for x in (a, b):
+                    await x.close()
+            run(go())
+            m.wait_log(r"\[a\] did not confirm the stop of shard \d+ within the handoff timeout")
+            m.stop()
+
+    def test_a_sender_without_handoff_is_not_waited_for(self):
+        with master(4, 2) as m:
+            async def go():
+                a, b = await fleet(m, ("a", {}), ("b", {}))
+                sa = (await a.next_connect())["shards"]
+                await b.next_connect()
+                await a.sessions(sess(sa))
+                await send(a.ws, OP_OFFLOAD, {})
+                d = await b.next_connect(2)
+                self.assertEqual(sorted(int(k) for k in d["sessions"]), sa)
+                for x in (a, b):
+                    await x.close()
+            run(go())
+            m.stop()
+
+    def test_a_dead_machine_moves_at_once_with_its_sessions(self):
+        with master(4, 3) as m:
+            async def go():
+                a, b, s = await fleet(m, ("a", {"handoff": True}), ("b", {}),
+                                      ("s", {"standby": True}))
+                sa = (await a.next_connect())["shards"]
+                await b.next_connect()
+                await s.next_connect()
+                await a.sessions(sess(sa, seq=7))
+                await asyncio.sleep(0.2)
+                await a.drop()
+                d = await s.next_connect(4)  # after the grace; no stop to wait for
+                self.assertEqual(sorted(d["shards"]), sa)
+                self.assertEqual(d["sessions"][str(sa[0])]["seq"], 7 + sa[0])
+                for x in (b, s):
+                    await x.close()
+            run(go())
+            m.stop()
+
+    def test_bad_and_foreign_session_reports_are_ignored(self):
+        with master(4, 2) as m:
+            async def go():
+                a, b = await fleet(m, ("a", {}), ("b", {}))
+                sa = (await a.next_connect())["shards"]
+                sb = (await b.next_connect())["shards"]
+                await a.sessions(sess(sb, seq=999))  # b's shards: not a's to report
+                await send(a.ws, 14, {"sessions": [{"shard": sa[0], "session_id": "bad id",
+                                                    "seq": 1, "resume_url": URL}, 5]})
+                await send(a.ws, 14, {"sessions": "x"})
+                self.assertEqual((await a.next_error())["code"], 4004)
+                await a.sessions(sess(sa))
+                await asyncio.sleep(0.2)
+                await a.drop()
+                d = await b.next_connect(4)
+                self.assertEqual(sorted(int(k) for k in d["sessions"]), sa)  # b's own: none
+                await b.close()
+            run(go())
+            m.wait_log(r"\[a\] sessions: 0 kept, 0 invalid, 2 for shards it does not run")
+            m.wait_log(r"\[a\] sessions: 0 kept, 2 invalid, 0 for shards it does not run")
+            m.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
