@@ -555,6 +555,35 @@ static void begin_collecting(dcm_master_t *m) {
   uv_timer_start(&m->timer, window_timer_cb, ms(m->o.collect_window), 0);
 }
 
+/*
+ * No automatic reshard: a MASTER that (re)starts under a running fleet keeps
+ * the count the fleet runs with, whatever Discord now recommends, so no
+ * cluster is stopped. Only with --shards auto and before the allocation.
+ */
+void dcm__coord_running_count(dcm_master_t *m, dcm__machine_t *x, int count) {
+  if (m->allocated || m->o.shards > 0 || count == m->shard_count) return;
+  dcm__idq_t *q = dcm__idq_new(count, m->max_concurrency, ms(m->o.identify_interval));
+  if (q == NULL || dcm__fleet_set_shards(m, count) != 0) {
+    dcm__idq_free(q);
+    dcm__error(&m->log, x->id, "out of memory keeping the running shard count %d", count);
+    return;
+  }
+  if (m->recommended == 0) m->recommended = m->gw.shards;
+  dcm__warn(&m->log, x->id, "the running fleet has %d shards; Discord recommends %d. Keeping %d "
+            "(no cluster is stopped). To reshard, restart the whole fleet with --shards %d",
+            count, m->recommended, count, m->recommended);
+  dcm__idq_free(m->idq);
+  m->idq = q;
+  dcm__idq_set_budget(m->idq, m->have_gw ? m->gw.remaining : -1, m->have_gw ? m->gw.total : 0,
+                      m->o.identify_reserve);
+  /* Machines initialised with the old count (none of them runs shards yet)
+     hear the kept one. */
+  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
+    dcm__machine_t *y = DCM_CONTAINER(l, dcm__machine_t, link);
+    if (y != x && y->conn && !y->held) dcm__session_initialise(y->conn);
+  }
+}
+
 /* CONTROLs that identified while MASTER was asking Discord get their
    `initialise` now and join the collection like any other. */
 static void release_held(dcm_master_t *m) {
@@ -567,6 +596,8 @@ static void release_held(dcm_master_t *m) {
     x->held = 0;
   }
   for (size_t i = 0; i < n; i++) {
+    if (xs[i]->nreported > 0 && xs[i]->reported_count > 0)
+      dcm__coord_running_count(m, xs[i], xs[i]->reported_count);
     dcm__session_initialise(xs[i]->conn);
     dcm__coord_joined(m, xs[i], 0);
   }

@@ -128,6 +128,7 @@ struct dcm__machine_s {
   size_t nshards, cap;
   int *reported;          /* info.shards, for resume after a MASTER restart */
   size_t nreported;
+  int reported_count;     /* info.shard_count: what those shards run with */
   int has_reported;
   dcm__connect_state connect;
   int identify_queue;     /* info.identify_queue: it asks for grants */
@@ -187,6 +188,7 @@ struct dcm_master_s {
                                until that one confirms the stop (`stopped`) */
   dcm__session_t **session; /* shard -> its latest Discord session, or NULL */
   int shard_count;
+  int recommended;   /* Discord's count, when the running fleet keeps another */
   int max_concurrency;
   /* lifecycle */
   dcm__state state;
@@ -239,6 +241,8 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len);
 int dcm__coord_start(dcm_master_t *m);
 int dcm__coord_accepting(const dcm_master_t *m);
 void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed);
+/* A machine reports shards running with `count` before the allocation. */
+void dcm__coord_running_count(dcm_master_t *m, dcm__machine_t *x, int count);
 void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out);
 void dcm__coord_info(dcm_master_t *m, dcm__machine_t *x);
 void dcm__coord_ack(dcm_master_t *m, dcm__machine_t *x, int op);

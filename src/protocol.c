@@ -158,6 +158,10 @@ static int decode_info(lua_State *L, int d, size_t max, dcm__packet_t *p,
   if (t != LUA_TNIL && t != LUA_TBOOLEAN)
     FAIL(DCM_ERR_MALFORMED, "info: d.identify_queue must be a boolean");
   p->identify_queue = lua_toboolean(L, -1);
+  t = dcm__json_field(L, d, "shard_count");
+  if (t != LUA_TNIL && (!dcm__json_tointeger(L, -1, &v) || v < 1 || v > 1000000))
+    FAIL(DCM_ERR_MALFORMED, "info: d.shard_count must be an integer 1-1000000");
+  p->shard_count = t == LUA_TNIL ? 0 : (int)v;
   t = dcm__json_field(L, d, "handoff");
   if (t != LUA_TNIL && t != LUA_TBOOLEAN)
     FAIL(DCM_ERR_MALFORMED, "info: d.handoff must be a boolean");

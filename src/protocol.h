@@ -83,6 +83,7 @@ typedef struct {
   char version[64];
   int identify_queue; /* info.identify_queue: asks for grants */
   int handoff;        /* info.handoff: confirms stops with `stopped` */
+  int shard_count;    /* info.shard_count: the count its shards run with, 0 = none */
   /* info.shards, ready.shards */
   int *shards;
   size_t nshards;

@@ -89,6 +89,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
   x->reported = NULL;
   x->nreported = 0;
   x->has_reported = p->has_shards;
+  x->reported_count = p->shard_count;
   if (p->has_shards) { /* keep it: adoption after a MASTER restart */
     x->reported = p->shards;
     x->nreported = p->nshards;
@@ -114,6 +115,8 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
     x->held = 1;
     return;
   }
+  if (x->nreported > 0 && x->reported_count > 0)
+    dcm__coord_running_count(m, x, x->reported_count);
   dcm__session_initialise(c);
   dcm__coord_joined(m, x, resumed);
 }
@@ -356,6 +359,10 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
   lua_setfield(L, -2, "state");
   lua_pushinteger(L, m->shard_count);
   lua_setfield(L, -2, "shard_count");
+  if (m->recommended && m->recommended != m->shard_count) {
+    lua_pushinteger(L, m->recommended);
+    lua_setfield(L, -2, "recommended_shard_count");
+  }
   lua_pushinteger(L, m->max_concurrency);
   lua_setfield(L, -2, "max_concurrency");
   if (m->have_gw) {

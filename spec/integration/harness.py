@@ -247,12 +247,14 @@ class Control:
     """
 
     def __init__(self, master, id, cores=4, loadavg=1.0, standby=None, shards=None,
-                 auto_ready=True, headers=None, identify_queue=False, handoff=False):
+                 auto_ready=True, headers=None, identify_queue=False, handoff=False,
+                 shard_count=None):
         self.master, self.id, self.cores, self.loadavg = master, id, cores, loadavg
         self.standby, self.report, self.auto_ready = standby, shards, auto_ready
         self.headers = headers
         self.identify_queue = identify_queue
         self.handoff = handoff
+        self.shard_count = shard_count
         self.grants = asyncio.Queue()
         self.errors = asyncio.Queue()
         self.ws = None
@@ -273,6 +275,8 @@ class Control:
             d["identify_queue"] = True
         if self.handoff:
             d["handoff"] = True
+        if self.shard_count is not None:
+            d["shard_count"] = self.shard_count
         return d
 
     async def start(self):

@@ -98,6 +98,34 @@ class DiscordFlow(unittest.TestCase):
                 m.wait_log(r"\[a\] held until Discord's answer gives the shard count")
                 m.stop()
 
+    def test_a_restart_keeps_the_running_shard_count(self):
+        # Discord now recommends 8; the fleet runs 4: MASTER keeps 4, stops nothing.
+        with FakeDiscord("200:shards=8") as fd:
+            with master(fd, "--expected-machines", "2") as m:
+                m.wait_log(r"state fetching -> collecting")
+
+                async def go():
+                    fresh = Control(m, "a")  # joins first, runs nothing
+                    await fresh.start()
+                    self.assertEqual(fresh.init["d"]["shard_count"], 8)
+                    b = Control(m, "b", shards=[0, 1, 2, 3], shard_count=4)
+                    await b.start()
+                    self.assertEqual(b.init["d"]["shard_count"], 4)
+                    self.assertEqual((await b.next_connect())["shards"], [0, 1, 2, 3])
+                    self.assertEqual((await fresh.next_connect())["shards"], [])
+                    # the first joiner heard the kept count again
+                    inits = [p for p in fresh.packets if p["o"] == 5]
+                    self.assertEqual(inits[-1]["d"]["shard_count"], 4)
+                    st = status(m)
+                    self.assertEqual((st["shard_count"], st["recommended_shard_count"]), (4, 8))
+                    for x in (fresh, b):
+                        await x.close()
+                run(go())
+                m.wait_log(r"\[b\] the running fleet has 4 shards; Discord recommends 8\. Keeping 4 "
+                           r"\(no cluster is stopped\)\. To reshard, restart the whole fleet with "
+                           r"--shards 8")
+                m.stop()
+
     def test_identify_budget_reserve_holds_grants_until_the_reset(self):
         # 4 shards, 12 sessions left, reserve 10: two grants, then wait for
         # reset_after, ask Discord again, and grant the rest.
