@@ -9,12 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
+#include "coordinator.h"
 #include "fleet.h"
 #include "internal.h"
 
 #define REFRESH_WAIT_MS 5000
-
-static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
 static const char *const state_names[] = {"idle",       "fetching", "collecting",
                                           "connecting", "running",  "shutdown"};
@@ -43,99 +43,6 @@ static void fatal_stop(dcm_master_t *m, int status, const char *machine, int cod
   dcm_master_stop(m, 1, NULL, NULL);
 }
 
-/* ---- identify queue and budget ------------------------------------------ */
-
-static void fetch_gateway(dcm_master_t *m);
-static void idq_timer_cb(uv_timer_t *t);
-
-static void budget_timer_cb(uv_timer_t *t) {
-  dcm_master_t *m = t->data;
-  dcm__info(&m->log, NULL, "asking Discord for the identify budget again");
-  fetch_gateway(m);
-}
-
-/* Runs the queue on the next loop turn, once the current decision is whole. */
-static void kick(dcm_master_t *m) {
-  if (m->idq && !m->stopping) uv_timer_start(&m->idq_timer, idq_timer_cb, 0, 0);
-}
-
-static void send_not_yours(dcm_master_t *m, dcm__machine_t *x, int shard, const char *why) {
-  size_t len;
-  char msg[96];
-  snprintf(msg, sizeof msg, "identify: shard %d is %s", shard, why);
-  dcm__info(&m->log, x->id, "error %d: %s", DCM_ERR_NOT_YOURS, msg);
-  const char *s = dcm__enc_error(m->json, DCM_ERR_NOT_YOURS, msg, shard, &len);
-  if (s && x->conn) dcm__conn_send(x->conn, s, len);
-  lua_settop(m->json, 0);
-}
-
-static int grant_cb(void *arg, int shard, void *owner) {
-  dcm_master_t *m = arg;
-  dcm__machine_t *x = owner;
-  size_t len;
-  if (x->conn == NULL) return -1;
-  if (m->owner[shard] != x) {
-    send_not_yours(m, x, shard, "no longer assigned to this machine");
-    return -1;
-  }
-  const char *s = dcm__enc_shard_op(m->json, DCM_OP_GRANT, shard, &len);
-  if (s) dcm__conn_send(x->conn, s, len);
-  lua_settop(m->json, 0);
-  if (s == NULL) return -1;
-  dcm__debug(&m->log, x->id, "identify granted: shard %d (bucket %d)", shard,
-             shard % dcm__idq_buckets(m->idq));
-  return 0;
-}
-
-/* Grants stop above the reserve: one line, then wait for Discord's reset. */
-static void wait_for_budget(dcm_master_t *m) {
-  if (m->budget_wait || !m->have_gw) return;
-  uint64_t elapsed = uv_now(m->loop) - m->gw_at, reset = ms(m->gw.reset_after);
-  uint64_t wait = (reset > elapsed ? reset - elapsed : 0) + 1000;
-  dcm__warn(&m->log, NULL, "identify budget: %ld left, reserve %ld: grants stop (shards "
-            "waiting: %zu) until the reset in %.0fs", dcm__idq_remaining(m->idq),
-            dcm__idq_reserve(m->idq), dcm__idq_waiting(m->idq), (double)wait / 1000.0);
-  m->budget_wait = 1;
-  uv_timer_start(&m->budget_timer, budget_timer_cb, wait, 0);
-}
-
-static void idq_timer_cb(uv_timer_t *t) {
-  dcm_master_t *m = t->data;
-  uint64_t now = uv_now(m->loop);
-  uint64_t wake = dcm__idq_run(m->idq, now, grant_cb, m);
-  if (wake != DCM_IDQ_NEVER)
-    uv_timer_start(&m->idq_timer, idq_timer_cb, wake > now ? wake - now : 0, 0);
-  if (dcm__idq_budget_blocked(m->idq)) wait_for_budget(m);
-}
-
-static int start_queue(dcm_master_t *m) {
-  m->idq = dcm__idq_new(m->shard_count, m->max_concurrency, ms(m->o.identify_interval));
-  if (m->idq == NULL) return DCM_ENOMEM;
-  /* Without Discord (fixed shards) the budget is unknown: pacing only. */
-  dcm__idq_set_budget(m->idq, m->have_gw ? m->gw.remaining : -1, m->have_gw ? m->gw.total : 0,
-                      m->o.identify_reserve);
-  return 0;
-}
-
-void dcm__coord_identify(dcm_master_t *m, dcm__machine_t *x, int shard) {
-  if (m->idq == NULL || shard >= m->shard_count || m->owner[shard] != x) {
-    send_not_yours(m, x, shard, "not assigned to this machine");
-    return;
-  }
-  x->identify_queue = 1; /* it asks: its identifies are counted by grant */
-  if (dcm__idq_request(m->idq, shard, x) == 0) kick(m);
-}
-
-void dcm__coord_release(dcm_master_t *m, dcm__machine_t *x, int shard) {
-  if (m->idq == NULL) return;
-  int r = dcm__idq_release(m->idq, shard, x, uv_now(m->loop));
-  if (r == DCM_IDQ_RETURNED)
-    dcm__info(&m->log, x->id, "shard %d: grant returned unused; the identify goes back to "
-              "the budget", shard);
-  else if (r == DCM_IDQ_DEQUEUED)
-    dcm__debug(&m->log, x->id, "shard %d: identify request withdrawn", shard);
-}
-
 /* Machines that may receive shards: live, not draining, not `but`. */
 static size_t receivers(dcm_master_t *m, dcm__machine_t **xs, const dcm__machine_t *but,
                         int standby_too) {
@@ -161,12 +68,9 @@ static dcm__pmachine_t *policy_view(dcm__machine_t **xs, size_t n) {
   return pm;
 }
 
-/* x is owed a `connect`; pump() sends it once the decision is whole. */
-static void queue_connect(dcm_master_t *m, dcm__machine_t *x) {
+void dcm__coord_queue_connect(dcm_master_t *m, dcm__machine_t *x) {
   if (dcm__list_empty(&x->queue_link)) dcm__list_push(&m->connect_queue, &x->queue_link);
 }
-
-static void hand_over(dcm_master_t *m, int s, dcm__machine_t *from, dcm__machine_t *to);
 
 /*
  * Places shards (unassigned now) on machines through the failover policy,
@@ -187,7 +91,7 @@ static size_t place(dcm_master_t *m, const dcm__pmachine_t *dead, dcm__machine_t
       dcm__machine_t *to = xs[owner[i]];
       if (dcm__fleet_give(m, to, dead->shards[i]) == 0) {
         placed++;
-        hand_over(m, dead->shards[i], from, to);
+        dcm__handoff_give(m, dead->shards[i], from, to);
       }
     }
   } else {
@@ -299,7 +203,7 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
             x->nshards == 0 ? ", redundant" : "", handed ? ", with sessions to resume" : "");
   if (x->nshards > 0) {
     x->connect = DCM_CONNECT_SENT;
-    uv_timer_start(&x->timer, connect_timeout_cb, ms(m->o.connect_timeout), 0);
+    uv_timer_start(&x->timer, connect_timeout_cb, dcm__ms(m->o.connect_timeout), 0);
   } else {
     x->connect = DCM_CONNECT_NONE; /* nothing to wait for */
     uv_timer_stop(&x->timer);
@@ -308,7 +212,7 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
 }
 
 /* Sends every `connect` owed, all in this turn: pacing is the queue's job. */
-static void pump(dcm_master_t *m) {
+void dcm__coord_pump(dcm_master_t *m) {
   while (!dcm__list_empty(&m->connect_queue)) {
     dcm__link_t *l = m->connect_queue.next;
     dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, queue_link);
@@ -318,99 +222,6 @@ static void pump(dcm_master_t *m) {
     send_connect(m, x);
   }
   maybe_running(m);
-}
-
-/* ---- handoff: stop before start ---------------------------------------- */
-
-static void handoff_timer_cb(uv_timer_t *t);
-
-static void arm_handoff_timer(dcm_master_t *m) {
-  uint64_t first = UINT64_MAX, now = uv_now(m->loop);
-  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
-    dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, link);
-    if (x->awaiting > 0 && x->handoff_deadline < first) first = x->handoff_deadline;
-  }
-  if (first == UINT64_MAX)
-    uv_timer_stop(&m->handoff_timer);
-  else if (!m->stopping)
-    uv_timer_start(&m->handoff_timer, handoff_timer_cb, first > now ? first - now : 0, 0);
-}
-
-/* Shard s is `to`'s now. If a machine still runs it (planned move), `to`
-   waits for that one's `stopped`; otherwise `to` is owed a `connect`. */
-static void hand_over(dcm_master_t *m, int s, dcm__machine_t *from, dcm__machine_t *to) {
-  if (from && from->handoff && !m->leaving[s]) m->leaving[s] = from;
-  if (m->leaving[s] == NULL || m->leaving[s] == to) {
-    m->leaving[s] = NULL;
-    queue_connect(m, to);
-    return;
-  }
-  if (to->awaiting++ == 0) {
-    to->handoff_deadline = uv_now(m->loop) + ms(m->o.handoff_timeout);
-    arm_handoff_timer(m);
-  }
-}
-
-/* s has stopped where it ran (or we stop waiting): its new owner may start. */
-static void handoff_done(dcm_master_t *m, int s) {
-  dcm__machine_t *to = m->owner[s];
-  m->leaving[s] = NULL;
-  if (to && to->awaiting > 0 && --to->awaiting == 0) queue_connect(m, to);
-}
-
-static void handoff_timer_cb(uv_timer_t *t) {
-  dcm_master_t *m = t->data;
-  uint64_t now = uv_now(m->loop);
-  size_t late = 0;
-  for (int s = 0; s < m->shard_count; s++) {
-    dcm__machine_t *to = m->owner[s];
-    if (m->leaving[s] && to && to->awaiting > 0 && to->handoff_deadline <= now) {
-      if (late++ == 0)
-        dcm__warn(&m->log, m->leaving[s]->id, "did not confirm the stop of shard %d within the "
-                  "handoff timeout (%.3gs); starting it on %s anyway", s,
-                  m->o.handoff_timeout, to->id);
-      handoff_done(m, s);
-    }
-  }
-  if (late > 1) dcm__warn(&m->log, NULL, "%zu shards started without a confirmed stop", late);
-  arm_handoff_timer(m);
-  pump(m);
-}
-
-void dcm__coord_stopped(dcm_master_t *m, dcm__machine_t *x, const int *shards, size_t n) {
-  size_t done = 0;
-  for (size_t i = 0; i < n; i++) {
-    int s = shards[i];
-    if (s >= 0 && s < m->shard_count && m->leaving[s] == x) {
-      handoff_done(m, s);
-      done++;
-    }
-  }
-  dcm__info(&m->log, x->id, "stopped %zu shards%s", n,
-            done ? "; their new machines start them" : "");
-  if (done) {
-    arm_handoff_timer(m);
-    pump(m);
-  }
-}
-
-void dcm__coord_sessions(dcm_master_t *m, dcm__machine_t *x, const dcm__session_t *ss,
-                         size_t n, size_t nbad) {
-  size_t kept = 0, foreign = 0;
-  for (size_t i = 0; i < n; i++) {
-    int s = ss[i].shard;
-    /* only from the machine that runs the shard, or is stopping it */
-    if (s < m->shard_count && (m->owner[s] == x || m->leaving[s] == x) &&
-        dcm__fleet_set_session(m, &ss[i]) == 0)
-      kept++;
-    else
-      foreign++;
-  }
-  if (nbad || foreign)
-    dcm__warn(&m->log, x->id, "sessions: %zu kept, %zu invalid, %zu for shards it does not run; "
-              "ignored", kept, nbad, foreign);
-  else
-    dcm__debug(&m->log, x->id, "sessions: %zu updated", kept);
 }
 
 /* ---- allocation -------------------------------------------------------- */
@@ -505,12 +316,12 @@ static void allocate(dcm_master_t *m) {
     xs[i]->reported = NULL;
     xs[i]->nreported = 0;
     xs[i]->has_reported = 0;
-    queue_connect(m, xs[i]);
+    dcm__coord_queue_connect(m, xs[i]);
   }
   free(xs);
   m->allocated = 1;
   set_state(m, DCM_STATE_CONNECTING);
-  pump(m);
+  dcm__coord_pump(m);
 }
 
 static void refresh_timer_cb(uv_timer_t *t) {
@@ -541,7 +352,7 @@ static void end_window(dcm_master_t *m, const char *why) {
     return;
   }
   m->refreshing = 1;
-  uint64_t wait = ms(m->o.handshake_timeout);
+  uint64_t wait = dcm__ms(m->o.handshake_timeout);
   uv_timer_start(&m->timer, refresh_timer_cb, wait < REFRESH_WAIT_MS ? wait : REFRESH_WAIT_MS, 0);
 }
 
@@ -552,7 +363,7 @@ static void begin_collecting(dcm_master_t *m) {
   dcm__info(&m->log, NULL, "collecting CONTROLs for %.3gs (%d shards, max_concurrency %d%s)",
             m->o.collect_window, m->shard_count, m->max_concurrency,
             m->o.expected_machines ? ", ends early at the expected machine count" : "");
-  uv_timer_start(&m->timer, window_timer_cb, ms(m->o.collect_window), 0);
+  uv_timer_start(&m->timer, window_timer_cb, dcm__ms(m->o.collect_window), 0);
 }
 
 /*
@@ -562,7 +373,7 @@ static void begin_collecting(dcm_master_t *m) {
  */
 void dcm__coord_running_count(dcm_master_t *m, dcm__machine_t *x, int count) {
   if (m->allocated || m->o.shards > 0 || count == m->shard_count) return;
-  dcm__idq_t *q = dcm__idq_new(count, m->max_concurrency, ms(m->o.identify_interval));
+  dcm__idq_t *q = dcm__idq_new(count, m->max_concurrency, dcm__ms(m->o.identify_interval));
   if (q == NULL || dcm__fleet_set_shards(m, count) != 0) {
     dcm__idq_free(q);
     dcm__error(&m->log, x->id, "out of memory keeping the running shard count %d", count);
@@ -620,7 +431,7 @@ static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, 
     dcm__error(&m->log, NULL, "asking Discord for the identify budget failed (%s); the fleet "
                "keeps running, grants stay stopped; asking again in %.0fs", dcm_strerror(status),
                m->refetch_backoff);
-    uv_timer_start(&m->budget_timer, budget_timer_cb, ms(m->refetch_backoff), 0);
+    dcm__grants_refetch_in(m, dcm__ms(m->refetch_backoff));
     return;
   }
   m->refetch_backoff = 0;
@@ -635,7 +446,7 @@ static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, 
   if (m->state == DCM_STATE_FETCHING) {
     int r = dcm__fleet_set_shards(m, gw->shards);
     m->max_concurrency = m->o.max_concurrency ? m->o.max_concurrency : gw->max_concurrency;
-    if (r == 0) r = start_queue(m);
+    if (r == 0) r = dcm__grants_start(m);
     if (r != 0) {
       fatal_stop(m, 1, NULL, r, "out of memory");
       return;
@@ -648,10 +459,10 @@ static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, 
     dcm__info(&m->log, NULL, "Discord now recommends %d shards; the fleet keeps its %d",
               gw->shards, m->shard_count);
   dcm__idq_set_budget(m->idq, gw->remaining, gw->total, m->o.identify_reserve);
-  kick(m);
+  dcm__grants_kick(m);
 }
 
-static void fetch_gateway(dcm_master_t *m) {
+void dcm__coord_fetch_gateway(dcm_master_t *m) {
   int r = dcm__discord_fetch(m->discord, on_gateway, m);
   if (r != 0) dcm__error(&m->log, NULL, "cannot ask Discord: %s", dcm_strerror(r));
 }
@@ -663,7 +474,7 @@ int dcm__coord_start(dcm_master_t *m) {
   if (m->o.shards > 0) {
     int r = dcm__fleet_set_shards(m, m->o.shards);
     m->max_concurrency = m->o.max_concurrency ? m->o.max_concurrency : 1;
-    if (r == 0) r = start_queue(m);
+    if (r == 0) r = dcm__grants_start(m);
     if (r != 0) return r;
     begin_collecting(m);
     return 0;
@@ -699,14 +510,14 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   if (shards && n) memcpy(shards, x->shards, n * sizeof *shards);
   if (m->idq) dcm__idq_drop_owner(m->idq, x);
   for (int s = 0; s < m->shard_count; s++) /* declared dead: nothing to wait for */
-    if (m->leaving[s] == x) handoff_done(m, s);
-  arm_handoff_timer(m);
+    if (m->leaving[s] == x) dcm__handoff_done(m, s);
+  dcm__handoff_arm(m);
   dcm__fleet_remove(m, x);
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
   dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why);
   if (shards && n) move_shards(m, &dead, NULL, NULL);
   free(shards);
-  pump(m);
+  dcm__coord_pump(m);
 }
 
 static void grace_timer_cb(uv_timer_t *t) {
@@ -736,8 +547,8 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
     x->state = DCM_MACHINE_DISCONNECTED;
     dcm__info(&m->log, x->id, "connection lost; keeping its %zu shards for %.3gs", x->nshards,
               m->o.reconnect_grace);
-    uv_timer_start(&x->timer, grace_timer_cb, ms(m->o.reconnect_grace), 0);
-    pump(m);
+    uv_timer_start(&x->timer, grace_timer_cb, dcm__ms(m->o.reconnect_grace), 0);
+    dcm__coord_pump(m);
   }
   if (was_pending && m->refreshing && --m->info_waiting == 0) {
     uv_timer_stop(&m->timer);
@@ -759,9 +570,9 @@ void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed) {
     x->standby = 1;
     dcm__info(&m->log, x->id, "joined after the initial connect: standby");
   }
-  queue_connect(m, x);
+  dcm__coord_queue_connect(m, x);
   place_unassigned(m, 0);
-  pump(m);
+  dcm__coord_pump(m);
 }
 
 void dcm__coord_info(dcm_master_t *m, dcm__machine_t *x) {
@@ -818,10 +629,10 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   dcm__fleet_release(m, x);
   dcm__info(&m->log, x->id, "offload: moving its %zu shards%s; it stands by", n,
             x->handoff ? " once they stopped there, with their sessions" : "");
-  queue_connect(m, x); /* stop before start: the sender's empty connect goes first */
+  dcm__coord_queue_connect(m, x); /* stop before start: the sender's empty connect goes first */
   move_shards(m, &dead, x, x);
   free(shards);
-  pump(m);
+  dcm__coord_pump(m);
 }
 
 void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n) {
@@ -839,8 +650,8 @@ void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n
     dcm__pmachine_t from = {x->id, x->cores, x->loadavg, x->standby, mine, k};
     dcm__warn(&m->log, x->id, "%zu shards are in clusters it gave up on; moving them", k);
     move_shards(m, &from, NULL, x); /* they failed: nothing runs them */
-    queue_connect(m, x);
-    pump(m);
+    dcm__coord_queue_connect(m, x);
+    dcm__coord_pump(m);
   }
   free(mine);
 }

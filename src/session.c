@@ -8,11 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "fleet.h"
 #include "internal.h"
 #include "json.h"
-
-static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
 static const char *mid(const dcm__conn_t *c) {
   return c->machine ? c->machine->id : NULL;
@@ -32,7 +31,7 @@ static void send_error(dcm__conn_t *c, int code, const char *why) {
 
 static uint64_t heartbeat_deadline(const dcm__conn_t *c) {
   const dcm_options_t *o = &c->m->o;
-  return c->last_heartbeat + ms(o->heartbeat_interval) + ms(o->heartbeat_grace);
+  return c->last_heartbeat + dcm__ms(o->heartbeat_interval) + dcm__ms(o->heartbeat_grace);
 }
 
 void dcm__session_open(dcm__conn_t *c) {
@@ -42,14 +41,14 @@ void dcm__session_open(dcm__conn_t *c) {
     return;
   }
   dcm__debug(&m->log, NULL, "peer %s: upgraded, waiting for info", c->peer);
-  dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.handshake_timeout));
+  dcm__conn_set_deadline(c, uv_now(m->loop) + dcm__ms(m->o.handshake_timeout));
 }
 
 void dcm__session_initialise(dcm__conn_t *c) {
   dcm_master_t *m = c->m;
   size_t n;
   const char *s = dcm__enc_initialise(m->json, m->o.token,
-                                      (long long)ms(m->o.heartbeat_interval),
+                                      (long long)dcm__ms(m->o.heartbeat_interval),
                                       m->shard_count, m->max_concurrency, m->gateway_url, &n);
   send_text(c, s, n);
 }
