@@ -73,6 +73,8 @@ static const ckey_t keys[] = {
    "gateway for clusters; default: Discord's"},
   {"handoff_timeout", "--handoff-timeout", K_TIME, OFF(handoff_timeout), 1, "S",
    "a planned move waits this long for the stop"},
+  {"rebalance_batch", "--rebalance-batch", K_COUNT, OFF(rebalance_batch), 1000000, "N",
+   "shards a rebalance moves at a time"},
   {"log_format", "--log-format", K_FORMAT, OFF(log_format), 0, "text|json", "log line format"},
   {"log_level", "--log-level", K_LEVEL, OFF(log_level), 0, "debug|info|warn|error",
    "lowest level logged"},

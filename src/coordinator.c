@@ -167,6 +167,7 @@ static void connect_timeout_cb(uv_timer_t *t) {
             "machine back", m->o.connect_timeout);
   x->connect = DCM_CONNECT_LATE;
   maybe_running(m);
+  dcm__handoff_progress(m);
 }
 
 static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
@@ -261,14 +262,18 @@ static size_t adopt(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
   return adopted;
 }
 
-static int policy_allocate(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
+int dcm__coord_plan(dcm_master_t *m, dcm__machine_t **xs, size_t n, int *owner) {
   dcm__pmachine_t *pm = policy_view(xs, n);
-  int *owner = malloc((size_t)m->shard_count * sizeof *owner);
   dcm__pctx_t ctx = {m->shard_count, m->max_concurrency};
-  int r = DCM_ENOMEM;
-  if (pm && owner) r = dcm__policy_allocate(m->policy, pm, n, &ctx, owner);
-  for (int s = 0; r == 0 && s < m->shard_count; s++) dcm__fleet_give(m, xs[owner[s]], s);
+  int r = pm ? dcm__policy_allocate(m->policy, pm, n, &ctx, owner) : DCM_ENOMEM;
   free(pm);
+  return r;
+}
+
+static int policy_allocate(dcm_master_t *m, dcm__machine_t **xs, size_t n) {
+  int *owner = malloc((size_t)m->shard_count * sizeof *owner);
+  int r = owner ? dcm__coord_plan(m, xs, n, owner) : DCM_ENOMEM;
+  for (int s = 0; r == 0 && s < m->shard_count; s++) dcm__fleet_give(m, xs[owner[s]], s);
   free(owner);
   return r;
 }
@@ -554,6 +559,7 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
     uv_timer_stop(&m->timer);
     allocate(m);
   }
+  dcm__handoff_progress(m);
 }
 
 void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed) {
@@ -611,6 +617,7 @@ int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards, size
             late ? " (after the connect timeout)" : "");
   dcm__emit(m, DCM_EVENT_READY, x->id, (int)n, NULL);
   maybe_running(m);
+  dcm__handoff_progress(m);
   return 0;
 }
 

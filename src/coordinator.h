@@ -17,6 +17,8 @@ void dcm__coord_queue_connect(dcm_master_t *m, dcm__machine_t *x);
 /* Sends every `connect` owed (all in this turn: pacing is the queue's job). */
 void dcm__coord_pump(dcm_master_t *m);
 void dcm__coord_fetch_gateway(dcm_master_t *m);
+/* The allocation policy's split of every shard over xs: owner[s] indexes xs. */
+int dcm__coord_plan(dcm_master_t *m, dcm__machine_t **xs, size_t n, int *owner);
 
 /* grants.c */
 int dcm__grants_start(dcm_master_t *m); /* the queue, once the shard count is known */
@@ -30,5 +32,7 @@ void dcm__handoff_give(dcm_master_t *m, int s, dcm__machine_t *from, dcm__machin
 /* s stopped where it ran (or nobody waits any more): its new owner may start. */
 void dcm__handoff_done(dcm_master_t *m, int s);
 void dcm__handoff_arm(dcm_master_t *m); /* re-arms the timer to the first deadline */
+/* After an event that may end a rebalance step (ready, stopped, a loss). */
+void dcm__handoff_progress(dcm_master_t *m);
 
 #endif

@@ -134,6 +134,8 @@ struct dcm__machine_s {
   int identify_queue;     /* info.identify_queue: it asks for grants */
   int handoff;            /* info.handoff: it confirms stops with `stopped` */
   int draining;           /* sent `offload`: never a receiver again */
+  int declared_standby;   /* info.standby (standby is also set for late joiners
+                             and cleared when a rebalance gives it shards) */
   int held;               /* identified while fetching: no `initialise` yet */
   size_t awaiting;        /* its new shards still stopping elsewhere: its
                              `connect` waits (stop before start) */
@@ -202,6 +204,8 @@ struct dcm_master_s {
   uv_timer_t idq_timer;      /* the next grant that may be due */
   uv_timer_t handoff_timer;  /* the earliest handoff deadline */
   double refetch_backoff;    /* seconds; asking Discord again while running */
+  int rebalancing;           /* a rebalance is under way */
+  int rebalance_step;
   dcm__gateway_t gw;
   int have_gw;
   char gateway_url[512]; /* sent in initialise: Discord's url, or the option */

@@ -20,6 +20,7 @@ void dcm_options_init(dcm_options_t *o) {
   o->identify_interval = 5.5;
   o->identify_reserve = 10;
   o->handoff_timeout = 15;
+  o->rebalance_batch = 32;
   o->log_level = DCM_LOG_INFO;
   o->log_format = DCM_LOG_TEXT;
   o->max_message = 1u << 20;
@@ -117,6 +118,8 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
   if (bad_time(o->identify_interval, 0) || o->identify_interval < 0.001)
     FAIL("identify_interval: must be a time >= 0.001 seconds");
   if (bad_time(o->handoff_timeout, 0)) FAIL("handoff_timeout: must be a time > 0 seconds");
+  if (o->rebalance_batch < 1 || o->rebalance_batch > 1000000)
+    FAIL("rebalance_batch: %d is out of range 1-1000000", o->rebalance_batch);
   if (o->identify_reserve < 0 || o->identify_reserve > 1000000)
     FAIL("identify_reserve: %d is out of range 0-1000000", o->identify_reserve);
   if (o->gateway_url && (!dcm__url_ok(o->gateway_url, 1) || strlen(o->gateway_url) > 500))

@@ -81,6 +81,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
     }
     x->standby = p->standby;
   }
+  x->declared_standby = p->standby;
   x->identify_queue = p->identify_queue;
   x->handoff = p->handoff;
   copy_report(x, p);
@@ -274,6 +275,9 @@ static void push_machine(dcm_master_t *m, dcm__machine_t *x, uint64_t now) {
   lua_setfield(L, -2, "loadavg");
   lua_pushboolean(L, x->standby);
   lua_setfield(L, -2, "standby");
+  /* a standby that took shards runs them as an active until a rebalance */
+  lua_pushstring(L, x->standby && x->nshards == 0 ? "standby" : "active");
+  lua_setfield(L, -2, "role");
   lua_pushstring(L, states[x->state]);
   lua_setfield(L, -2, "state");
   dcm__json_push_int_array(L, x->shards, x->nshards);
@@ -389,6 +393,10 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
   }
   lua_setfield(L, -2, "machines");
   if (m->idq) push_identify(m, now);
+  if (m->rebalancing) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "rebalancing");
+  }
   int *un = malloc(((size_t)m->shard_count + 1) * sizeof *un);
   if (un == NULL) return NULL;
   size_t n = dcm__fleet_unassigned(m, un);

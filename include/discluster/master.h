@@ -86,6 +86,7 @@ typedef struct dcm_options_s {
                                  with fixed shards); sent in `initialise` */
   double handoff_timeout;     /* 15: a planned move waits this long at most for
                                  the sender's `stopped` before the receiver starts */
+  int rebalance_batch;        /* 32: shards a rebalance moves at a time */
   const char *token;          /* Discord bot token; secret */
   const char *auth;           /* shared secret for CONTROLs; secret */
   dcm_log_level log_level;    /* DCM_LOG_INFO */
@@ -149,6 +150,15 @@ int dcm_master_reload_policy(dcm_master_t *m);
  */
 int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb,
                     void *arg);
+
+/*
+ * Moves shards to what the allocation policy gives for the current fleet
+ * (live machines that are neither draining nor declared standby), with
+ * session handoffs, at most rebalance_batch shards at a time. DCM_ESTATE
+ * before the first allocation or while stopping; DCM_EINVAL when no machine
+ * can take shards. A rebalance under way starts over from the current state.
+ */
+int dcm_master_rebalance(dcm_master_t *m);
 
 /* Exit status the CLI should use: 0, or non-zero after a fatal stop. */
 int dcm_master_exit_status(const dcm_master_t *m);
