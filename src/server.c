@@ -54,9 +54,13 @@ static void conn_free_cb(uv_handle_t *h) {
 
 /* ---- unidentified connections by source address ------------------------ */
 
+/* FNV-1a from a random seed, then a final mix: chains are not predictable. */
 static uint32_t addr_hash(const dcm_master_t *m, const unsigned char key[16]) {
-  uint32_t h = 2166136261u ^ m->addr_seed; /* FNV-1a, seeded: no chosen collisions */
+  uint32_t h = 2166136261u ^ m->addr_seed;
   for (int i = 0; i < 16; i++) h = (h ^ key[i]) * 16777619u;
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
   return h;
 }
 
@@ -613,6 +617,7 @@ static void peer_name(uv_tcp_t *t, char *out, size_t n, unsigned char key[16], c
   char host[INET6_ADDRSTRLEN] = "?";
   int port = 0;
   memset(key, 0, 16);
+  ss.ss_family = AF_UNSPEC; /* unknown peers share one key */
   if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) == 0) {
     if (ss.ss_family == AF_INET6) {
       struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
