@@ -23,6 +23,7 @@
 
 typedef struct dcm__conn_s dcm__conn_t;
 typedef struct dcm__machine_s dcm__machine_t;
+typedef struct dcm__addr_s dcm__addr_t; /* server.c: one source address */
 
 /* Intrusive doubly linked list node; the list head is a sentinel node. */
 typedef struct dcm__link_s {
@@ -94,6 +95,10 @@ struct dcm__conn_s {
   int timed_out; /* closed for a missed heartbeat: fail over at once */
   int send_failed; /* a write failed: the timer aborts it next turn */
   int finishing;   /* shutdown requested; the close follows */
+  /* Unidentified: counted against its source address (server.c) */
+  dcm__addr_t *addr;
+  dcm__link_t addr_link; /* in addr->conns, oldest first */
+  int reads_paused;      /* the peer does not read our replies */
 };
 
 typedef enum {
@@ -181,6 +186,15 @@ struct dcm_master_s {
   int unauth;          /* connections not yet identified */
   uint64_t last_refusal_log;
   unsigned long refused;
+  /* unidentified connections by source address (server.c) */
+  dcm__addr_t *addr_hash[256];
+  dcm__link_t *addr_counts; /* addresses by count of connections; [0] unused */
+  int addr_count_max;       /* highest count addr_counts holds */
+  int addr_top;             /* highest count in use */
+  size_t naddrs;
+  uint32_t addr_seed;
+  unsigned long evicted;
+  uint64_t last_evict_log[2]; /* per address, global */
   /* fleet */
   dcm__link_t machines;
   dcm__machine_t **htab;

@@ -27,6 +27,8 @@ void dcm_options_init(dcm_options_t *o) {
   o->max_outbound = 4u << 20;
   o->max_head = 8192;
   o->max_unauthenticated = 256;
+  o->head_timeout = 5;
+  o->max_unauthenticated_per_address = 32;
 }
 
 const char *dcm_strerror(int err) {
@@ -131,6 +133,10 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
   if (o->max_message < 1024 || o->max_outbound < o->max_message || o->max_head < 512 ||
       o->max_unauthenticated < 1)
     FAIL("limits: max_message >= 1024, max_outbound >= max_message, max_head >= 512");
+  if (bad_time(o->head_timeout, 0)) FAIL("head_timeout: must be a time > 0 seconds");
+  if (o->max_unauthenticated_per_address < 1 || o->max_unauthenticated_per_address > 1000000)
+    FAIL("max_unauthenticated_per_address: %d is out of range 1-1000000",
+         o->max_unauthenticated_per_address);
   for (const char *t = o->token; t && *t; t++)
     if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("token: contains a control character");
   for (const char *t = o->auth; t && *t; t++)

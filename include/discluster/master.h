@@ -78,7 +78,7 @@ typedef struct dcm_options_s {
   double heartbeat_grace;     /* 15 */
   double reconnect_grace;     /* 30 */
   double connect_timeout;     /* 600 */
-  double handshake_timeout;   /* 10 */
+  double handshake_timeout;   /* 10: `info`, from the upgrade */
   double identify_interval;   /* 5.5: least gap between two identifies of one
                                  bucket (Discord's 5 s plus a 0.5 s margin) */
   int identify_reserve;       /* 10: identifies of the daily budget never granted */
@@ -98,6 +98,10 @@ typedef struct dcm_options_s {
   size_t max_outbound;        /* 4 MiB per connection before it is cut */
   size_t max_head;            /* 8 KiB per HTTP request head */
   int max_unauthenticated;    /* 256 connections before `info` */
+  /* At the global cap the oldest connection of the busiest address goes. */
+  double head_timeout;        /* 5: the HTTP request head, from accept */
+  int max_unauthenticated_per_address; /* 32 from one IPv4 address or IPv6 /64;
+                                          its oldest goes past it */
 } dcm_options_t;
 
 void dcm_options_init(dcm_options_t *opts);

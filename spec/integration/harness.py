@@ -5,11 +5,13 @@ python3-websockets (an independent, well-known client), plain sockets and
 urllib. Nothing here imports project code.
 """
 import asyncio
+import base64
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -404,3 +406,79 @@ def machine(st, id):
         if m["id"] == id:
             return m
     return None
+
+
+def ws_frame(payload, op=1, mask=True, fin=True):
+    """A client frame built by hand, for what websockets refuses to send."""
+    head = bytes([(0x80 if fin else 0) | op])
+    n = len(payload)
+    m = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([m | n])
+    elif n < 65536:
+        head += bytes([m | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([m | 127]) + struct.pack(">Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def raw_upgrade(port, rcvbuf=None, auth=None, source=None):
+    """A raw socket upgraded to WebSocket (the 101 head consumed)."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source:
+        s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    req = ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % key)
+    if auth:
+        req += "Authorization: %s\r\n" % auth
+    s.sendall((req + "\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def read_close_code(s, timeout=5):
+    """Reads server frames until a close frame; returns its code (None if the
+    connection ended without one, 1005 for a close frame without a code)."""
+    s.settimeout(timeout)
+    data = b""
+    while True:
+        while len(data) >= 2:
+            n = data[1] & 0x7f
+            hdr = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if len(data) < hdr:
+                break
+            if n == 126:
+                n = struct.unpack(">H", data[2:4])[0]
+            elif n == 127:
+                n = struct.unpack(">Q", data[2:10])[0]
+            if len(data) < hdr + n:
+                break
+            if data[0] & 0x0f == 8:
+                return struct.unpack(">H", data[hdr:hdr + 2])[0] if n >= 2 else 1005
+            data = data[hdr + n:]
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            return None
+        if not chunk:
+            return None
+        data += chunk
+
+
+def rss_kib(pid):
+    """VmRSS of a process, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)

@@ -119,7 +119,8 @@ def test_help_and_version():
     for flag in ("-c, --config", "--listen", "--shards", "--max-concurrency", "--api-base",
                  "--policy", "--collect-window", "--expected-machines", "--heartbeat-interval",
                  "--heartbeat-grace", "--reconnect-grace", "--connect-timeout",
-                 "--handshake-timeout", "--log-format", "--log-level", "--version",
+                 "--handshake-timeout", "--log-format", "--log-level", "--head-timeout",
+                 "--max-unauthenticated-per-address", "--version",
                  "DISCORD_TOKEN", "DISCLUSTER_AUTH"):
         assert flag in out, "help lacks " + flag
     rc, out2, _ = cli("-h")

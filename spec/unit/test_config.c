@@ -104,6 +104,7 @@ static void test_defaults(void) {
   CHECK(c.opts.collect_window == 45 && c.opts.heartbeat_interval == 30 &&
         c.opts.heartbeat_grace == 15 && c.opts.reconnect_grace == 30 &&
         c.opts.handshake_timeout == 10 && c.opts.connect_timeout == 600, "times");
+  CHECK(c.opts.head_timeout == 5 && c.opts.max_unauthenticated_per_address == 32, "hardening");
   CHECK(strcmp(c.opts.api_base, d.api_base) == 0 && c.opts.policy == NULL, "strings");
   CHECK(c.opts.token == NULL && c.opts.auth == NULL, "no secrets");
   CHECK(c.opts.log_level == DCM_LOG_INFO && c.opts.log_format == DCM_LOG_TEXT, "log");
@@ -118,7 +119,8 @@ static void test_every_flag(void) {
                 "--collect-window", "0.25", "--expected-machines=3",
                 "--heartbeat-interval", "1.5", "--heartbeat-grace=0", "--reconnect-grace", "2",
                 "--connect-timeout", "60", "--handshake-timeout=0.5", "--log-format", "json",
-                "--log-level=debug");
+                "--log-level=debug", "--head-timeout", "0.25",
+                "--max-unauthenticated-per-address=4");
   CHECK(rc == DCM_CONFIG_RUN, "%s", err);
   CHECK(strcmp(c.opts.listen_host, "::1") == 0 && c.opts.listen_port == 0, "listen %s:%d",
         c.opts.listen_host, c.opts.listen_port);
@@ -129,6 +131,7 @@ static void test_every_flag(void) {
         c.opts.heartbeat_grace == 0 && c.opts.reconnect_grace == 2 &&
         c.opts.connect_timeout == 60 && c.opts.handshake_timeout == 0.5, "times");
   CHECK(c.opts.log_format == DCM_LOG_JSON && c.opts.log_level == DCM_LOG_DEBUG, "log");
+  CHECK(c.opts.head_timeout == 0.25 && c.opts.max_unauthenticated_per_address == 4, "hardening");
   dcm__config_free(&c);
 
   CHECK(LOAD(&c, "--listen=localhost:1", "--shards=auto", "--log-level", "error") == DCM_CONFIG_RUN ||
@@ -152,6 +155,12 @@ static void test_bad_flags(void) {
   BAD("--connect-timeout: '1e999' is not", "--shards", "1", "--connect-timeout", "1e999");
   BAD("--connect-timeout: '0x10' is not", "--shards", "1", "--connect-timeout", "0x10");
   BAD("--handshake-timeout: must be more than 0", "--shards", "1", "--handshake-timeout", "0");
+  BAD("--head-timeout: must be more than 0", "--shards", "1", "--head-timeout", "0");
+  BAD("--head-timeout: 'x' is not a number", "--shards", "1", "--head-timeout", "x");
+  BAD("max_unauthenticated_per_address: 0 is out of range 1-1000000", "--shards", "1",
+      "--max-unauthenticated-per-address", "0");
+  BAD("--max-unauthenticated-per-address: '2000000' is not an integer 0-1000000", "--shards", "1",
+      "--max-unauthenticated-per-address", "2000000");
   BAD("--heartbeat-interval: must be more than 0", "--shards", "1", "--heartbeat-interval", "0.0");
   BAD("--heartbeat-interval: must be at most", "--shards", "1", "--heartbeat-interval", "1e9");
   BAD("--listen: '127.0.0.1' is not HOST:PORT", "--shards", "1", "--listen", "127.0.0.1");
@@ -216,6 +225,8 @@ static void test_file(void) {
       "reconnect_grace = math.max(1, 2)\n"
       "connect_timeout = 600\n"
       "handshake_timeout = 5\n"
+      "head_timeout = 2.5\n"
+      "max_unauthenticated_per_address = 8\n"
       "log_format = string.lower('JSON')\n"
       "log_level = table.concat({'de', 'bug'})\n"
       "token = 'file-token'\n"
@@ -231,6 +242,7 @@ static void test_file(void) {
   CHECK(c.opts.collect_window == 22.5 && c.opts.heartbeat_interval == 0.25 &&
         c.opts.heartbeat_grace == 1 && c.opts.reconnect_grace == 2 &&
         c.opts.connect_timeout == 600 && c.opts.handshake_timeout == 5, "times");
+  CHECK(c.opts.head_timeout == 2.5 && c.opts.max_unauthenticated_per_address == 8, "hardening");
   CHECK(c.opts.log_format == DCM_LOG_JSON && c.opts.log_level == DCM_LOG_DEBUG, "log");
   CHECK(strcmp(c.opts.token, "file-token") == 0 && strcmp(c.opts.auth, "file-auth") == 0, "secrets");
   dcm__config_free(&c);
@@ -412,7 +424,8 @@ static void test_help_version(void) {
                          "--policy", "--collect-window", "--expected-machines",
                          "--heartbeat-interval", "--heartbeat-grace", "--reconnect-grace",
                          "--connect-timeout", "--handshake-timeout", "--log-format",
-                         "--log-level", "--help", "--version", "DISCORD_TOKEN",
+                         "--log-level", "--head-timeout", "--max-unauthenticated-per-address",
+                         "--help", "--version", "DISCORD_TOKEN",
                          "DISCLUSTER_AUTH", "(127.0.0.1:8642)", "(45)", "(600)", NULL};
   CHECK(LOAD(&c, "--bogus-ignored-after?", "--help") == DCM_EINVAL, "bad flag first wins");
   dcm__config_free(&c);

@@ -1,4 +1,5 @@
 /* WebSocket sessions fed scripted bytes in memory: no sockets. */
+#include <malloc.h>
 #include <stdint.h>
 #include <wslay/wslay.h>
 
@@ -8,16 +9,17 @@
 typedef struct {
   uint8_t out[1 << 16];
   size_t outlen;
-  char msgs[8][4096];
+  char msgs[8][4096]; /* the first 4096 bytes of each */
   size_t msglen[8];
   int nmsgs;
   int echo_close; /* close from inside on_message */
+  int busy;       /* the transport has bytes queued: pongs wait */
 } sink_t;
 
 static void on_message(dcm__ws_t *ws, const char *msg, size_t len) {
   sink_t *s = ws->data;
-  CHECK(s->nmsgs < 8 && len < 4096);
-  memcpy(s->msgs[s->nmsgs], msg, len);
+  CHECK(s->nmsgs < 8);
+  memcpy(s->msgs[s->nmsgs], msg, len < 4096 ? len : 4096);
   s->msglen[s->nmsgs++] = len;
   if (s->echo_close) dcm__ws_close(ws, 4002, "bye");
 }
@@ -30,7 +32,11 @@ static int on_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
   return 0;
 }
 
-static const dcm__ws_cbs_t cbs = {on_message, on_write};
+static int sink_idle(dcm__ws_t *ws) {
+  return !((sink_t *)ws->data)->busy;
+}
+
+static const dcm__ws_cbs_t cbs = {on_message, on_write, sink_idle};
 
 /* A client frame: masked unless mask == 0. */
 static size_t frame(uint8_t *buf, int fin, int op, const void *payload, size_t len, int mask) {
@@ -63,8 +69,13 @@ static int server_close_code(const sink_t *s) {
     int op = s->out[i] & 0x0f;
     size_t len = s->out[i + 1] & 0x7f, hdr = 2;
     if (len == 126) { len = (size_t)s->out[i + 2] << 8 | s->out[i + 3]; hdr = 4; }
-    if (op == WSLAY_CONNECTION_CLOSE)
-      return len >= 2 ? (s->out[i + hdr] << 8 | s->out[i + hdr + 1]) : 1005;
+    if (s->out[i + 1] & 0x80) hdr += 4; /* a client's mask key */
+    if (op == WSLAY_CONNECTION_CLOSE) {
+      const uint8_t *k = s->out + i + hdr - 4, *d = s->out + i + hdr;
+      if (len < 2) return 1005;
+      if (!(s->out[i + 1] & 0x80)) return d[0] << 8 | d[1];
+      return (d[0] ^ k[0]) << 8 | (d[1] ^ k[1]);
+    }
     i += hdr + len;
   }
   return 0;
@@ -218,6 +229,146 @@ static void close_from_inside_a_message(void) {
   dcm__ws_free(&ws);
 }
 
+/* Heap bytes in use; 0 under ASan, whose allocator glibc does not see. */
+static size_t heap_used(void) {
+#ifdef __SANITIZE_ADDRESS__
+  return 0;
+#else
+  struct mallinfo2 mi = mallinfo2();
+  return mi.uordblks + mi.hblkhd;
+#endif
+}
+
+static void one_byte_fragments_cost_the_message_only(void) {
+  /* wslay kept an allocation and a queue cell per frame: ~90 bytes each */
+  enum { N = 200000 };
+  static uint8_t buf[8 * N];
+  dcm__ws_t ws; sink_t s;
+  session(&ws, &s, 1 << 20);
+  size_t n = frame(buf, 0, WSLAY_TEXT_FRAME, "a", 1, 1);
+  for (int i = 1; i < N; i++) n += frame(buf + n, 0, WSLAY_CONTINUATION_FRAME, "a", 1, 1);
+  size_t before = heap_used();
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  size_t grown = heap_used() - before;
+  if (before) CHECK(grown <= 2 * N + 4096); /* the buffer doubles, nothing per frame */
+  CHECK(ws.msgcap <= 2 * N);
+  n = frame(buf, 1, WSLAY_CONTINUATION_FRAME, "b", 1, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.nmsgs, 1);
+  CHECK_EQ(s.msglen[0], (size_t)N + 1);
+  CHECK(s.msgs[0][0] == 'a' && s.msgs[0][4095] == 'a');
+  CHECK_EQ(ws.msgcap, 0); /* an idle session keeps no large buffer */
+  dcm__ws_free(&ws);
+}
+
+static void fragments_up_to_the_bound_pass(void) {
+  dcm__ws_t ws; sink_t s;
+  static uint8_t buf[4096], payload[512];
+  memset(payload, 'z', sizeof payload);
+  session(&ws, &s, 1024);
+  size_t n = frame(buf, 0, WSLAY_TEXT_FRAME, payload, sizeof payload, 1);
+  n += frame(buf + n, 1, WSLAY_PING, "p", 1, 1); /* control frames may interleave */
+  n += frame(buf + n, 1, WSLAY_CONTINUATION_FRAME, payload, sizeof payload, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "", 0, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.nmsgs, 2);
+  CHECK_EQ(s.msglen[0], 1024);
+  CHECK_EQ(s.msglen[1], 0);
+  CHECK_EQ(s.out[0], 0x80 | WSLAY_PONG);
+  CHECK_EQ(server_close_code(&s), 0);
+  dcm__ws_free(&ws);
+}
+
+static void fragmented_binary_is_refused_at_once(void) {
+  dcm__ws_t ws; sink_t s; uint8_t buf[64];
+  session(&ws, &s, 1024);
+  size_t n = frame(buf, 0, WSLAY_BINARY_FRAME, "\x01", 1, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(server_close_code(&s), 1003);
+  dcm__ws_free(&ws);
+}
+
+static void framing_errors_close_1002(void) {
+  static uint8_t big[126];
+  static const uint8_t nonminimal[] = {0x81, 0x80 | 126, 0, 5, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'};
+  static const uint8_t msb64[] = {0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  static const uint8_t rsv[] = {0x80 | 0x40 | 1, 0x80 | 1, 0, 0, 0, 0, 'x'};
+  uint8_t buf[256];
+  memset(big, 'p', sizeof big);
+  for (int c = 0; c < 8; c++) {
+    dcm__ws_t ws; sink_t s;
+    size_t n = 0;
+    session(&ws, &s, 1024);
+    switch (c) {
+      case 0: n = frame(buf, 1, WSLAY_PING, big, sizeof big, 1); break; /* > 125 bytes */
+      case 1: n = frame(buf, 0, WSLAY_PING, "x", 1, 1); break;          /* fragmented */
+      case 2: memcpy(buf, nonminimal, n = sizeof nonminimal); break;
+      case 3: memcpy(buf, msb64, n = sizeof msb64); break;
+      case 4: memcpy(buf, rsv, n = sizeof rsv); break;
+      case 5: n = frame(buf, 1, 3, "x", 1, 1); break;                   /* reserved opcodes */
+      case 6: n = frame(buf, 1, 0xb, "x", 1, 1); break;
+      case 7: n = frame(buf, 1, WSLAY_CONTINUATION_FRAME, "x", 1, 1); break;
+    }
+    dcm__ws_feed(&ws, buf, n);
+    CHECK_EQ(server_close_code(&s), 1002);
+    CHECK_EQ(dcm__ws_close_code(&ws), 1002);
+    CHECK(dcm__ws_done(&ws));
+    size_t out = s.outlen;
+    dcm__ws_feed(&ws, buf, n); /* nothing more is read or written */
+    CHECK(dcm__ws_send(&ws, "x", 1) != 0);
+    CHECK_EQ(s.outlen, out);
+    dcm__ws_free(&ws);
+  }
+}
+
+static void client_framing_error_close_is_masked(void) {
+  static uint8_t big[126];
+  uint8_t buf[256];
+  dcm__ws_t ws; sink_t s;
+  memset(big, 'p', sizeof big);
+  memset(&s, 0, sizeof s);
+  CHECK_EQ(dcm__ws_init(&ws, 1, 1024, &cbs, &s), 0);
+  size_t n = frame(buf, 1, WSLAY_PING, big, sizeof big, 0); /* servers do not mask */
+  CHECK(dcm__ws_feed(&ws, buf, n) < 0);
+  CHECK(s.out[1] & 0x80);
+  CHECK_EQ(server_close_code(&s), 1002);
+  dcm__ws_free(&ws);
+}
+
+static void only_the_latest_pong_waits(void) {
+  dcm__ws_t ws; sink_t s; uint8_t buf[256];
+  session(&ws, &s, 1024);
+  s.busy = 1;
+  size_t n = frame(buf, 1, WSLAY_PING, "one", 3, 1);
+  n += frame(buf + n, 1, WSLAY_PING, "two", 3, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  n = frame(buf, 1, WSLAY_PING, "three", 5, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.outlen, 0); /* held while the transport is busy */
+  CHECK_EQ(dcm__ws_drained(&ws), 0); /* still busy */
+  CHECK_EQ(s.outlen, 0);
+  s.busy = 0;
+  CHECK_EQ(dcm__ws_drained(&ws), 0);
+  CHECK_EQ(s.outlen, 7);
+  CHECK(s.out[0] == (0x80 | WSLAY_PONG) && s.out[1] == 5 && memcmp(s.out + 2, "three", 5) == 0);
+  CHECK_EQ(dcm__ws_drained(&ws), 0); /* one pong per ping answered */
+  CHECK_EQ(s.outlen, 7);
+  n = frame(buf, 1, WSLAY_PING, "now", 3, 1); /* idle: answered at once */
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.outlen, 12);
+  /* a held pong never follows our close */
+  s.busy = 1;
+  s.outlen = 0;
+  n = frame(buf, 1, WSLAY_PING, "late", 4, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(dcm__ws_close(&ws, 1000, NULL), 0);
+  s.busy = 0;
+  CHECK_EQ(dcm__ws_drained(&ws), 0);
+  CHECK_EQ(s.out[0], 0x80 | WSLAY_CONNECTION_CLOSE);
+  CHECK_EQ(s.outlen, 4);
+  dcm__ws_free(&ws);
+}
+
 static int pair_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
   return dcm__ws_feed(ws->data, data, len) == 0 ? 0 : -1;
 }
@@ -225,7 +376,7 @@ static int pair_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
 static void client_to_server(void) {
   /* The client side masks; the server side accepts it. */
   dcm__ws_t client, server; sink_t s;
-  static const dcm__ws_cbs_t ccbs = {on_message, pair_write};
+  static const dcm__ws_cbs_t ccbs = {on_message, pair_write, NULL};
   session(&server, &s, 1024);
   CHECK_EQ(dcm__ws_init(&client, 1, 1024, &ccbs, &server), 0);
   CHECK_EQ(dcm__ws_send(&client, "{\"o\":0}", 7), 0);
@@ -248,5 +399,11 @@ int main(void) {
   RUN(server_send_and_close_handshake);
   RUN(close_from_inside_a_message);
   RUN(client_to_server);
+  RUN(one_byte_fragments_cost_the_message_only);
+  RUN(fragments_up_to_the_bound_pass);
+  RUN(fragmented_binary_is_refused_at_once);
+  RUN(framing_errors_close_1002);
+  RUN(client_framing_error_close_is_masked);
+  RUN(only_the_latest_pong_waits);
   return 0;
 }

@@ -31,6 +31,7 @@ static void maybe_done(dcm__client_t *c) {
   char why[sizeof c->why];
   memcpy(why, c->why, sizeof why);
   if (c->ws_ready) dcm__ws_free(&c->ws);
+  dcm__outq_free(&c->out);
   free(c);
   dcm__agent_on_closed(a, established, why);
 }
@@ -52,9 +53,20 @@ void dcm__client_abort(dcm__client_t *c, const char *why) {
 
 /* ---- writes -------------------------------------------------------------- */
 
+static dcm__client_t *of_outq(dcm__outq_t *q) {
+  return (dcm__client_t *)((char *)q - offsetof(dcm__client_t, out));
+}
+
 static void outq_error(dcm__outq_t *q, int status) {
-  dcm__client_abort((dcm__client_t *)((char *)q - offsetof(dcm__client_t, out)),
-                    uv_strerror(status));
+  dcm__client_abort(of_outq(q), uv_strerror(status));
+}
+
+/* Everything queued is written: a pong held back meanwhile may go. */
+static void outq_drain(dcm__outq_t *q) {
+  dcm__client_t *c = of_outq(q);
+  if (c->ws_ready && c->tcp_open && !uv_is_closing((uv_handle_t *)&c->tcp) &&
+      dcm__ws_drained(&c->ws) != 0)
+    dcm__client_abort(c, "write to MASTER failed");
 }
 
 /* The upgrade head carries the secret: queued copies are wiped (out.wipe). */
@@ -72,7 +84,12 @@ static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   if (c->phase == DCM_CLIENT_OPEN) dcm__agent_on_message(c->a, msg, len);
 }
 
-static const dcm__ws_cbs_t ws_cbs = {ws_message, ws_write};
+static int ws_idle(dcm__ws_t *ws) {
+  dcm__client_t *c = ws->data;
+  return c->out.bytes == 0;
+}
+
+static const dcm__ws_cbs_t ws_cbs = {ws_message, ws_write, ws_idle};
 
 int dcm__client_send(dcm__client_t *c, const char *text, size_t len) {
   if (c->phase != DCM_CLIENT_OPEN || !c->ws_ready) return DCM_ESTATE;
@@ -364,6 +381,7 @@ int dcm__client_start(dcm__agent_t *a, dcm__client_t **out) {
   c->out.cap = DCM_CTL_MAX_OUTBOUND;
   c->out.wipe = 1;
   c->out.on_error = outq_error;
+  c->out.on_drain = outq_drain;
   c->phase = DCM_CLIENT_RESOLVING;
   uv_timer_init(a->loop, &c->timer);
   c->timer.data = c;
