@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check_policy.h"
+#include "rebalance_cli.h"
 #include "config.h"
 #include "discluster/master.h"
 #include "log.h"
@@ -75,6 +76,8 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && strcmp(argv[1], "check-policy") == 0)
     return dcm__check_policy_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "rebalance") == 0)
+    return dcm__rebalance_main(argc - 1, argv + 1);
   signal(SIGPIPE, SIG_IGN);
 
   rc = dcm__config_load(&cfg, argc, argv, stdout, err, sizeof err);

@@ -478,12 +478,34 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
   }
 }
 
+/* POST /rebalance: an operator's command, so the secret when one is set. */
+static void rebalance(dcm__conn_t *c) {
+  static const char started[] = "rebalance started\n", early[] = "not running yet\n",
+                    none[] = "no live machine that is neither draining nor standby\n";
+  if (c->h->parser.method != HTTP_POST) {
+    http_error(c, 405, "Method Not Allowed", "Allow: POST\r\n");
+  } else if (!authorized(c)) {
+    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+  } else {
+    int r = dcm_master_rebalance(c->m);
+    dcm__info(&c->m->log, NULL, "peer %s: POST /rebalance: %s", c->peer,
+              r == 0 ? "started" : dcm_strerror(r));
+    if (r == 0)
+      http_reply(c, 202, "Accepted", NULL, "text/plain", started, sizeof started - 1);
+    else
+      http_reply(c, 409, "Conflict", NULL, "text/plain", r == DCM_ESTATE ? early : none,
+                 r == DCM_ESTATE ? sizeof early - 1 : sizeof none - 1);
+  }
+}
+
 static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   dcm_master_t *m = c->m;
   char *q = strchr(c->h->path, '?');
   if (q) *q = '\0';
   if (c->h->parser.http_major != 1 || c->h->parser.http_minor > 1) {
     http_error(c, 400, "Bad Request", NULL);
+  } else if (strcmp(c->h->path, "/rebalance") == 0) {
+    rebalance(c);
   } else if (c->h->parser.method != HTTP_GET) {
     http_error(c, 405, "Method Not Allowed", "Allow: GET\r\n");
   } else if (c->h->parser.upgrade || c->h->hdr_upgrade) {

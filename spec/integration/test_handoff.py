@@ -5,9 +5,22 @@ a dead machine's shards move at once with theirs, and bad or foreign
 session reports are ignored.
 """
 import asyncio
+import subprocess
 import unittest
+import urllib.error
+import urllib.request
 
-from harness import OP_OFFLOAD, Control, Master, run, send
+from harness import BIN, OP_OFFLOAD, Control, Master, machine, run, send, status
+
+
+def post(m, path, auth=None):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (m.port, path), data=b"",
+                                 method="POST", headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 TIMING = ["--heartbeat-interval", "1", "--heartbeat-grace", "1", "--handshake-timeout", "2",
           "--collect-window", "30", "--reconnect-grace", "0.5"]
@@ -130,6 +143,61 @@ class Handoff(unittest.TestCase):
             run(go())
             m.wait_log(r"\[a\] sessions: 0 kept, 0 invalid, 2 for shards it does not run")
             m.wait_log(r"\[a\] sessions: 0 kept, 2 invalid, 0 for shards it does not run")
+            m.stop()
+
+
+    def test_rebalance_gives_a_returning_machine_its_share_with_handoffs(self):
+        with master(6, 2, "--rebalance-batch", "2") as m:
+            async def go():
+                a, b = await fleet(m, ("a", {"handoff": True}), ("b", {"handoff": True}))
+                sa = (await a.next_connect())["shards"]
+                sb = (await b.next_connect())["shards"]
+                await a.sessions(sess(sa))
+                await b.sessions(sess(sb))
+                await a.drop()  # a dies; b takes everything
+                self.assertEqual(sorted((await b.next_connect(4))["shards"]), list(range(6)))
+                c, = await fleet(m, ("c", {"handoff": True}))  # a's replacement
+                self.assertEqual((await c.next_connect())["shards"], [])
+                self.assertEqual(machine(status(m), "c")["role"], "standby")
+                code, body = await asyncio.get_running_loop().run_in_executor(
+                    None, post, m, "/rebalance")
+                self.assertEqual((code, body), (202, "rebalance started\n"))
+                got = []
+                while len(got) < 3:  # batches of 2: b stops first, then c starts
+                    d = await b.next_connect(4)
+                    moved = sorted(set(range(6)) - set(d["shards"]) - set(got))
+                    await c.no_connect(0.3)
+                    await b.stopped(moved)
+                    dc = await c.next_connect(4)
+                    self.assertEqual(sorted(int(k) for k in dc["sessions"]), moved)
+                    got = dc["shards"]
+                st = status(m)
+                self.assertEqual(len(machine(st, "c")["shards"]), 3)
+                self.assertEqual(machine(st, "c")["role"], "active")
+                self.assertNotIn("rebalancing", st)
+                for x in (b, c):
+                    await x.close()
+            run(go())
+            m.wait_log(r"rebalance done: the fleet matches the plan after 2 steps")
+            m.stop()
+
+    def test_rebalance_requests_are_checked(self):
+        with Master("--shards", "2", "--collect-window", "30", auth="s3cret") as m:
+            self.assertEqual(post(m, "/rebalance")[0], 401)
+            self.assertEqual(post(m, "/rebalance", "Bearer s3cret"), (409, "not running yet\n"))
+            req = urllib.request.Request("http://127.0.0.1:%d/rebalance" % m.port)
+            with self.assertRaises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=5)
+            self.assertEqual(e.exception.code, 405)
+            # the CLI form: the secret from the environment, never printed
+            r = subprocess.run([BIN, "rebalance", "--master", "http://127.0.0.1:%d" % m.port],
+                               env={"DISCLUSTER_AUTH": "s3cret"}, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("HTTP 409", r.stderr)
+            self.assertNotIn("s3cret", r.stdout + r.stderr)
+            r = subprocess.run([BIN, "rebalance", "--master", "ftp://x"], capture_output=True)
+            self.assertEqual(r.returncode, 2)
+            self.assertEqual(status(m, {"Authorization": "s3cret"})["state"], "collecting")
             m.stop()
 
 
