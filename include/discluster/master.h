@@ -95,7 +95,7 @@ typedef struct dcm_options_s {
   void *log_arg;
   /* Bounds. */
   size_t max_message;         /* 1 MiB: larger messages close with 1009 */
-  size_t max_outbound;        /* 4 MiB per connection before it is cut */
+  size_t max_outbound;        /* 4 MiB queued per connection, overhead counted, before it is cut */
   size_t max_head;            /* 8 KiB per HTTP request head */
   int max_unauthenticated;    /* 256 connections before `info` */
   /* At the global cap the oldest connection of the busiest address goes. */

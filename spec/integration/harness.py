@@ -425,11 +425,13 @@ def ws_frame(payload, op=1, mask=True, fin=True):
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def raw_upgrade(port, rcvbuf=None, auth=None, source=None):
+def raw_upgrade(port, rcvbuf=None, auth=None, source=None, sndbuf=None):
     """A raw socket upgraded to WebSocket (the 101 head consumed)."""
     s = socket.socket()
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if sndbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     if source:
         s.bind((source, 0))
     s.connect(("127.0.0.1", port))

@@ -317,7 +317,10 @@ class ProtocolV1(unittest.TestCase):
         # its acks pile up: MASTER stops reading its heartbeats until they
         # drain, so it times out (4001) instead of growing the queue
         mark = self.m.mark()
-        s = raw_upgrade(self.m.port, rcvbuf=4096, auth=SECRET)
+        # a small send buffer keeps loopback segments small: big ones overrun
+        # MASTER's receive buffer while it is busy, and TCP's retransmit
+        # backoff would then stall the flow for seconds
+        s = raw_upgrade(self.m.port, rcvbuf=4096, sndbuf=32768, auth=SECRET)
         s.sendall(ws_frame(json.dumps({"o": 0, "d": info("slow-reader")}).encode()))
         hb = ws_frame(json.dumps({"o": 9, "d": {}}).encode()) * 1000
         s.settimeout(10)
