@@ -393,6 +393,10 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
   }
   lua_setfield(L, -2, "machines");
   if (m->idq) push_identify(m, now);
+  size_t known = 0;
+  for (int s = 0; m->session && s < m->shard_count; s++) known += m->session[s] != NULL;
+  lua_pushinteger(L, (lua_Integer)known);
+  lua_setfield(L, -2, "sessions_known");
   if (m->rebalancing) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "rebalancing");
