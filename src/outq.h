@@ -6,7 +6,9 @@
  * a stream of small writes costs one request, not one per write. The cap
  * counts real memory (bytes, buffer slack, requests and allocator
  * overhead), so a peer that stops reading is noticed instead of growing
- * memory. Shared by MASTER's connections and the CONTROL agent's client.
+ * memory (while the coalescing buffer doubles, the old copy is held for
+ * the memcpy). Shared by MASTER's connections and the CONTROL agent's
+ * client.
  */
 #ifndef DCM_OUTQ_H
 #define DCM_OUTQ_H
