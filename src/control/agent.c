@@ -357,6 +357,9 @@ void dcm__agent_cluster_session(dcm__agent_t *a, dcm__cluster_t *cl, const dcm__
                "ignored", cl->id, s->shard);
     return;
   }
+  const dcm__session_t *cur = dcm__ctl_sessions_get(&a->sessions, s->shard);
+  if (cur && cur->seq > s->seq && strcmp(cur->session_id, s->session_id) == 0)
+    return; /* a stopping cluster's last word on a session resumed since */
   int r = dcm__ctl_sessions_put(&a->sessions, s, 1);
   if (r < 0) {
     dcm__warn(&a->log, me(a), "cluster %d: out of memory keeping the session of shard %d",
@@ -663,7 +666,11 @@ void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
   } else {
     wait = next_retry(a);
   }
-  if (was_session)
+  if (was_session && a->cfg.lease_timeout > 0)
+    dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running for up to %.3gs "
+              "(--lease-timeout); reconnecting in %.3gs", why[0] ? why : "connection closed",
+              a->cfg.lease_timeout, (double)wait / 1000.0);
+  else if (was_session)
     dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running; reconnecting in %.3gs",
               why[0] ? why : "connection closed", (double)wait / 1000.0);
   else
