@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import websockets  # noqa: E402
 
-from control_harness import FakeMaster, Fleet, alive, initialise  # noqa: E402
+from control_harness import CONTROL_BIN, FakeMaster, Fleet, alive, initialise  # noqa: E402
 from harness import SRC  # noqa: E402
 from fake_gateway import FakeGateway  # noqa: E402
 
@@ -177,6 +178,20 @@ class Sessions(unittest.TestCase):
             d["sessions"] = sessions
         await peer.send(OP_CONNECT, d)
         await peer.wait(OP_READY, where=lambda d: d["shards"] == shards)
+
+    def test_lease_option(self):
+        out = subprocess.run([CONTROL_BIN, "--help"], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0)
+        self.assertIn("--lease-timeout S", out.stdout)
+        self.assertIn("SHARD_SESSIONS", out.stdout)
+        self.assertIn("SESSION <shard> <session_id> <seq> <resume_url>", out.stdout)
+        for bad in ("-1", "x", "", "nan", "1e99"):
+            out = subprocess.run([CONTROL_BIN, "--master", "ws://127.0.0.1:1",
+                                  "--cluster-command", "true", "--lease-timeout", bad],
+                                 capture_output=True, text=True, timeout=10)
+            self.assertEqual(out.returncode, 2, bad)
+            self.assertIn("--lease-timeout: '%s' is not a usable number of seconds" % bad,
+                          out.stderr)
 
     def test_bad_session_lines_are_ignored(self):
         # A cluster printing SESSION lines of every kind; READY last, so that
