@@ -114,23 +114,24 @@ class FleetIdentify(FleetCase):
             ts = sorted(i["t"] for i in st["identifies"] if i["bucket"] == b)
             self.assertTrue(all(y - x >= GW_INTERVAL for x, y in zip(ts, ts[1:])), ts)
 
-        # A cluster crash: it restarts through the queue and is counted.
+        # A cluster crash: it restarts with the sessions it last reported
+        # (SHARD_SESSIONS) and resumes them: no identify.
         owner = {x["id"]: x["shards"] for x in ms["machines"]}
         victim_shards = owner["m0"]
         pid = self.cluster_pid(self.agents["m0"], victim_shards[0])
         self.assertIsNotNone(pid)
         kill_group(pid)
-        wait_for(lambda: self.stats()["identify_count"] >= 24 + len(victim_shards), 30,
-                 "the crashed cluster's shards identified again")
+        wait_for(lambda: self.stats()["resumed_count"] >= len(victim_shards), 30,
+                 "the crashed cluster's shards resumed")
         self.wait_open(range(24))
-        self.assertEqual(self.stats()["identify_count"], 24 + len(victim_shards))
+        self.assertEqual(self.stats()["identify_count"], 24)
 
         # A machine dies: its cluster sees EOF and closes its sessions; after the
         # reconnect grace its shards move and identify on the receivers.
         dead = owner["m1"]
         self.agents["m1"].proc.send_signal(signal.SIGKILL)
         m.wait_log(r"\[m1\] failed: ", 15)  # no reconnect within the grace
-        want = 24 + len(victim_shards) + len(dead)
+        want = 24 + len(dead)
         wait_for(lambda: self.stats()["identify_count"] >= want, 30,
                  "the dead machine's shards identified on the receivers")
         self.wait_open(range(24))
@@ -172,7 +173,8 @@ class FleetIdentify(FleetCase):
         self.check_budget()
         self.assertEqual(status(m)["state"], "running")
         # 4014 (disallowed intents) is fatal: the fleet stops, MASTER exits 3.
-        self.gw.configure(fatal_shards={7: 4014})
+        # (The restarted cluster's RESUME is refused, so it identifies.)
+        self.gw.configure(fatal_shards={7: 4014}, refuse_resume=True)
         holder = [x["id"] for x in status(m)["machines"] if 7 in x["shards"]][0]
         kill_group(self.cluster_pid(self.agents[holder], 7))
         self.assertEqual(m.wait(30), 3)

@@ -1,16 +1,18 @@
 /*
  * test_control.c: the agent's pure parts: shard grouping, the cluster
- * stdout line contract (READY, FATAL, bounded lines), the identify
+ * stdout line contract (READY, FATAL, SESSION, bounded lines), the identify
  * endpoint's request target and keys, the reconnect backoff, the /proc
- * readers, and the CONTROL-side packet codec with the bounded
- * failed_clusters. The agent is its own executable, not part of the
- * library, so its two pure sources are compiled in here.
+ * readers, the CONTROL-side packet codec with the bounded failed_clusters,
+ * sessions, stopped and connect.sessions, and the session store. The
+ * agent is its own executable, not part of the library, so its pure
+ * sources are compiled in here.
  */
 #include "check.h"
 #include "json.h"
 
 #include "control/packets.c"
 #include "control/plan.c"
+#include "control/sessions.c"
 
 static void test_groups(void) {
   int v[] = {5, 3, 3, 9, 1, 5};
@@ -83,6 +85,61 @@ static void test_line_kinds(void) {
   CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_OTHER);
   l = "FATAL 99999999999 big";
   CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), &f), DCM_CTL_LINE_OTHER);
+}
+
+static int session_line(const char *l, dcm__session_t *s) {
+  return dcm__ctl_parse_session(l, strlen(l), s);
+}
+
+static void test_session_lines(void) {
+  dcm__session_t s;
+  const char *l = "SESSION 7 abc_DEF-123 42 wss://gateway-us-east1-b.discord.gg";
+  CHECK_EQ(dcm__ctl_parse_line(l, strlen(l), NULL), DCM_CTL_LINE_SESSION);
+  CHECK(session_line(l, &s));
+  CHECK(s.shard == 7 && s.seq == 42);
+  CHECK_STR(s.session_id, "abc_DEF-123");
+  CHECK_STR(s.resume_url, "wss://gateway-us-east1-b.discord.gg");
+  /* blanks between fields, a trailing \r; seq 0 and 2^53; shard 2^31-1 */
+  CHECK(session_line("SESSION  0\tx  0 ws://127.0.0.1:5/resume \r", &s));
+  CHECK(s.shard == 0 && s.seq == 0 && strcmp(s.session_id, "x") == 0 &&
+        strcmp(s.resume_url, "ws://127.0.0.1:5/resume") == 0);
+  CHECK(session_line("SESSION 2147483647 a 9007199254740992 ws://h", &s));
+  CHECK(s.shard == 2147483647 && s.seq == 9007199254740992LL);
+  /* a 128-character id and a 512-byte url are the longest */
+  char id[200], url[600], line[1000];
+  memset(id, 'a', 128);
+  id[128] = '\0';
+  memcpy(url, "wss://", 6);
+  memset(url + 6, 'u', 506);
+  url[512] = '\0';
+  snprintf(line, sizeof line, "SESSION 1 %s 5 %s", id, url);
+  CHECK(session_line(line, &s));
+  CHECK(strlen(s.session_id) == 128 && strlen(s.resume_url) == 512);
+  snprintf(line, sizeof line, "SESSION 1 %sa 5 %s", id, url);
+  CHECK(!session_line(line, &s));
+  snprintf(line, sizeof line, "SESSION 1 %s 5 %su", id, url);
+  CHECK(!session_line(line, &s));
+  /* what is not one */
+  static const char *const bad[] = {
+      "SESSION", "SESSION ", "SESSION 1", "SESSION 1 a", "SESSION 1 a 2",
+      "SESSION 1 a 2 ws://h extra", "SESSION -1 a 2 ws://h", "SESSION +1 a 2 ws://h",
+      "SESSION 01 a 2 ws://h", "SESSION 2147483648 a 2 ws://h", "SESSION x a 2 ws://h",
+      "SESSION 1 a -2 ws://h", "SESSION 1 a 9007199254740993 ws://h",
+      "SESSION 1 a 99999999999999999999 ws://h", "SESSION 1 a 2.5 ws://h",
+      "SESSION 1 a 02 ws://h", "SESSION 1 a.b 2 ws://h", "SESSION 1 a/b 2 ws://h",
+      "SESSION 1 a 2 http://h", "SESSION 1 a 2 ws:/h", "SESSION 1 a 2 ws://h\"x",
+      "SESSION 1 a 2 ws://h\\x", "SESSION 1 a 2 ws://h\x01"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memset(&s, 0, sizeof s);
+    CHECK(!session_line(bad[i], &s));
+  }
+  /* the kind: anything starting with the word SESSION, nothing else */
+  CHECK_EQ(dcm__ctl_parse_line("SESSION", 7, NULL), DCM_CTL_LINE_SESSION);
+  CHECK_EQ(dcm__ctl_parse_line("SESSION x", 9, NULL), DCM_CTL_LINE_SESSION);
+  CHECK_EQ(dcm__ctl_parse_line("SESSIONS 1", 10, NULL), DCM_CTL_LINE_OTHER);
+  CHECK_EQ(dcm__ctl_parse_line(" SESSION 1", 10, NULL), DCM_CTL_LINE_OTHER);
+  CHECK_EQ(dcm__ctl_parse_line("session 1 a 2 ws://h", 20, NULL), DCM_CTL_LINE_OTHER);
+  CHECK(!session_line("READY", &s));
 }
 
 typedef struct {
@@ -445,15 +502,243 @@ static void test_rest_is_linear(void) {
   free(sizes);
 }
 
+static dcm__session_t mk(int shard, const char *id, long long seq, const char *url) {
+  dcm__session_t s;
+  memset(&s, 0, sizeof s);
+  s.shard = shard;
+  s.seq = seq;
+  snprintf(s.session_id, sizeof s.session_id, "%s", id);
+  snprintf(s.resume_url, sizeof s.resume_url, "%s", url);
+  return s;
+}
+
+static void test_sessions_codec(void) {
+  lua_State *L = dcm__json_new();
+  size_t len;
+  dcm__session_t a = mk(3, "abc", 17, "wss://r.example/x"), b = mk(0, "d-e_f", 0, "ws://h:1");
+  const dcm__session_t *v[2] = {&a, &b};
+  const char *s = dcm__ctl_enc_sessions(L, v, 2, &len);
+  CHECK(strstr(s, "\"o\":14") && strstr(s, "\"sessions\":[{"));
+  /* what MASTER's decoder makes of it */
+  dcm__packet_t p;
+  char err[160];
+  CHECK_EQ(dcm__packet_decode(L, s, len, 16, &p, err, sizeof err), 0);
+  CHECK(p.op == DCM_OP_SESSIONS && p.nsessions == 2 && p.nbad == 0);
+  CHECK(p.sessions[0].shard == 3 && p.sessions[0].seq == 17);
+  CHECK_STR(p.sessions[0].session_id, "abc");
+  CHECK_STR(p.sessions[0].resume_url, "wss://r.example/x");
+  CHECK(p.sessions[1].shard == 0 && p.sessions[1].seq == 0);
+  dcm__packet_clear(&p);
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_sessions(L, NULL, 0, &len);
+  CHECK(strstr(s, "\"sessions\":[]"));
+  lua_settop(L, 0);
+
+  /* SHARD_SESSIONS: an object keyed by shard id, no shard field inside */
+  s = dcm__ctl_enc_shard_sessions(L, v, 2, &len);
+  CHECK(s[0] == '{' && strstr(s, "\"3\":{") && strstr(s, "\"0\":{") && !strstr(s, "shard") &&
+        strstr(s, "\"session_id\":\"abc\"") && strstr(s, "\"seq\":17") &&
+        strstr(s, "\"resume_url\":\"wss:\\/\\/r.example\\/x\""));
+  CHECK_EQ(lua_gettop(L), 1);
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_shard_sessions(L, NULL, 0, &len);
+  CHECK_STR(s, "{}");
+  lua_settop(L, 0);
+
+  /* stopped */
+  int shards[] = {4, 9};
+  s = dcm__ctl_enc_stopped(L, shards, 2, &len);
+  CHECK(strstr(s, "\"o\":15") && strstr(s, "\"d\":{\"shards\":[4,9]}"));
+  lua_settop(L, 0);
+
+  /* Bounds: 1000 entries a packet; widest entries stop at the bytes. */
+  enum { N = 2500 };
+  dcm__session_t *many = malloc(N * sizeof *many);
+  const dcm__session_t **pv = malloc(N * sizeof *pv);
+  CHECK(many && pv);
+  for (int i = 0; i < N; i++) {
+    many[i] = mk(i, "0123456789abcdef0123456789abcdef", 1000000 + i,
+                 "wss://gateway-us-east1-b.discord.gg");
+    pv[i] = &many[i];
+  }
+  CHECK_EQ(dcm__ctl_sessions_fit(pv, N, DCM_SESSIONS_MAX, DCM_CTL_SESSIONS_JSON_MAX),
+           (size_t)DCM_SESSIONS_MAX);
+  CHECK_EQ(dcm__ctl_sessions_fit(pv, 10, DCM_SESSIONS_MAX, DCM_CTL_SESSIONS_JSON_MAX), 10u);
+  CHECK_EQ(dcm__ctl_sessions_fit(pv, 0, DCM_SESSIONS_MAX, DCM_CTL_SESSIONS_JSON_MAX), 0u);
+  s = dcm__ctl_enc_sessions(L, pv, DCM_SESSIONS_MAX, &len);
+  CHECK_EQ(dcm__packet_decode(L, s, len, N, &p, err, sizeof err), 0);
+  CHECK(p.nsessions == DCM_SESSIONS_MAX && p.nbad == 0);
+  dcm__packet_clear(&p);
+  lua_settop(L, 0);
+  /* the widest entries: 128-character ids, 512-byte urls of slashes */
+  char id[129], url[513];
+  memset(id, 'i', 128);
+  id[128] = '\0';
+  memcpy(url, "wss://", 6);
+  memset(url + 6, '/', 506);
+  url[512] = '\0';
+  for (int i = 0; i < N; i++) many[i] = mk(i, id, 1LL << 53, url);
+  size_t k = dcm__ctl_sessions_fit(pv, N, DCM_SESSIONS_MAX, DCM_CTL_SESSIONS_JSON_MAX);
+  CHECK(k > 100 && k < DCM_SESSIONS_MAX);
+  s = dcm__ctl_enc_sessions(L, pv, k, &len);
+  CHECK(len <= DCM_CTL_SESSIONS_JSON_MAX && len < (1u << 20));
+  CHECK(len > DCM_CTL_SESSIONS_JSON_MAX / 100 * 95); /* the estimate is close */
+  lua_settop(L, 0);
+  k = dcm__ctl_sessions_fit(pv, N, N, DCM_CTL_SHARD_SESSIONS_MAX);
+  CHECK(k > 10);
+  s = dcm__ctl_enc_shard_sessions(L, pv, k, &len);
+  CHECK(len + sizeof "SHARD_SESSIONS=" <= DCM_CTL_SHARD_SESSIONS_MAX && len < 128 * 1024);
+  lua_settop(L, 0);
+  free(many);
+  free(pv);
+  lua_close(L);
+}
+
+static void test_connect_sessions(void) {
+  lua_State *L = dcm__json_new();
+  dcm__ctl_packet_t p;
+  /* valid entries for shards of the list; the rest is counted, the connect stands */
+  const char *text =
+      "{\"o\":6,\"d\":{\"shards\":[5,1,3],\"redundant\":false,\"sessions\":{"
+      "\"1\":{\"session_id\":\"s1\",\"seq\":10,\"resume_url\":\"wss://r\\/1\"},"
+      "\"3\":{\"session_id\":\"s3\",\"seq\":0,\"resume_url\":\"ws://r:9\"},"
+      "\"4\":{\"session_id\":\"s4\",\"seq\":1,\"resume_url\":\"ws://r\"},"
+      "\"05\":{\"session_id\":\"s5\",\"seq\":1,\"resume_url\":\"ws://r\"},"
+      "\"x\":{\"session_id\":\"s5\",\"seq\":1,\"resume_url\":\"ws://r\"},"
+      "\"5\":{\"session_id\":\"bad id\",\"seq\":1,\"resume_url\":\"ws://r\"}}}}";
+  CHECK_EQ(decode(L, text, &p), 0);
+  CHECK(p.nshards == 3 && p.nsessions == 2 && p.nbad == 4);
+  int seen = 0;
+  for (size_t i = 0; i < p.nsessions; i++) {
+    const dcm__session_t *s = &p.sessions[i];
+    if (s->shard == 1) {
+      CHECK(s->seq == 10 && strcmp(s->session_id, "s1") == 0 &&
+            strcmp(s->resume_url, "wss://r/1") == 0);
+      seen |= 1;
+    } else {
+      CHECK(s->shard == 3 && s->seq == 0 && strcmp(s->resume_url, "ws://r:9") == 0);
+      seen |= 2;
+    }
+  }
+  CHECK_EQ(seen, 3);
+  dcm__ctl_packet_clear(&p);
+  CHECK(p.sessions == NULL && p.nsessions == 0);
+  /* every kind of bad entry */
+  static const char *const bad[] = {
+      "\"1\":1", "\"1\":[]", "\"1\":{}", "\"1\":null",
+      "\"1\":{\"session_id\":\"a\",\"seq\":-1,\"resume_url\":\"ws://r\"}",
+      "\"1\":{\"session_id\":\"a\",\"seq\":1.5,\"resume_url\":\"ws://r\"}",
+      "\"1\":{\"session_id\":\"a\",\"seq\":\"1\",\"resume_url\":\"ws://r\"}",
+      /* 2^53 + 2: JSON numbers are doubles, 2^53 + 1 would read as 2^53 */
+      "\"1\":{\"session_id\":\"a\",\"seq\":9007199254740994,\"resume_url\":\"ws://r\"}",
+      "\"1\":{\"session_id\":\"\",\"seq\":1,\"resume_url\":\"ws://r\"}",
+      "\"1\":{\"session_id\":7,\"seq\":1,\"resume_url\":\"ws://r\"}",
+      "\"1\":{\"session_id\":\"a\",\"seq\":1,\"resume_url\":\"https://r\"}",
+      "\"1\":{\"session_id\":\"a\",\"seq\":1,\"resume_url\":\"ws://r x\"}",
+      "\"1\":{\"session_id\":\"a\",\"seq\":1}", "\"-1\":{}", "\"\":{}",
+      "\"99999999999\":{\"session_id\":\"a\",\"seq\":1,\"resume_url\":\"ws://r\"}"};
+  char buf[512];
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(buf, sizeof buf, "{\"o\":6,\"d\":{\"shards\":[1],\"sessions\":{%s}}}", bad[i]);
+    CHECK_EQ(decode(L, buf, &p), 0);
+    CHECK(p.nshards == 1 && p.nsessions == 0 && p.nbad == 1);
+    dcm__ctl_packet_clear(&p);
+  }
+  /* sessions that is not an object: ignored as a whole; absent or {}: nothing */
+  static const char *const whole[] = {"[1]", "3", "\"x\"", "true"};
+  for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++) {
+    snprintf(buf, sizeof buf, "{\"o\":6,\"d\":{\"shards\":[1],\"sessions\":%s}}", whole[i]);
+    CHECK_EQ(decode(L, buf, &p), 0);
+    CHECK(p.nshards == 1 && p.nsessions == 0 && p.nbad == 1);
+    dcm__ctl_packet_clear(&p);
+  }
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[1],\"sessions\":{}}}", &p), 0);
+  CHECK(p.nsessions == 0 && p.nbad == 0);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[],\"sessions\":null}}", &p), 0);
+  CHECK(p.nsessions == 0 && p.nbad == 0);
+  dcm__ctl_packet_clear(&p);
+  /* an empty list takes no session */
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[],\"sessions\":{\"1\":{\"session_id\":"
+                     "\"a\",\"seq\":1,\"resume_url\":\"ws://r\"}}}}", &p), 0);
+  CHECK(p.nsessions == 0 && p.nbad == 1);
+  dcm__ctl_packet_clear(&p);
+  /* what MASTER's encoder sends, read back */
+  int shards[] = {2, 6};
+  dcm__session_t x = mk(6, "zz", 99, "wss://resume.example");
+  const dcm__session_t *sess[] = {NULL, &x};
+  size_t len;
+  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, &len);
+  char copy[512];
+  snprintf(copy, sizeof copy, "%s", s);
+  lua_settop(L, 0);
+  CHECK_EQ(decode(L, copy, &p), 0);
+  CHECK(p.nsessions == 1 && p.nbad == 0 && p.sessions[0].shard == 6 &&
+        p.sessions[0].seq == 99 && strcmp(p.sessions[0].resume_url, "wss://resume.example") == 0);
+  dcm__ctl_packet_clear(&p);
+  lua_close(L);
+}
+
+static void test_session_store(void) {
+  dcm__ctl_sessions_t st;
+  const dcm__session_t *v[8];
+  memset(&st, 0, sizeof st);
+  dcm__ctl_sessions_reset(&st, 4);
+  dcm__session_t a = mk(2, "a", 1, "ws://h"), b = mk(0, "b", 5, "ws://h");
+  CHECK(dcm__ctl_sessions_get(&st, 2) == NULL);
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &a, 1), 1);
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &a, 1), 0); /* the same: nothing changes */
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &b, 0), 1); /* kept, not queued */
+  CHECK(st.count == 2 && st.nqueued == 1);
+  CHECK_EQ(dcm__ctl_sessions_get(&st, 0)->seq, 5);
+  dcm__session_t bad = mk(4, "c", 1, "ws://h");
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &bad, 1), -1); /* beyond the slots */
+  bad.shard = -1;
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &bad, 1), -1);
+  CHECK(dcm__ctl_sessions_get(&st, 4) == NULL && dcm__ctl_sessions_get(&st, -1) == NULL);
+  /* a newer seq replaces the entry; queued once */
+  a.seq = 9;
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &a, 1), 1);
+  CHECK_EQ(dcm__ctl_sessions_peek(&st, v, 8), 1u);
+  CHECK(v[0]->shard == 2 && v[0]->seq == 9);
+  CHECK_EQ(dcm__ctl_sessions_drop(&st, 2), 0); /* queued: kept */
+  dcm__ctl_sessions_pop(&st, 1);
+  CHECK(st.nqueued == 0 && st.head == NULL && st.tail == NULL);
+  CHECK_EQ(dcm__ctl_sessions_peek(&st, v, 8), 0u);
+  /* a full report queues every entry once, in shard order after the queued */
+  dcm__session_t c = mk(3, "c", 2, "ws://h");
+  CHECK_EQ(dcm__ctl_sessions_put(&st, &c, 1), 1);
+  dcm__ctl_sessions_queue_all(&st);
+  CHECK_EQ(dcm__ctl_sessions_peek(&st, v, 8), 3u);
+  CHECK(v[0]->shard == 3 && v[1]->shard == 0 && v[2]->shard == 2);
+  CHECK_EQ(dcm__ctl_sessions_peek(&st, v, 2), 2u);
+  dcm__ctl_sessions_pop(&st, 2);
+  CHECK_EQ(dcm__ctl_sessions_peek(&st, v, 8), 1u);
+  CHECK(v[0]->shard == 2);
+  dcm__ctl_sessions_pop(&st, 5);
+  CHECK(st.nqueued == 0);
+  CHECK_EQ(dcm__ctl_sessions_drop(&st, 2), 1);
+  CHECK_EQ(dcm__ctl_sessions_drop(&st, 2), 0);
+  CHECK(st.count == 2 && dcm__ctl_sessions_get(&st, 2) == NULL);
+  /* a reset forgets everything */
+  dcm__ctl_sessions_reset(&st, 8);
+  CHECK(st.count == 0 && st.nslots == 8 && dcm__ctl_sessions_get(&st, 0) == NULL);
+  dcm__ctl_sessions_free(&st);
+}
+
 int main(void) {
   RUN(test_groups);
   RUN(test_line_kinds);
+  RUN(test_session_lines);
   RUN(test_line_splitter);
   RUN(test_decode);
   RUN(test_decode_extensions);
   RUN(test_identify_target);
   RUN(test_encode);
   RUN(test_failed_fit);
+  RUN(test_sessions_codec);
+  RUN(test_connect_sessions);
+  RUN(test_session_store);
   RUN(test_backoff);
   RUN(test_proc_readers);
   RUN(test_rest_is_linear);

@@ -5,8 +5,13 @@
  * every cluster of the assignment printed READY, relays the FATAL codes
  * that stop the fleet (and restarts a cluster that reports any other),
  * carries identify requests and grants between the identify endpoint and
- * MASTER, and stops: on `shutdown` at once, on SIGTERM after an `offload`
- * drain. Losing MASTER never stops the clusters; reconnects back off
+ * MASTER, relays the clusters' SESSION lines in `sessions` (coalesced,
+ * at most one packet a second; at once when a cluster stops; in full after
+ * every `initialise`), hands the sessions it knows to the clusters it
+ * starts (SHARD_SESSIONS), confirms with `stopped` the shards a `connect`
+ * removed once their clusters are gone, and stops: on `shutdown` at once,
+ * on SIGTERM after an `offload` drain. Losing MASTER does not stop the
+ * clusters, unless --lease-timeout passes first; reconnects back off
  * exponentially with jitter up to --retry. At most --max-clusters clusters
  * run; the shards beyond are reported as failed (over_cap) so MASTER moves
  * them. The heartbeat's failed_clusters is a bounded summary.
@@ -28,6 +33,7 @@ extern char **environ;
 #define IDLE_GRACE_MS 15000 /* silence beyond two heartbeats before MASTER counts as gone */
 #define FAST_RETRY_MS 100   /* first attempt after losing an established session */
 #define REPORT_MS 20        /* failures within this long share one early heartbeat */
+#define SESSIONS_EVERY_MS 1000 /* coalesced `sessions` packets: at most one this often */
 
 static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
@@ -78,6 +84,30 @@ static size_t cluster_shard_total(dcm__agent_t *a) {
   size_t n = 0;
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) n += cl->nshards;
   return n;
+}
+
+/* The shards of every cluster (with stopping ones when all is set),
+ * sorted, malloc'd into *out; the count, or (size_t)-1 on exhaustion. */
+static size_t held_shards(dcm__agent_t *a, int all, int **out) {
+  size_t n = 0;
+  int *v = malloc((cluster_shard_total(a) + 1) * sizeof *v);
+  *out = v;
+  if (v == NULL) return (size_t)-1;
+  for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) {
+    if (cl->destroying && !all) continue;
+    memcpy(v + n, cl->shards, cl->nshards * sizeof *v);
+    n += cl->nshards;
+  }
+  return dcm__ctl_sort_unique(v, n);
+}
+
+static int cmp_int(const void *x, const void *y) {
+  int p = *(const int *)x, q = *(const int *)y;
+  return (p > q) - (p < q);
+}
+
+static int in_set(const int *v, size_t n, int x) {
+  return n > 0 && bsearch(&x, v, n, sizeof *v, cmp_int) != NULL;
 }
 
 static void send_info(dcm__agent_t *a) {
@@ -169,6 +199,183 @@ static void check_ready(dcm__agent_t *a) {
   dcm__info(&a->log, me(a), "ready: all %zu assigned shards connected", a->nassigned);
 }
 
+/* ---- sessions and stopped ------------------------------------------------ */
+
+/* One `sessions` packet with the oldest queued entries that fit its
+ * bounds; 0 when nothing is queued (or nothing could be encoded). */
+static int send_sessions_packet(dcm__agent_t *a) {
+  const dcm__session_t *v[DCM_SESSIONS_MAX];
+  size_t n = dcm__ctl_sessions_peek(&a->sessions, v, DCM_SESSIONS_MAX), len;
+  if (n == 0) return 0;
+  size_t k = dcm__ctl_sessions_fit(v, n, DCM_SESSIONS_MAX, DCM_CTL_SESSIONS_JSON_MAX);
+  if (k == 0) k = 1; /* cannot happen: one entry is under 2 KiB */
+  const char *s = dcm__ctl_enc_sessions(a->json, v, k, &len);
+  if (s == NULL) {
+    lua_settop(a->json, 0);
+    return 0; /* out of memory: the entries stay queued */
+  }
+  send_text(a, s, len);
+  dcm__ctl_sessions_pop(&a->sessions, k);
+  a->sessions_last = uv_now(a->loop);
+  dcm__debug(&a->log, me(a), "sent %zu sessions to MASTER", k);
+  return 1;
+}
+
+static void sessions_cb(uv_timer_t *t) {
+  dcm__agent_t *a = t->data;
+  if (a->session && send_sessions_packet(a) && a->sessions.nqueued)
+    uv_timer_start(&a->sessions_timer, sessions_cb, SESSIONS_EVERY_MS, 0);
+}
+
+/* The next packet, at most one per SESSIONS_EVERY_MS; without a session
+ * the queue waits for the full report after `initialise`. */
+static void sessions_soon(dcm__agent_t *a) {
+  if (!a->session || a->closed || a->sessions.nqueued == 0 ||
+      uv_is_active((uv_handle_t *)&a->sessions_timer))
+    return;
+  uint64_t now = uv_now(a->loop), due = a->sessions_last + SESSIONS_EVERY_MS;
+  uv_timer_start(&a->sessions_timer, sessions_cb, due > now ? due - now : 0, 0);
+}
+
+/* Everything queued, now, in as many packets as it takes. */
+static void sessions_flush(dcm__agent_t *a) {
+  if (!a->session) return;
+  uv_timer_stop(&a->sessions_timer);
+  while (send_sessions_packet(a)) {
+  }
+}
+
+/*
+ * The shards a connect removed that no cluster holds any more are
+ * stopped: MASTER gets their final sessions, then `stopped`, and the
+ * agent forgets those sessions (the shards run elsewhere now). Without a
+ * session this waits for the next `initialise`.
+ */
+static void check_stopped(dcm__agent_t *a) {
+  size_t k = 0, keep = 0, len;
+  int *held;
+  if (a->nremoving == 0 || !a->session) return;
+  size_t nheld = held_shards(a, 1, &held);
+  int *done = malloc(a->nremoving * sizeof *done);
+  if (nheld == (size_t)-1 || done == NULL) {
+    free(held);
+    free(done);
+    return; /* out of memory: the next cluster freed tries again */
+  }
+  for (size_t i = 0; i < a->nremoving; i++) {
+    if (in_set(held, nheld, a->removing[i])) a->removing[keep++] = a->removing[i];
+    else done[k++] = a->removing[i];
+  }
+  free(held);
+  a->nremoving = keep;
+  if (k > 0) {
+    char list[160];
+    sessions_flush(a);
+    for (size_t i = 0; i < k; i += DCM_CTL_STOPPED_MAX) {
+      size_t m = k - i < DCM_CTL_STOPPED_MAX ? k - i : DCM_CTL_STOPPED_MAX;
+      const char *s = dcm__ctl_enc_stopped(a->json, done + i, m, &len);
+      send_text(a, s, len);
+    }
+    for (size_t i = 0; i < k; i++) dcm__ctl_sessions_drop(&a->sessions, done[i]);
+    if (dcm__ctl_join(done, k, list, sizeof list) == 0) snprintf(list, sizeof list, "...");
+    dcm__info(&a->log, me(a), "stopped: the %zu shards MASTER moved away are stopped [%s]", k,
+              list);
+  }
+  free(done);
+}
+
+/* Adds the shards of the old assignment missing from want (both sorted)
+ * to the removed shards, and takes want's shards out of them. */
+static void note_removed(dcm__agent_t *a, const int *want, size_t n) {
+  size_t k = 0;
+  int *v = malloc((a->nremoving + a->nassigned + 1) * sizeof *v);
+  if (v == NULL) return; /* out of memory: no `stopped` for these; MASTER's timeout moves them */
+  for (size_t i = 0; i < a->nremoving; i++)
+    if (!in_set(want, n, a->removing[i])) v[k++] = a->removing[i];
+  for (size_t i = 0; i < a->nassigned; i++)
+    if (!in_set(want, n, a->assigned[i])) v[k++] = a->assigned[i];
+  free(a->removing);
+  a->removing = v;
+  a->nremoving = dcm__ctl_sort_unique(v, k);
+}
+
+/* After a full report: sessions of shards the agent neither holds, nor
+ * is assigned, nor still has to confirm stopped are MASTER's business. */
+static void prune_sessions(dcm__agent_t *a) {
+  int *held;
+  size_t nheld = held_shards(a, 1, &held);
+  if (nheld == (size_t)-1) return;
+  for (size_t i = 0; i < a->sessions.nslots && a->sessions.count > 0; i++) {
+    int x = (int)i;
+    if (dcm__ctl_sessions_get(&a->sessions, x) && !in_set(held, nheld, x) &&
+        !in_set(a->assigned, a->nassigned, x) && !in_set(a->removing, a->nremoving, x))
+      dcm__ctl_sessions_drop(&a->sessions, x);
+  }
+  free(held);
+}
+
+/* connect.sessions for shards new to this machine: kept as their latest
+ * session unless a cluster here runs the shard (its own is current) or
+ * the agent knows the same session at a later seq. */
+static void take_sessions(dcm__agent_t *a, const dcm__ctl_packet_t *p) {
+  size_t took = 0, ignored = p->nbad;
+  int *held;
+  if (p->nsessions == 0) {
+    if (ignored)
+      dcm__warn(&a->log, me(a), "connect: %zu handed-over sessions ignored (invalid, or for "
+                "shards not in the connect)", ignored);
+    return;
+  }
+  size_t nheld = held_shards(a, 0, &held);
+  if (nheld == (size_t)-1) return;
+  for (size_t i = 0; i < p->nsessions; i++) {
+    const dcm__session_t *s = &p->sessions[i], *cur;
+    if (s->shard >= a->shard_count) {
+      ignored++;
+      continue;
+    }
+    cur = dcm__ctl_sessions_get(&a->sessions, s->shard);
+    if (in_set(held, nheld, s->shard) ||
+        (cur && strcmp(cur->session_id, s->session_id) == 0 && cur->seq >= s->seq)) {
+      dcm__debug(&a->log, me(a), "connect: shard %d: the session this agent knows is kept",
+                 s->shard);
+      continue;
+    }
+    if (dcm__ctl_sessions_put(&a->sessions, s, 0) >= 0) took++;
+  }
+  free(held);
+  if (ignored)
+    dcm__warn(&a->log, me(a), "connect: %zu handed-over sessions ignored (invalid, or for "
+              "shards not in the connect)", ignored);
+  if (took) dcm__info(&a->log, me(a), "connect hands over %zu sessions to resume", took);
+}
+
+void dcm__agent_cluster_session(dcm__agent_t *a, dcm__cluster_t *cl, const dcm__session_t *s) {
+  if (cl->epoch != a->epoch) return; /* a session of the bot before the change */
+  if (!in_set(cl->shards, cl->nshards, s->shard)) {
+    dcm__debug(&a->log, me(a), "cluster %d: SESSION for shard %d, not one of its shards; "
+               "ignored", cl->id, s->shard);
+    return;
+  }
+  const dcm__session_t *cur = dcm__ctl_sessions_get(&a->sessions, s->shard);
+  if (cur && cur->seq > s->seq && strcmp(cur->session_id, s->session_id) == 0)
+    return; /* a stopping cluster's last word on a session resumed since */
+  int r = dcm__ctl_sessions_put(&a->sessions, s, 1);
+  if (r < 0) {
+    dcm__warn(&a->log, me(a), "cluster %d: out of memory keeping the session of shard %d",
+              cl->id, s->shard);
+  } else if (r > 0) {
+    dcm__debug(&a->log, me(a), "cluster %d: shard %d session %s seq %lld", cl->id, s->shard,
+               s->session_id, s->seq);
+    sessions_soon(a);
+  }
+}
+
+void dcm__agent_cluster_ended(dcm__agent_t *a, dcm__cluster_t *cl) {
+  (void)cl;
+  sessions_flush(a); /* its final SESSION lines: MASTER may move the shards now */
+}
+
 /* ---- assignment ---------------------------------------------------------- */
 
 static void stop_all_clusters(dcm__agent_t *a) {
@@ -180,6 +387,7 @@ static void stop_all_clusters(dcm__agent_t *a) {
 static void apply(dcm__agent_t *a, int *want, size_t n) {
   size_t kept = 0, stopped = 0, started = 0, nk = 0;
   char list[160];
+  note_removed(a, want, n);
   free(a->assigned);
   a->assigned = want;
   a->nassigned = n;
@@ -247,6 +455,7 @@ static void apply(dcm__agent_t *a, int *want, size_t n) {
   if (a->nover) report_soon(a); /* MASTER learns at once which shards to move */
   a->ready_pending = 1;
   check_ready(a);
+  check_stopped(a); /* removed shards that had no cluster left are stopped already */
 }
 
 static void on_connect(dcm__agent_t *a, dcm__ctl_packet_t *p) {
@@ -272,6 +481,7 @@ static void on_connect(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   int *want = p->shards;
   p->shards = NULL;
   p->nshards = 0;
+  take_sessions(a, p); /* before apply: the clusters it starts get them */
   apply(a, want, n);
   if (a->mode == DCM_AGENT_DRAINING && n == 0) begin_stop(a, "drained: MASTER moved every shard");
 }
@@ -298,6 +508,14 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
     a->over = NULL;
     a->nover = 0;
   }
+  if (changed || a->sessions.nslots != (size_t)p->shard_count) {
+    /* Sessions belong to one bot and shard count: a change voids them. */
+    a->epoch++;
+    dcm__ctl_sessions_reset(&a->sessions, (size_t)p->shard_count);
+    free(a->removing);
+    a->removing = NULL;
+    a->nremoving = 0;
+  }
   if (a->token) {
     memset(a->token, 0, strlen(a->token));
     free(a->token);
@@ -311,11 +529,18 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   a->session = 1;
   a->had_session = 1;
   a->retry_attempt = 0;
+  uv_timer_stop(&a->lease_timer);
   dcm__client_set_idle(a->client, 2 * a->heartbeat_ms + IDLE_GRACE_MS);
   uv_timer_start(&a->heartbeat_timer, heartbeat_cb, a->heartbeat_ms, a->heartbeat_ms);
   dcm__info(&a->log, me(a), "initialised: %d shards, max_concurrency %d, heartbeat every %.3gs",
             a->shard_count, a->max_concurrency, (double)a->heartbeat_ms / 1000.0);
   if (a->fatal_pending) send_fatal(a);
+  /* Every session it knows (a restarted MASTER learns them again), then
+   * the removed shards that stopped while MASTER was away. */
+  dcm__ctl_sessions_queue_all(&a->sessions);
+  sessions_flush(a);
+  check_stopped(a);
+  prune_sessions(a);
   if (a->mode == DCM_AGENT_DRAINING) send_offload(a);
   dcm__ident_resend(&a->ident); /* MASTER forgot them with the old connection */
 }
@@ -394,6 +619,27 @@ static void connect_now(dcm__agent_t *a) {
 
 static void retry_cb(uv_timer_t *t) { connect_now(t->data); }
 
+/* --lease-timeout: MASTER may have moved the shards; none runs here
+ * unconfirmed. The final SESSION lines wait for the next `initialise`. */
+static void lease_cb(uv_timer_t *t) {
+  dcm__agent_t *a = t->data;
+  size_t n = 0;
+  if (a->session || a->mode == DCM_AGENT_STOPPING) return;
+  for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) n += !cl->destroying;
+  if (n == 0) return;
+  dcm__warn(&a->log, me(a), "no session with MASTER for %.3gs (--lease-timeout): stopping all "
+            "%zu clusters; their sessions are reported when MASTER is back", a->cfg.lease_timeout,
+            n);
+  stop_all_clusters(a);
+  free(a->assigned);
+  a->assigned = NULL;
+  a->nassigned = 0;
+  free(a->over);
+  a->over = NULL;
+  a->nover = 0;
+  a->ready_pending = 0;
+}
+
 void dcm__agent_on_open(dcm__agent_t *a) {
   dcm__info(&a->log, me(a), "connected to MASTER at %s", a->cfg.master.hostport);
   send_info(a);
@@ -405,10 +651,13 @@ void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
   a->session = 0;
   a->ready_pending = 0;
   uv_timer_stop(&a->heartbeat_timer);
+  uv_timer_stop(&a->sessions_timer);
   if (a->mode == DCM_AGENT_STOPPING) {
     maybe_finish(a);
     return;
   }
+  if (was_session && a->cfg.lease_timeout > 0 && !uv_is_active((uv_handle_t *)&a->lease_timer))
+    uv_timer_start(&a->lease_timer, lease_cb, ms(a->cfg.lease_timeout), 0);
   uint64_t now = uv_now(a->loop), wait;
   if (was_session && now - a->last_fast_retry >= ms(a->cfg.retry)) {
     wait = FAST_RETRY_MS; /* MASTER restarting: try at once, then back off from 1 s */
@@ -417,7 +666,11 @@ void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
   } else {
     wait = next_retry(a);
   }
-  if (was_session)
+  if (was_session && a->cfg.lease_timeout > 0)
+    dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running for up to %.3gs "
+              "(--lease-timeout); reconnecting in %.3gs", why[0] ? why : "connection closed",
+              a->cfg.lease_timeout, (double)wait / 1000.0);
+  else if (was_session)
     dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running; reconnecting in %.3gs",
               why[0] ? why : "connection closed", (double)wait / 1000.0);
   else
@@ -466,6 +719,7 @@ void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code, con
 
 void dcm__agent_cluster_freed(dcm__agent_t *a) {
   dcm__clusters_start_waiting(a);
+  check_stopped(a);
   maybe_finish(a);
 }
 
@@ -482,7 +736,12 @@ static void maybe_finish(dcm__agent_t *a) {
   /* Nothing the clusters started may outlive the agent. */
   if (!dcm__reaper_idle(&a->reaper)) return; /* a sweep or the poll comes back here */
   if (a->client) {
-    if (a->client->phase == DCM_CLIENT_OPEN) dcm__client_close(a->client, 1000, "control stopping");
+    if (a->client->phase == DCM_CLIENT_OPEN) {
+      /* The clusters' final sessions, and `stopped`, go out before the close. */
+      sessions_flush(a);
+      check_stopped(a);
+      dcm__client_close(a->client, 1000, "control stopping");
+    }
     return; /* on_closed comes back here */
   }
   a->closed = 1;
@@ -491,6 +750,8 @@ static void maybe_finish(dcm__agent_t *a) {
   close_handle((uv_handle_t *)&a->heartbeat_timer);
   close_handle((uv_handle_t *)&a->drain_timer);
   close_handle((uv_handle_t *)&a->report_timer);
+  close_handle((uv_handle_t *)&a->sessions_timer);
+  close_handle((uv_handle_t *)&a->lease_timer);
   close_handle((uv_handle_t *)&a->sigterm);
   close_handle((uv_handle_t *)&a->sigint);
   dcm__ident_stop(&a->ident);
@@ -505,6 +766,7 @@ static void begin_stop(dcm__agent_t *a, const char *why) {
   uv_timer_stop(&a->retry_timer);
   uv_timer_stop(&a->drain_timer);
   uv_timer_stop(&a->report_timer);
+  uv_timer_stop(&a->lease_timer);
   stop_all_clusters(a);
   if (a->client && a->client->phase != DCM_CLIENT_OPEN && a->client->phase != DCM_CLIENT_CLOSING)
     dcm__client_abort(a->client, "stopping");
@@ -545,7 +807,8 @@ static int is_cluster_var(const char *e) {
   static const char *const names[] = {"SHARD_IDS=",       "SHARD_COUNT=",
                                       "CLUSTER_ID=",      "DISCORD_TOKEN=",
                                       "MAX_CONCURRENCY=", "DISCORD_GATEWAY_URL=",
-                                      "DISCLUSTER_IDENTIFY_URL=", "DISCLUSTER_AUTH="};
+                                      "DISCLUSTER_IDENTIFY_URL=", "DISCLUSTER_AUTH=",
+                                      "SHARD_SESSIONS="};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strncmp(e, names[i], strlen(names[i])) == 0) return 1;
   return 0;
@@ -573,12 +836,14 @@ int dcm__agent_init(dcm__agent_t *a, uv_loop_t *loop, const dcm__ctl_config_t *c
   uv_timer_init(loop, &a->heartbeat_timer);
   uv_timer_init(loop, &a->drain_timer);
   uv_timer_init(loop, &a->report_timer);
+  uv_timer_init(loop, &a->sessions_timer);
+  uv_timer_init(loop, &a->lease_timer);
   uv_signal_init(loop, &a->sigterm);
   uv_signal_init(loop, &a->sigint);
   dcm__clusters_init(a);
   dcm__reaper_init(&a->reaper, a);
   a->retry_timer.data = a->heartbeat_timer.data = a->drain_timer.data = a;
-  a->report_timer.data = a;
+  a->report_timer.data = a->sessions_timer.data = a->lease_timer.data = a;
   a->sigterm.data = a->sigint.data = a;
   return 0;
 }
@@ -606,6 +871,7 @@ void dcm__agent_start(dcm__agent_t *a) {
             a->cfg.master.hostport, a->cfg.master.path, dcm__ctl_cores(),
             a->cfg.standby ? ", standby" : "", a->ident.port, a->cfg.max_clusters);
   a->last_fast_retry = uv_now(a->loop) - ms(a->cfg.retry) - 1;
+  a->sessions_last = uv_now(a->loop) - SESSIONS_EVERY_MS;
   connect_now(a);
 }
 
@@ -621,6 +887,8 @@ void dcm__agent_free(dcm__agent_t *a) {
   free(a->assigned);
   free(a->over);
   free(a->ids);
+  free(a->removing);
+  dcm__ctl_sessions_free(&a->sessions);
   if (a->json) lua_close(a->json);
   dcm__log_close(&a->log);
   a->environ_base = NULL;
@@ -628,5 +896,6 @@ void dcm__agent_free(dcm__agent_t *a) {
   a->assigned = NULL;
   a->over = NULL;
   a->ids = NULL;
+  a->removing = NULL;
   a->json = NULL;
 }

@@ -2,8 +2,9 @@
  * agent.h: the CONTROL agent's internal structs and the calls between its
  * parts: the WebSocket client transport (client.c), the cluster processes
  * (clusters.c), the processes that escape a cluster's process group
- * (reaper.c), the identify endpoint (identify.c) and the protocol and
- * lifecycle state machine (agent.c).
+ * (reaper.c), the identify endpoint (identify.c), the store of the shards'
+ * Discord sessions (sessions.c) and the protocol and lifecycle state
+ * machine (agent.c).
  * Ownership: the agent owns at most one client connection at a time and
  * every cluster; each is freed only in its handles' close callbacks.
  * Depends on libuv, http-parser and the core's ws.h, log.h and json.h.
@@ -21,6 +22,7 @@
 #include "plan.h"
 #include "protocol.h"
 #include "outq.h"
+#include "sessions.h"
 #include "ws.h"
 
 #define DCM_CTL_MAX_MESSAGE (1u << 20) /* protocol v1's bound */
@@ -56,6 +58,7 @@ typedef struct {
   double stop_timeout;       /* 5 s from SIGTERM to SIGKILL for a cluster */
   double restart_backoff;    /* 1 s, doubled per restart */
   double connect_timeout;    /* 10 s for TCP connect + upgrade + initialise */
+  double lease_timeout;      /* 0 = off: stop the clusters after this long without MASTER */
   int identify_port;         /* the identify endpoint's port on 127.0.0.1; 0 = any */
   const char *auth;          /* shared secret or NULL; never logged */
 } dcm__ctl_config_t;
@@ -144,6 +147,8 @@ struct dcm__cluster_s {
   int handles;     /* every open handle, timer included */
   pid_t pid;       /* the leader, and the id of its process group */
   int fatal_restart; /* printed a FATAL that is not fatal: restarting it */
+  unsigned epoch;    /* the agent's bot epoch when created: SESSION lines of an
+                        older bot (token or shard count changed) are ignored */
   /* this run's key (DISCLUSTER_IDENTIFY_URL); "" when no run is live */
   char key[DCM_CTL_KEY_HEX + 1];
   dcm__ctl_lines_t lines;
@@ -304,6 +309,8 @@ struct dcm__agent_s {
   uv_timer_t heartbeat_timer;
   uv_timer_t drain_timer;
   uv_timer_t report_timer; /* an early heartbeat: failures, shards over the cap */
+  uv_timer_t sessions_timer; /* the next coalesced `sessions` packet */
+  uv_timer_t lease_timer;    /* --lease-timeout: MASTER unreachable this long */
   uv_signal_t sigterm, sigint;
   unsigned retry_attempt;  /* failed attempts since the last session: the backoff */
   /* from initialise */
@@ -312,6 +319,14 @@ struct dcm__agent_s {
   int max_concurrency;
   uint64_t heartbeat_ms;
   char gateway_url[DCM_CTL_GATEWAY_URL_MAX + 1];
+  unsigned epoch; /* bumped when the token or shard count changes */
+  /* the latest session per shard, and when `sessions` was last sent */
+  dcm__ctl_sessions_t sessions;
+  uint64_t sessions_last;
+  /* shards a connect removed whose `stopped` is not sent yet (sorted):
+   * still held by a cluster that is stopping, or MASTER not connected */
+  int *removing;
+  size_t nremoving;
   /* assignment */
   int *assigned;
   size_t nassigned;
@@ -353,6 +368,10 @@ void dcm__agent_cluster_failed(dcm__agent_t *a, dcm__cluster_t *cl);
 void dcm__agent_cluster_fatal(dcm__agent_t *a, dcm__cluster_t *cl, int code,
                               const char *msg, size_t len, int shard);
 void dcm__agent_cluster_freed(dcm__agent_t *a);
+/* A valid SESSION line of cl (dcm__ctl_parse_session). */
+void dcm__agent_cluster_session(dcm__agent_t *a, dcm__cluster_t *cl, const dcm__session_t *s);
+/* A run of cl is over and its stdout read: its last SESSION lines are in. */
+void dcm__agent_cluster_ended(dcm__agent_t *a, dcm__cluster_t *cl);
 /* From reaper.c: a sweep or poll ended (maybe the agent can exit now). */
 void dcm__agent_reaper_changed(dcm__agent_t *a);
 

@@ -2,10 +2,11 @@
  * clusters.c: the bot's cluster processes. Each runs the user's command
  * through /bin/sh -c in its own session and process group (so a stop
  * reaches every process it started), with SHARD_IDS, SHARD_COUNT,
- * CLUSTER_ID, DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL and
- * DISCLUSTER_IDENTIFY_URL (a fresh key per run) in its environment, stdin
- * a pipe whose EOF says the agent is gone, stdout read line by line
- * (bounded) for READY and FATAL, stderr inherited. A run ends when its
+ * CLUSTER_ID, DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL,
+ * DISCLUSTER_IDENTIFY_URL (a fresh key per run) and, when the agent knows
+ * sessions of its shards, SHARD_SESSIONS in its environment, stdin a pipe
+ * whose EOF says the agent is gone, stdout read line by line (bounded)
+ * for READY, FATAL and SESSION, stderr inherited. A run ends when its
  * leader, its group and the processes reaper.c adopted from it are all
  * gone; a stop waits for that up to --stop-timeout, then SIGKILL. Crashes
  * restart with doubling backoff, DCM_CTL_RESTARTS times. Starts go through
@@ -108,6 +109,7 @@ int dcm__cluster_create(dcm__agent_t *a, const int *shards, size_t n) {
   memcpy(cl->shards, shards, n * sizeof *shards);
   cl->nshards = n;
   cl->a = a;
+  cl->epoch = a->epoch;
   uv_timer_init(a->loop, &cl->timer);
   cl->timer.data = cl;
   cl->handles = 1;
@@ -177,7 +179,16 @@ void dcm__clusters_close(dcm__agent_t *a) {
 static void on_line(void *arg, const char *line, size_t len, int cut) {
   dcm__cluster_t *cl = arg;
   dcm__ctl_fatal_t f;
+  dcm__session_t sess;
   switch (dcm__ctl_parse_line(line, len, &f)) {
+    case DCM_CTL_LINE_SESSION:
+      /* Never copied to the log: a session id is logged at debug only. */
+      if (!cut && dcm__ctl_parse_session(line, len, &sess))
+        dcm__agent_cluster_session(cl->a, cl, &sess);
+      else
+        dcm__warn(&cl->a->log, me(cl), "cluster %d printed a malformed SESSION line; ignored "
+                  "(SESSION <shard> <session_id> <seq> <resume_url>)", cl->id);
+      break;
     case DCM_CTL_LINE_READY:
       if (cl->state == DCM_CLUSTER_STARTING) {
         cl->state = DCM_CLUSTER_READY;
@@ -313,6 +324,7 @@ static void after_exit(dcm__cluster_t *cl) {
   dcm__agent_t *a = cl->a;
   char how[48];
   describe_exit(cl, how, sizeof how);
+  dcm__agent_cluster_ended(a, cl);
   if (cl->destroying || cl->state == DCM_CLUSTER_STOPPING) {
     dcm__info(&a->log, me(cl), "cluster %d stopped (%s)", cl->id, how);
     destroy(cl);
@@ -353,12 +365,50 @@ static void wipe_free(char *s) {
   free(s);
 }
 
+/*
+ * "SHARD_SESSIONS=<json>" with the agent's latest session of each of cl's
+ * shards that has one, as many as fit DCM_CTL_SHARD_SESSIONS_MAX bytes;
+ * NULL with *nresume 0 when there is none, NULL with *r set on
+ * exhaustion.
+ */
+static char *shard_sessions(dcm__cluster_t *cl, size_t *nresume, int *r) {
+  dcm__agent_t *a = cl->a;
+  size_t n = 0, len;
+  char *entry = NULL;
+  *nresume = 0;
+  const dcm__session_t **v = malloc((cl->nshards ? cl->nshards : 1) * sizeof *v);
+  if (v == NULL) {
+    *r = UV_ENOMEM;
+    return NULL;
+  }
+  for (size_t i = 0; i < cl->nshards; i++) {
+    const dcm__session_t *s = dcm__ctl_sessions_get(&a->sessions, cl->shards[i]);
+    if (s) v[n++] = s;
+  }
+  size_t k = dcm__ctl_sessions_fit(v, n, n, DCM_CTL_SHARD_SESSIONS_MAX);
+  if (k < n)
+    dcm__warn(&a->log, me(cl), "cluster %d: %zu of its %zu sessions do not fit in "
+              "SHARD_SESSIONS (%d bytes); those shards identify again", cl->id, n - k, n,
+              DCM_CTL_SHARD_SESSIONS_MAX);
+  if (k > 0) {
+    int top = lua_gettop(a->json);
+    const char *text = dcm__ctl_enc_shard_sessions(a->json, v, k, &len);
+    entry = text ? env_entry("SHARD_SESSIONS", text) : NULL;
+    lua_settop(a->json, top);
+    if (entry == NULL) *r = UV_ENOMEM;
+    else *nresume = k;
+  }
+  free(v);
+  return entry;
+}
+
 static void spawn(dcm__cluster_t *cl) {
   dcm__agent_t *a = cl->a;
-  size_t nbase = 0, listlen = cl->nshards * 12 + 1;
-  char num[32], url[64 + DCM_CTL_KEY_HEX], *ids = malloc(listlen), *own[OWN_VARS] = {NULL};
+  size_t nbase = 0, listlen = cl->nshards * 12 + 1, nresume = 0;
+  /* own[OWN_VARS], SHARD_SESSIONS, is optional: last, NULL when absent */
+  char num[32], url[64 + DCM_CTL_KEY_HEX], *ids = malloc(listlen), *own[OWN_VARS + 1] = {NULL};
   while (a->environ_base[nbase]) nbase++;
-  char **env = calloc(nbase + OWN_VARS + 1, sizeof *env);
+  char **env = calloc(nbase + OWN_VARS + 2, sizeof *env);
   int r = ids && env ? dcm__ident_new_key(cl->key) : UV_ENOMEM;
   if (r == 0) {
     dcm__ctl_join(cl->shards, cl->nshards, ids, listlen);
@@ -376,6 +426,7 @@ static void spawn(dcm__cluster_t *cl) {
     memset(url, 0, sizeof url);
     for (int i = 0; i < OWN_VARS; i++)
       if (own[i] == NULL) r = UV_ENOMEM;
+    if (r == 0) own[OWN_VARS] = shard_sessions(cl, &nresume, &r);
   }
   cl->fatal_restart = 0;
   cl->exited = cl->out_eof = 0;
@@ -415,14 +466,16 @@ static void spawn(dcm__cluster_t *cl) {
     cl->run_handles++;
     cl->handles++;
   }
-  for (int i = 0; i < OWN_VARS; i++) wipe_free(own[i]);
+  for (int i = 0; i <= OWN_VARS; i++) wipe_free(own[i]);
   free(env);
   if (r == 0) {
     cl->pid = cl->proc.pid;
     cl->running = cl->live = cl->group_left = 1;
     cl->state = DCM_CLUSTER_STARTING;
-    dcm__info(&a->log, me(cl), "cluster %d started: pid %d, shards %s", cl->id, (int)cl->pid,
-              ids);
+    char resume[48] = "";
+    if (nresume) snprintf(resume, sizeof resume, " (%zu to resume)", nresume);
+    dcm__info(&a->log, me(cl), "cluster %d started: pid %d, shards %s%s", cl->id, (int)cl->pid,
+              ids, resume);
     r = uv_read_start((uv_stream_t *)&cl->out, alloc_cb, read_cb);
     if (r != 0) stdout_done(cl); /* it still runs; its READY cannot be seen */
     free(ids);

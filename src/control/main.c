@@ -38,6 +38,11 @@ static const char usage[] =
     "      --restart-backoff S       first restart delay of a crashed cluster, doubled\n"
     "                                for each of its 3 restarts (1)\n"
     "      --connect-timeout S       TCP connect plus upgrade plus initialise (10)\n"
+    "      --lease-timeout S         stop every cluster after S seconds without a\n"
+    "                                session with MASTER (0, the default: never).\n"
+    "                                Off, clusters keep running while MASTER\n"
+    "                                restarts; on, a machine cut off from MASTER\n"
+    "                                never keeps running shards MASTER moved away\n"
     "      --identify-port N         the clusters' identify endpoint listens on\n"
     "                                127.0.0.1:N (0, the default: any free port)\n"
     "      --log-format text|json    log line format (text)\n"
@@ -49,10 +54,14 @@ static const char usage[] =
     "Times are seconds and may be fractions (0.25). The shared secret comes from\n"
     "DISCLUSTER_AUTH and goes in the upgrade's Authorization header.\n"
     "Clusters get SHARD_IDS (comma-separated), SHARD_COUNT, CLUSTER_ID,\n"
-    "DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL and\n"
-    "DISCLUSTER_IDENTIFY_URL; before each IDENTIFY a cluster asks\n"
+    "DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL,\n"
+    "DISCLUSTER_IDENTIFY_URL and, when sessions of their shards are known,\n"
+    "SHARD_SESSIONS (JSON: shard id -> session_id, seq, resume_url; RESUME\n"
+    "those); before each IDENTIFY a cluster asks\n"
     "GET $DISCLUSTER_IDENTIFY_URL?shard=N, answered 200 when MASTER grants it.\n"
     "A line READY on stdout means connected; a line\n"
+    "SESSION <shard> <session_id> <seq> <resume_url> reports a shard's session\n"
+    "(relayed to MASTER); a line\n"
     "FATAL <code> [shard=<id>] <message> stops the whole fleet when the code is\n"
     "4004 or 4010-4014, and otherwise restarts that cluster.\n"
     "Signals: SIGTERM/SIGINT offload the shards to other machines, then stop (a\n"
@@ -61,7 +70,7 @@ static const char usage[] =
 
 enum {
   OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_MAXCL, OPT_RETRY, OPT_DRAIN,
-  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL
+  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL, OPT_LEASE
 };
 
 static const struct option longopts[] = {
@@ -76,6 +85,7 @@ static const struct option longopts[] = {
     {"stop-timeout", required_argument, NULL, OPT_STOP},
     {"restart-backoff", required_argument, NULL, OPT_BACKOFF},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT},
+    {"lease-timeout", required_argument, NULL, OPT_LEASE},
     {"identify-port", required_argument, NULL, OPT_IPORT},
     {"log-format", required_argument, NULL, OPT_LFORMAT},
     {"log-level", required_argument, NULL, OPT_LLEVEL},
@@ -218,6 +228,9 @@ static int parse_args(int argc, char **argv, args_t *a) {
         break;
       case OPT_CONNECT:
         if (parse_seconds("connect-timeout", v, 0.01, &c->connect_timeout)) return -1;
+        break;
+      case OPT_LEASE:
+        if (parse_seconds("lease-timeout", v, 0, &c->lease_timeout)) return -1;
         break;
       case OPT_IPORT:
         errno = 0;

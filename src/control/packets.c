@@ -16,9 +16,11 @@ void dcm__ctl_packet_clear(dcm__ctl_packet_t *p) {
     free(p->token);
   }
   free(p->shards);
+  free(p->sessions);
   p->token = NULL;
   p->shards = NULL;
-  p->nshards = 0;
+  p->sessions = NULL;
+  p->nshards = p->nsessions = 0;
 }
 
 static int int_field(lua_State *L, int d, const char *key, long long lo, long long hi,
@@ -90,6 +92,83 @@ static int decode_initialise(lua_State *L, int d, dcm__ctl_packet_t *p, char *er
   return 0;
 }
 
+static int cmp_shard(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* A shard id as an object key: decimal, no sign, no leading zero. */
+static int key_shard(const char *k, size_t n, int *shard) {
+  long long v = 0;
+  if (n == 0 || n > 10 || (n > 1 && k[0] == '0')) return 0;
+  for (size_t i = 0; i < n; i++) {
+    if (k[i] < '0' || k[i] > '9') return 0;
+    v = v * 10 + (k[i] - '0');
+  }
+  if (v > 0x7fffffffLL) return 0;
+  *shard = (int)v;
+  return 1;
+}
+
+/*
+ * connect.sessions, an extension: never invalidates the connect. Entries
+ * that are not valid sessions, or name a shard outside d.shards, are
+ * counted in nbad; so is everything when the field is not an object.
+ * Keys are unique shards, so at most nshards entries are kept.
+ */
+static void decode_connect_sessions(lua_State *L, int d, dcm__ctl_packet_t *p) {
+  size_t n = 0, klen, idlen, urllen;
+  long long seq;
+  int shard;
+  int t = dcm__json_field(L, d, "sessions");
+  int obj = lua_gettop(L);
+  if (t == LUA_TNIL) goto out;
+  if (t != LUA_TTABLE || !dcm__json_isobject(L, obj)) {
+    p->nbad = 1;
+    goto out;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, obj) != 0) n++, lua_pop(L, 1);
+  size_t nsorted = p->nshards, cap = n < nsorted ? n : nsorted;
+  int *sorted = malloc((nsorted ? nsorted : 1) * sizeof *sorted);
+  p->sessions = malloc((cap ? cap : 1) * sizeof *p->sessions);
+  if (sorted == NULL || p->sessions == NULL) {
+    free(sorted);
+    p->nbad = n;
+    goto out;
+  }
+  memcpy(sorted, p->shards, nsorted * sizeof *sorted);
+  qsort(sorted, nsorted, sizeof *sorted, cmp_shard);
+  lua_pushnil(L);
+  while (lua_next(L, obj) != 0) {
+    int v = lua_gettop(L);
+    const char *id = NULL, *url = NULL, *k = lua_type(L, v - 1) == LUA_TSTRING
+                                                  ? lua_tolstring(L, v - 1, &klen) : NULL;
+    int ok = k && key_shard(k, klen, &shard) &&
+             bsearch(&shard, sorted, nsorted, sizeof *sorted, cmp_shard) != NULL &&
+             dcm__json_isobject(L, v) &&
+             (dcm__json_field(L, v, "seq"), dcm__json_tointeger(L, -1, &seq)) &&
+             dcm__json_field(L, v, "session_id") == LUA_TSTRING &&
+             (id = lua_tolstring(L, -1, &idlen)) != NULL &&
+             dcm__json_field(L, v, "resume_url") == LUA_TSTRING &&
+             (url = lua_tolstring(L, -1, &urllen)) != NULL &&
+             dcm__session_valid(id, idlen, seq, url, urllen);
+    if (ok && p->nsessions < cap) {
+      dcm__session_t *s = &p->sessions[p->nsessions++];
+      s->shard = shard;
+      s->seq = seq;
+      memcpy(s->session_id, id, idlen + 1);
+      memcpy(s->resume_url, url, urllen + 1);
+    } else {
+      p->nbad++;
+    }
+    lua_settop(L, v - 1); /* the key stays for lua_next */
+  }
+  free(sorted);
+out:
+  lua_settop(L, obj - 1);
+}
+
 static int decode_connect(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char *err,
                           size_t errlen) {
   size_t n;
@@ -112,6 +191,7 @@ static int decode_connect(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p,
   if (t != LUA_TNIL && t != LUA_TBOOLEAN) FAIL(DCM_ERR_MALFORMED, "connect: d.redundant must be a boolean");
   p->redundant = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  decode_connect_sessions(L, d, p);
   return 0;
 }
 
@@ -250,11 +330,85 @@ const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
   return dcm__packet_seal(L, DCM_OP_HEARTBEAT, len);
 }
 
-const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len) {
+static const char *enc_shards(lua_State *L, int op, const int *shards, size_t n,
+                              size_t *len) {
   lua_createtable(L, 0, 1);
   dcm__json_push_int_array(L, shards, n);
   lua_setfield(L, -2, "shards");
-  return dcm__packet_seal(L, DCM_OP_READY, len);
+  return dcm__packet_seal(L, op, len);
+}
+
+const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len) {
+  return enc_shards(L, DCM_OP_READY, shards, n, len);
+}
+
+const char *dcm__ctl_enc_stopped(lua_State *L, const int *shards, size_t n, size_t *len) {
+  return enc_shards(L, DCM_OP_STOPPED, shards, n, len);
+}
+
+/* An entry's JSON at its widest: the keys, punctuation and numbers (76
+ * bytes in `sessions`, fewer in SHARD_SESSIONS), and cjson's "\/" for
+ * every byte of the url. */
+#define SESSION_FIXED 96
+
+size_t dcm__ctl_sessions_fit(const dcm__session_t *const *s, size_t n, size_t max_entries,
+                             size_t max_bytes) {
+  size_t used = 32, k; /* the envelope */
+  for (k = 0; k < n && k < max_entries; k++) {
+    size_t w = SESSION_FIXED + strlen(s[k]->session_id) + 2 * strlen(s[k]->resume_url);
+    if (used + w > max_bytes) break;
+    used += w;
+  }
+  return k;
+}
+
+/* Pushes {"session_id", "seq", "resume_url"} and, with shard set, "shard". */
+static void push_session(lua_State *L, const dcm__session_t *s, int shard) {
+  lua_createtable(L, 0, 4);
+  if (shard) {
+    lua_pushinteger(L, s->shard);
+    lua_setfield(L, -2, "shard");
+  }
+  lua_pushstring(L, s->session_id);
+  lua_setfield(L, -2, "session_id");
+  lua_pushinteger(L, (lua_Integer)s->seq);
+  lua_setfield(L, -2, "seq");
+  lua_pushstring(L, s->resume_url);
+  lua_setfield(L, -2, "resume_url");
+}
+
+const char *dcm__ctl_enc_sessions(lua_State *L, const dcm__session_t *const *s, size_t n,
+                                  size_t *len) {
+  lua_createtable(L, 0, 1);
+  if (n == 0) {
+    dcm__json_push_empty_array(L);
+  } else {
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+      push_session(L, s[i], 1);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+  }
+  lua_setfield(L, -2, "sessions");
+  return dcm__packet_seal(L, DCM_OP_SESSIONS, len);
+}
+
+const char *dcm__ctl_enc_shard_sessions(lua_State *L, const dcm__session_t *const *s, size_t n,
+                                        size_t *len) {
+  char key[16];
+  lua_createtable(L, 0, (int)n);
+  for (size_t i = 0; i < n; i++) {
+    push_session(L, s[i], 0);
+    snprintf(key, sizeof key, "%d", s[i]->shard);
+    lua_setfield(L, -2, key);
+  }
+  const char *text = dcm__json_encode(L, -1, len);
+  if (text == NULL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  lua_remove(L, -2);
+  return text;
 }
 
 const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,

@@ -1,9 +1,11 @@
 /*
  * packets.h: protocol v1 as the CONTROL side sees it: decoding what MASTER
- * sends (info request, initialise, connect, error, ack, shutdown, command,
- * grant) and encoding what CONTROL sends (info, heartbeat, ack, ready,
- * fatal, offload; identify and release use the core's dcm__enc_shard_op). Opcodes come from the core's protocol.h; JSON goes through
- * lua-cjson (json.h). Pure: no sockets.
+ * sends (info request, initialise, connect with its sessions, error, ack,
+ * shutdown, command, grant) and encoding what CONTROL sends (info,
+ * heartbeat, ack, ready, fatal, offload, sessions, stopped; identify and
+ * release use the core's dcm__enc_shard_op), and the clusters'
+ * SHARD_SESSIONS. Opcodes come from the core's protocol.h; JSON goes
+ * through lua-cjson (json.h). Pure: no sockets.
  */
 #ifndef DCM_CTL_PACKETS_H
 #define DCM_CTL_PACKETS_H
@@ -31,6 +33,10 @@ typedef struct {
   int *shards;
   size_t nshards;
   int redundant;
+  /* connect.sessions: the valid entries for shards of d.shards (at most
+   * one per shard); nbad counts the entries ignored */
+  dcm__session_t *sessions;
+  size_t nsessions, nbad;
   /* error (code, message, shard), shutdown (code, reason in message) */
   int code;
   int shard; /* grant; error's optional d.shard (-1 when absent) */
@@ -97,5 +103,33 @@ const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t
 const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
                                size_t *len);
 const char *dcm__ctl_enc_offload(lua_State *L, size_t *len);
+
+/* stopped {"shards": [...]}: at most DCM_CTL_STOPPED_MAX shards a packet
+ * (its JSON then stays far below MASTER's 1 MiB); more go in the next. */
+#define DCM_CTL_STOPPED_MAX 100000
+const char *dcm__ctl_enc_stopped(lua_State *L, const int *shards, size_t n, size_t *len);
+
+/*
+ * Bounds of one `sessions` packet: DCM_SESSIONS_MAX entries (protocol.h)
+ * and DCM_CTL_SESSIONS_JSON_MAX bytes of JSON (under MASTER's 1 MiB).
+ * SHARD_SESSIONS, one environment string, stays under Linux's 128 KiB
+ * (MAX_ARG_STRLEN): DCM_CTL_SHARD_SESSIONS_MAX bytes.
+ */
+#define DCM_CTL_SESSIONS_JSON_MAX 900000
+#define DCM_CTL_SHARD_SESSIONS_MAX 120000
+
+/* How many of the first n entries fit max_entries and, counting each
+ * entry at its widest encoding, max_bytes. */
+size_t dcm__ctl_sessions_fit(const dcm__session_t *const *s, size_t n, size_t max_entries,
+                             size_t max_bytes);
+
+/* sessions {"sessions": [{"shard", "session_id", "seq", "resume_url"}]}. */
+const char *dcm__ctl_enc_sessions(lua_State *L, const dcm__session_t *const *s, size_t n,
+                                  size_t *len);
+
+/* SHARD_SESSIONS: {"<shard>": {"session_id", "seq", "resume_url"}}, a
+ * bare JSON object (not a packet); {} when n is 0. */
+const char *dcm__ctl_enc_shard_sessions(lua_State *L, const dcm__session_t *const *s, size_t n,
+                                        size_t *len);
 
 #endif

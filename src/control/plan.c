@@ -103,11 +103,19 @@ static int parse_int(const char **p, const char *end, long long lo, long long hi
   return 1;
 }
 
+static int blank(char c) { return c == ' ' || c == '\t'; }
+
+static size_t trim_end(const char *line, size_t len) {
+  while (len > 0 && (line[len - 1] == '\r' || blank(line[len - 1]))) len--;
+  return len;
+}
+
 dcm__ctl_line_kind dcm__ctl_parse_line(const char *line, size_t len,
                                        dcm__ctl_fatal_t *fatal) {
-  while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
-    len--;
+  len = trim_end(line, len);
   if (len == 5 && memcmp(line, "READY", 5) == 0) return DCM_CTL_LINE_READY;
+  if (len >= 7 && memcmp(line, "SESSION", 7) == 0 && (len == 7 || blank(line[7])))
+    return DCM_CTL_LINE_SESSION;
   if (len < 7 || memcmp(line, "FATAL ", 6) != 0) return DCM_CTL_LINE_OTHER;
   const char *p = line + 6, *end = line + len;
   dcm__ctl_fatal_t f = {0, -1, "", 0};
@@ -127,6 +135,55 @@ dcm__ctl_line_kind dcm__ctl_parse_line(const char *line, size_t len,
   f.message_len = (size_t)(end - p);
   if (fatal) *fatal = f;
   return DCM_CTL_LINE_FATAL;
+}
+
+/* The next blank-separated field of [*p, end): its start and length. */
+static size_t next_field(const char **p, const char *end, const char **field) {
+  const char *s = *p;
+  while (s < end && blank(*s)) s++;
+  *field = s;
+  while (s < end && !blank(*s)) s++;
+  *p = s;
+  return (size_t)(s - *field);
+}
+
+/* A decimal without sign or leading zeros (0 itself is fine), 0..max. */
+static int parse_decimal(const char *s, size_t n, long long max, long long *out) {
+  long long v = 0;
+  if (n == 0 || n > 19 || (n > 1 && s[0] == '0')) return 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return 0;
+    v = v * 10 + (s[i] - '0');
+    if (v > max) return 0;
+  }
+  *out = v;
+  return 1;
+}
+
+int dcm__ctl_parse_session(const char *line, size_t len, dcm__session_t *out) {
+  const char *p, *end, *f[4];
+  size_t n[4];
+  long long shard, seq;
+  len = trim_end(line, len);
+  if (dcm__ctl_parse_line(line, len, NULL) != DCM_CTL_LINE_SESSION) return 0;
+  p = line + 7;
+  end = line + len;
+  for (int i = 0; i < 4; i++)
+    if ((n[i] = next_field(&p, end, &f[i])) == 0) return 0;
+  if (p != end) return 0; /* a fifth field */
+  if (!parse_decimal(f[0], n[0], 0x7fffffffLL, &shard) ||
+      !parse_decimal(f[2], n[2], 1LL << 53, &seq) ||
+      n[1] > DCM_SESSION_ID_MAX || n[3] > DCM_RESUME_URL_MAX)
+    return 0;
+  /* dcm__session_valid reads the url as a string: copy it first. */
+  memcpy(out->resume_url, f[3], n[3]);
+  out->resume_url[n[3]] = '\0';
+  if (!dcm__session_valid(f[1], n[1], seq, out->resume_url, n[3])) return 0;
+  memcpy(out->session_id, f[1], n[1]);
+  out->session_id[n[1]] = '\0';
+  out->shard = (int)shard;
+  out->seq = seq;
+  return 1;
 }
 
 void dcm__ctl_lines_feed(dcm__ctl_lines_t *ls, const char *data, size_t n,

@@ -1,7 +1,8 @@
 /*
  * plan.h: the agent's pure helpers, kept apart so unit tests can drive them
  * without processes or sockets: turning an assignment into shard groups
- * (one cluster each), the cluster stdout line contract (READY, FATAL), the
+ * (one cluster each), the cluster stdout line contract (READY, FATAL,
+ * SESSION), the
  * identify endpoint's request target (/<run key>?shard=N), the reconnect
  * backoff, and reading /proc entries (stat, environ) of adopted processes.
  * No I/O, no libuv.
@@ -11,6 +12,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "protocol.h"
 
 /* Longest stdout line kept from a cluster; the rest of a longer line is cut. */
 #define DCM_CTL_LINE_MAX 4096
@@ -49,7 +52,8 @@ size_t dcm__ctl_join(const int *v, size_t n, char *out, size_t len);
 typedef enum {
   DCM_CTL_LINE_OTHER = 0, /* ordinary output */
   DCM_CTL_LINE_READY,     /* "READY" */
-  DCM_CTL_LINE_FATAL      /* "FATAL <code> [shard=<id>] <message>" */
+  DCM_CTL_LINE_FATAL,     /* "FATAL <code> [shard=<id>] <message>" */
+  DCM_CTL_LINE_SESSION    /* "SESSION ...": read it with dcm__ctl_parse_session */
 } dcm__ctl_line_kind;
 
 typedef struct {
@@ -62,6 +66,13 @@ typedef struct {
 /* Classifies one line (no newline; a trailing \r and blanks are ignored). */
 dcm__ctl_line_kind dcm__ctl_parse_line(const char *line, size_t len,
                                        dcm__ctl_fatal_t *fatal);
+
+/*
+ * "SESSION <shard> <session_id> <seq> <resume_url>" (fields separated by
+ * blanks; a trailing \r and blanks are ignored): 1 with the fields in *out
+ * if the line is one and dcm__session_valid accepts them, else 0.
+ */
+int dcm__ctl_parse_session(const char *line, size_t len, dcm__session_t *out);
 
 /*
  * A bounded line splitter: feed bytes, get whole lines through cb. A line
