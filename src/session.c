@@ -72,6 +72,7 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
   if (x) {
     uv_timer_stop(&x->timer);
     x->state = DCM_MACHINE_LIVE;
+    x->draining = 0; /* a CONTROL still draining sends `offload` again */
     resumed = 1;
   } else {
     x = dcm__fleet_add(m, p->id);

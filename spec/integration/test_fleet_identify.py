@@ -114,24 +114,28 @@ class FleetIdentify(FleetCase):
             ts = sorted(i["t"] for i in st["identifies"] if i["bucket"] == b)
             self.assertTrue(all(y - x >= GW_INTERVAL for x, y in zip(ts, ts[1:])), ts)
 
-        # A cluster crash: it restarts with the sessions it last reported
-        # (SHARD_SESSIONS) and resumes them: no identify.
+        # Discord refuses every resume from now on, so each move below starts
+        # new sessions: they go through the queue and are counted. (Resumes,
+        # which cost nothing, are test_fleet_sessions.py's.)
+        self.gw.configure(refuse_resume=True)
+
+        # A cluster crash: its restart tries RESUME, is refused, identifies.
         owner = {x["id"]: x["shards"] for x in ms["machines"]}
         victim_shards = owner["m0"]
         pid = self.cluster_pid(self.agents["m0"], victim_shards[0])
         self.assertIsNotNone(pid)
         kill_group(pid)
-        wait_for(lambda: self.stats()["resumed_count"] >= len(victim_shards), 30,
-                 "the crashed cluster's shards resumed")
+        wait_for(lambda: self.stats()["identify_count"] >= 24 + len(victim_shards), 30,
+                 "the crashed cluster's shards identified again")
         self.wait_open(range(24))
-        self.assertEqual(self.stats()["identify_count"], 24)
+        self.assertEqual(self.stats()["identify_count"], 24 + len(victim_shards))
 
         # A machine dies: its cluster sees EOF and closes its sessions; after the
         # reconnect grace its shards move and identify on the receivers.
         dead = owner["m1"]
         self.agents["m1"].proc.send_signal(signal.SIGKILL)
         m.wait_log(r"\[m1\] failed: ", 15)  # no reconnect within the grace
-        want = 24 + len(dead)
+        want = 24 + len(victim_shards) + len(dead)
         wait_for(lambda: self.stats()["identify_count"] >= want, 30,
                  "the dead machine's shards identified on the receivers")
         self.wait_open(range(24))

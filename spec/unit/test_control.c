@@ -377,10 +377,15 @@ static void test_encode(void) {
   s = dcm__ctl_enc_fatal(L, 4014, "intents", 3, &len);
   CHECK(strstr(s, "\"shard\":3"));
   lua_settop(L, 0);
-  s = dcm__ctl_enc_info(L, "m-1", 4, 0.25, 1, NULL, 0, "0.1.0", &len);
+  s = dcm__ctl_enc_info(L, "m-1", 4, 0.25, 1, NULL, 0, 0, "0.1.0", &len);
   CHECK(strstr(s, "\"id\":\"m-1\"") && strstr(s, "\"cores\":4") && strstr(s, "\"standby\":true") &&
         strstr(s, "\"shards\":[]") && strstr(s, "\"version\":\"0.1.0\"") &&
-        strstr(s, "\"identify_queue\":true"));
+        strstr(s, "\"identify_queue\":true") && strstr(s, "\"handoff\":true") &&
+        !strstr(s, "shard_count"));
+  lua_settop(L, 0);
+  int run[] = {2, 3};
+  s = dcm__ctl_enc_info(L, "m-1", 4, 0.25, 0, run, 2, 16, NULL, &len);
+  CHECK(strstr(s, "\"shard_count\":16") && strstr(s, "\"shards\":[2,3]"));
   lua_settop(L, 0);
   s = dcm__enc_shard_op(L, DCM_OP_IDENTIFY, 5, &len);
   CHECK(strstr(s, "\"o\":11") && strstr(s, "\"d\":{\"shard\":5}"));

@@ -121,7 +121,8 @@ static void send_info(dcm__agent_t *a) {
     dcm__warn(&a->log, me(a), "info: %zu running shards are not below shard_count %d (%d to "
               "%d); left out of info.shards", k, a->shard_count, shards[n], shards[n + k - 1]);
   const char *s = dcm__ctl_enc_info(a->json, a->cfg.id, dcm__ctl_cores(), dcm__ctl_loadavg(),
-                                    a->cfg.standby && n == 0, shards, n, DCM_VERSION, &len);
+                                    a->cfg.standby && n == 0, shards, n, a->shard_count,
+                                    DCM_VERSION, &len);
   send_text(a, s, len);
   free(shards);
 }

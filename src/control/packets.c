@@ -240,9 +240,9 @@ int dcm__ctl_decode(lua_State *L, const char *buf, size_t len, size_t max_shards
 }
 
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
-                              int standby, const int *shards, size_t n,
+                              int standby, const int *shards, size_t n, int shard_count,
                               const char *version, size_t *len) {
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 9);
   lua_pushstring(L, id);
   lua_setfield(L, -2, "id");
   lua_pushinteger(L, cores);
@@ -255,6 +255,12 @@ const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double lo
   lua_setfield(L, -2, "shards");
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "identify_queue");
+  lua_pushboolean(L, 1); /* it confirms stops with `stopped` */
+  lua_setfield(L, -2, "handoff");
+  if (n > 0 && shard_count > 0) { /* the count its shards run with: no reshard */
+    lua_pushinteger(L, shard_count);
+    lua_setfield(L, -2, "shard_count");
+  }
   if (version) {
     lua_pushstring(L, version);
     lua_setfield(L, -2, "version");

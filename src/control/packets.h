@@ -91,9 +91,10 @@ int dcm__ctl_gateway_url_ok(const char *s, size_t n);
  * Encoders. Each returns the JSON text, valid until the caller resets L's
  * stack (lua_settop(L, 0)), or NULL on memory exhaustion.
  */
-/* info always says identify_queue: true (this agent asks for grants). */
+/* info always says identify_queue and handoff: true (this agent asks for
+   grants and confirms stops); shard_count when it runs shards. */
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
-                              int standby, const int *shards, size_t n,
+                              int standby, const int *shards, size_t n, int shard_count,
                               const char *version, size_t *len);
 /* more: entries left out of failed_clusters (failed_clusters_more). */
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
