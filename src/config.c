@@ -23,6 +23,7 @@
 #define CFG_FILE_MAX (1u << 20)   /* bytes of config source */
 #define CFG_MEM_MAX (16u << 20)   /* bytes of Lua heap */
 #define CFG_BUDGET 10000000       /* sandbox units (about VM instructions) */
+#define CHECK_UNITS 256           /* a checked assignment (a path: a system call) */
 #define TIME_MAX 1e7              /* seconds; same bound as options.c */
 
 typedef enum {
@@ -419,6 +420,7 @@ static int sb_check(lua_State *L, sandbox_t *sb) {
 /* __newindex(env, k, v): every global assignment in the file lands here. */
 static int sb_newindex(lua_State *L) {
   sandbox_t *sb = lua_touserdata(L, lua_upvalueindex(1));
+  dcm__sandbox_charge(L, CHECK_UNITS);
   lua_settop(L, 3);
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);

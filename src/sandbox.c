@@ -1,51 +1,58 @@
 /*
  * sandbox.c: see sandbox.h.
  *
- * What the sandbox exposes, and why each is bounded (Lua 5.4). A "unit" is
- * roughly one VM instruction; the C costs below were measured against it.
+ * What the sandbox exposes, and why each is bounded (Lua 5.4). A unit is
+ * about one VM instruction (~8 ns with the hooks on); the costs below were
+ * measured against it with spec/bench/bench_sandbox.
  *
- * Charged from argument sizes before they run (charged(), cost_of()):
- *   tonumber, string.format/lower/upper/reverse/pack/packsize/unpack,
- *   utf8.len/offset                    bytes of the string arguments
+ * Every call, Lua or C, costs CALL_UNITS (hook()). Every library C function
+ * is wrapped (charged()) or replaced, and first pays one unit per argument
+ * and one per ARG_BYTES bytes of its string arguments (charge_args(): a
+ * number parameter converts a numeric string by reading all of it; string
+ * functions are linear in their strings). On top of that, from argument
+ * sizes, before they run (cost_of()):
  *   string.byte, utf8.codepoint        the positions i..j they return
- *   utf8.codes                         each step: the bytes it skips
+ *   utf8.len, utf8.offset              the bytes they decode
+ *   utf8.codes                         its iterator: the bytes each step skips
+ *   string.format/pack/packsize/unpack the format's bytes; %q, each quoted byte
  *   table.concat                       elements i..j and the separators
  *   table.insert, table.remove         #t (they shift the rest)
  *   table.move                         elements f..e
  *   table.unpack                       elements i..j
- *   table.sort                         n log n comparisons, each the
- *                                      length of the longest string element
- *   the string metatable's __add ... __unm (string to number coercion)
- *                                      bytes of the string operands
- *   next, pairs                        the slots of the table's array and
- *                                      hash parts when a traversal starts
- *                                      (empty slots cost lua_next time too)
+ *   table.sort                         n log n comparisons, each by the longest
+ *                                      string element (a Lua comparator is a
+ *                                      call, charged as any)
  * Replaced:
+ *   next, pairs                        charged by the slots of the table's
+ *                                      array and hash parts when a traversal
+ *                                      starts (lua_next passes empty slots)
+ *   ipairs                             its iterator charged as a library call
  *   string.rep                         results and counts at most
- *                                      DCM_SANDBOX_STRING_MAX, then charged
- *   string.find                        plain only, by memmem (linear time)
- *   setmetatable                       refuses __gc (a finalizer runs with
- *                                      no budget armed)
- * Constant time, or linear in their argument count (the values were paid
- * for where they were made: a C function's results are charged, a vararg
- * function gets at most DCM_SANDBOX_VARARG_MAX, see hook()):
- *   assert error getmetatable ipairs pcall rawequal rawget rawlen rawset
- *   select tostring type warn _VERSION; string.char/len/sub; table.pack;
- *   utf8.char utf8.charpattern; all of math; os.time os.clock.
- *   Their outputs are allocations, charged by size.
+ *                                      DCM_SANDBOX_STRING_MAX, charged per piece
+ *   string.find                        plain only, by memmem (linear), charged
+ *                                      per byte searched
+ *   setmetatable                       refuses __gc (a finalizer runs with no
+ *                                      budget armed)
+ * Otherwise constant time besides their arguments, or linear in their
+ * output, which is an allocation and charged as one: assert error
+ * getmetatable pcall rawequal rawget rawlen rawset select tonumber tostring
+ * type warn; string.char/len/lower/reverse/sub/upper; table.pack; utf8.char;
+ * all of math; os.time, os.clock; the string metatable's __add ... __unm.
+ * Allocations cost a unit per ALLOC_BYTES; a refused one the heap's size,
+ * since Lua collects the whole heap before it gives up.
  * Removed: collectgarbage (a full collection is heap-sized work), dofile,
  *   load, loadfile (no code from text at run time), print (hosts supply
  *   their own), xpcall (its handler runs with hooks off after the budget
  *   error), string.dump, string.match/gmatch/gsub (pattern backtracking);
  *   no io, package, debug, coroutine, rest of os.
  *
- * What no hook or wrapper can charge, bounded by the caps instead: a single
- * VM instruction comparing strings (<, ==) or converting a numeric string
- * (bitwise operators, for-loop limits, number arguments of C functions)
- * works in time linear in the string, at most DCM_SANDBOX_STRING_MAX
- * bytes; copying varargs is linear in their count, at most
- * DCM_SANDBOX_VARARG_MAX. String comparison uses strcoll: the bound holds
- * in the C locale, which discluster-master keeps.
+ * What no hook or wrapper sees, bounded by the caps instead: one VM
+ * instruction comparing strings (<, ==) or converting a numeric string
+ * (bitwise operators, for-loop bounds) works in time linear in the string,
+ * at most DCM_SANDBOX_STRING_MAX bytes (strcoll: the C locale, which
+ * discluster-master keeps); VARARG copies at most DCM_SANDBOX_VARARG_MAX
+ * values. Unbounded: a table lookup walks the keys colliding in its hash
+ * part, and integer keys can be chosen to collide.
  */
 #define _GNU_SOURCE /* memmem */
 #include "sandbox.h"
@@ -400,11 +407,13 @@ static long long cost_of(lua_State *L, int kind) {
   return units;
 }
 
-/* upvalues: the library function, its cost kind. */
+/*
+ * upvalues: the library function, its cost kind. It is called in this
+ * frame, so its errors still name it as the caller did.
+ */
 static int charged(lua_State *L) {
   int kind = (int)lua_tointeger(L, lua_upvalueindex(2));
   charge_args(L, kind == C_ARGS ? 0 : cost_of(L, kind));
-  /* Called in this frame, so its errors still name it as the caller did. */
   int r = lua_tocfunction(L, lua_upvalueindex(1))(L);
   if (kind == C_CODES && r == 3) {
     int it = lua_gettop(L) - 2;
@@ -527,6 +536,18 @@ static int sb_ipairs(lua_State *L) {
   return 3;
 }
 
+/*
+ * The same for a library function with upvalues of its own (math.random's
+ * state): this closure holds copies of them first, so the function finds
+ * them where it expects, then the function. Only the cost C_ARGS.
+ */
+static int charged_up(lua_State *L) {
+  int n = 1; /* upvalues: past the last one the index is invalid */
+  while (lua_type(L, lua_upvalueindex(n + 1)) != LUA_TNONE) n++;
+  charge_args(L, 0);
+  return lua_tocfunction(L, lua_upvalueindex(n))(L);
+}
+
 /* Replaces t[name] (t at idx) with f, the original as its upvalue. */
 static void replace_field(lua_State *L, int idx, const char *name, lua_CFunction f) {
   lua_getfield(L, idx, name);
@@ -583,7 +604,7 @@ static const struct {
 
 static int is_replacement(lua_CFunction f) {
   return f == sb_next || f == sb_pairs || f == sb_ipairs || f == sb_setmetatable ||
-         f == sb_rep || f == sb_find;
+         f == sb_rep || f == sb_find || f == charged || f == charged_up;
 }
 
 /* Wraps every C function in the table at t (library lib) in charged(). */
@@ -595,12 +616,20 @@ static void charge_library(lua_State *L, int t, const char *lib) {
       lua_pop(L, 1);
       continue;
     }
-    int kind = C_ARGS;
+    int kind = C_ARGS, up = 0;
     for (size_t i = 0; i < sizeof costs / sizeof costs[0]; i++)
       if (strcmp(costs[i].lib, lib) == 0 && strcmp(costs[i].name, lua_tostring(L, -2)) == 0)
         kind = costs[i].kind;
-    lua_pushinteger(L, kind);
-    lua_pushcclosure(L, charged, 2);
+    int fn = lua_gettop(L);
+    while (lua_getupvalue(L, fn, up + 1) != NULL) up++;
+    if (up > 0) {
+      lua_pushvalue(L, fn);
+      lua_pushcclosure(L, charged_up, up + 1);
+      lua_replace(L, fn);
+    } else {
+      lua_pushinteger(L, kind);
+      lua_pushcclosure(L, charged, 2);
+    }
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
     lua_rawset(L, t); /* an existing key: allowed while traversing */
