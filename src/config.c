@@ -23,7 +23,7 @@
 #define CFG_FILE_MAX (1u << 20)   /* bytes of config source */
 #define CFG_MEM_MAX (16u << 20)   /* bytes of Lua heap */
 #define CFG_BUDGET 10000000       /* sandbox units (about VM instructions) */
-#define CHECK_UNITS 256           /* a checked assignment (a path: a system call) */
+#define CHECK_UNITS 256           /* a checked assignment (a path: a system call), getenv */
 #define TIME_MAX 1e7              /* seconds; same bound as options.c */
 
 typedef enum {
@@ -359,6 +359,7 @@ typedef struct {
 } sandbox_t;
 
 static int sb_getenv(lua_State *L) {
+  dcm__sandbox_charge(L, CHECK_UNITS); /* a walk of the environment */
   const char *v = getenv(luaL_checkstring(L, 1));
   if (v) lua_pushstring(L, v); else lua_pushnil(L);
   return 1;
