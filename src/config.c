@@ -11,7 +11,6 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
-#include <lualib.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -23,7 +22,8 @@
 
 #define CFG_FILE_MAX (1u << 20)   /* bytes of config source */
 #define CFG_MEM_MAX (16u << 20)   /* bytes of Lua heap */
-#define CFG_INSTR_MAX 10000000    /* Lua VM instructions */
+#define CFG_BUDGET 10000000       /* sandbox units (about VM instructions) */
+#define CHECK_UNITS 256           /* a checked assignment (a path: a system call), getenv */
 #define TIME_MAX 1e7              /* seconds; same bound as options.c */
 
 typedef enum {
@@ -364,42 +364,14 @@ static void scrub(char *err, const char *secret) {
 /* ---- the Lua file ---- */
 
 typedef struct {
-  size_t used;
+  dcm__sandbox_t box;    /* wipes what it frees: the file may hold secrets */
   dcm__config_t scratch; /* assignments are checked here, as they happen */
   const char *dir;
   char err[256];
 } sandbox_t;
 
-/* A capped heap that wipes what it frees: the file may hold secrets. */
-static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  sandbox_t *sb = ud;
-  size_t old = ptr ? osize : 0;
-  void *p = NULL;
-  if (nsize > 0) {
-    if (nsize > old && nsize - old > CFG_MEM_MAX - sb->used) return NULL;
-    p = malloc(nsize);
-    if (p == NULL) return nsize <= old ? ptr : NULL; /* a shrink never fails */
-    if (ptr) memcpy(p, ptr, old < nsize ? old : nsize);
-    sb->used += nsize;
-  }
-  if (ptr) {
-    explicit_bzero(ptr, old);
-    free(ptr);
-    sb->used -= old;
-  }
-  return p;
-}
-
-static void sb_hook(lua_State *L, lua_Debug *ar) {
-  /* From now on every instruction fails, so pcall cannot outlast the limit. */
-  lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
-  if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-    luaL_error(L, "%s:%d: more than %d instructions", ar->short_src, ar->currentline,
-               CFG_INSTR_MAX);
-  luaL_error(L, "more than %d instructions", CFG_INSTR_MAX);
-}
-
 static int sb_getenv(lua_State *L) {
+  dcm__sandbox_charge(L, CHECK_UNITS); /* a walk of the environment */
   const char *v = getenv(luaL_checkstring(L, 1));
   if (v) lua_pushstring(L, v); else lua_pushnil(L);
   return 1;
@@ -461,6 +433,7 @@ static int sb_check(lua_State *L, sandbox_t *sb) {
 /* __newindex(env, k, v): every global assignment in the file lands here. */
 static int sb_newindex(lua_State *L) {
   sandbox_t *sb = lua_touserdata(L, lua_upvalueindex(1));
+  dcm__sandbox_charge(L, CHECK_UNITS);
   lua_settop(L, 3);
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);
@@ -480,61 +453,35 @@ static int sb_index(lua_State *L) {
   return 1;
 }
 
-/* Builds the environment on the stack: [values, env]. */
-static void sb_open(lua_State *L, sandbox_t *sb) {
-  /* setmetatable too: finalizers (__gc) run with hooks off, beyond the limit. */
-  static const char *const banned[] = {"load", "loadfile", "dofile", "require",
-                                       "setmetatable", "_G", NULL};
-  int lib, values, env;
-  luaL_requiref(L, "_G", luaopen_base, 0);
-  lua_newtable(L);
-  lib = lua_gettop(L);
-  lua_pushnil(L);
-  while (lua_next(L, lib - 1)) {
-    int skip = 0;
-    for (int i = 0; banned[i]; i++)
-      if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), banned[i]) == 0) skip = 1;
-    if (skip) {
-      lua_pop(L, 1);
-      continue;
-    }
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, lib);
-  }
-  luaL_requiref(L, "string", luaopen_string, 0);
-  dcm__sandbox_harden(L, lib, -1);
-  lua_setfield(L, lib, "string");
-  luaL_requiref(L, "math", luaopen_math, 0);
-  lua_setfield(L, lib, "math");
-  luaL_requiref(L, "table", luaopen_table, 0);
-  lua_setfield(L, lib, "table");
-  lua_createtable(L, 0, 1);
+/*
+ * The file's environment over the sandbox's library (the globals), plus
+ * os.getenv; leaves [values, env]. Runs protected.
+ */
+static int sb_open(lua_State *L) {
+  sandbox_t *sb = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_pushglobaltable(L); /* 1: the library */
+  lua_getfield(L, 1, "os");
   lua_pushcfunction(L, sb_getenv);
   lua_setfield(L, -2, "getenv");
-  lua_setfield(L, lib, "os");
-
-  lua_newtable(L);
-  values = lua_gettop(L);
-  lua_newtable(L);
-  env = lua_gettop(L);
-  lua_pushvalue(L, env);
-  lua_setfield(L, lib, "_G");
+  lua_pop(L, 1);
+  lua_newtable(L); /* 2: values */
+  lua_newtable(L); /* 3: env */
+  lua_pushvalue(L, 3);
+  lua_setfield(L, 1, "_G");
   lua_createtable(L, 0, 3);
-  lua_pushvalue(L, values);
-  lua_pushvalue(L, lib);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 1);
   lua_pushcclosure(L, sb_index, 2);
   lua_setfield(L, -2, "__index");
   lua_pushlightuserdata(L, sb);
-  lua_pushvalue(L, values);
+  lua_pushvalue(L, 2);
   lua_pushcclosure(L, sb_newindex, 2);
   lua_setfield(L, -2, "__newindex");
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable"); /* the file cannot swap the proxy out */
-  lua_setmetatable(L, env);
-  /* leave [values, env] on top */
-  lua_remove(L, lib);
-  lua_remove(L, lib - 1);
+  lua_setmetatable(L, 3);
+  return 2;
 }
 
 static int read_file(const char *path, char **out, size_t *len, char *err, size_t n) {
@@ -583,7 +530,7 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
   lua_State *L;
   char *src = NULL, *chunk, dir[PATH_MAX], qp[256];
   const char *slash;
-  size_t len;
+  size_t len = 0;
   int rc = read_file(path, &src, &len, err, n);
   if (rc) return rc;
 
@@ -597,20 +544,24 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
     dir[slash - path] = '\0';
     sb.dir = dir;
   }
-  L = lua_newstate(sb_alloc, &sb);
   chunk = malloc(strlen(path) + 2);
-  if (L == NULL || chunk == NULL) {
-    if (L) lua_close(L);
+  if (chunk == NULL || dcm__sandbox_open(&sb.box, CFG_MEM_MAX, 1) != 0) {
     free(chunk);
     explicit_bzero(src, len);
     free(src);
+    dcm__config_free(&sb.scratch);
     return DCM_ENOMEM;
   }
+  L = sb.box.L;
   chunk[0] = '@';
   strcpy(chunk + 1, path);
-  sb_open(L, &sb);
-  lua_sethook(L, sb_hook, LUA_MASKCOUNT, CFG_INSTR_MAX);
-  rc = luaL_loadbufferx(L, src, len, chunk, "t");
+  lua_pushcfunction(L, sb_open);
+  lua_pushlightuserdata(L, &sb);
+  rc = lua_pcall(L, 1, 2, 0);
+  if (rc == LUA_OK) {
+    dcm__sandbox_arm(&sb.box, CFG_BUDGET);
+    rc = luaL_loadbufferx(L, src, len, chunk, "t");
+  }
   explicit_bzero(src, len);
   free(src);
   free(chunk);
@@ -619,12 +570,14 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
     lua_setupvalue(L, -2, 1); /* _ENV of the main chunk */
     rc = lua_pcall(L, 0, 0, 0);
   }
+  dcm__sandbox_disarm(&sb.box);
   if (rc != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     const char *colon = msg ? strchr(msg, ':') : NULL;
     size_t pl = strlen(path), tl = colon ? (size_t)(colon - msg) : 0;
+    char why[64];
     if (rc == LUA_ERRMEM)
-      fail(err, n, "%s: uses more than %u MiB of memory", quote(path, qp, sizeof qp), CFG_MEM_MAX >> 20);
+      fail(err, n, "%s: %s", quote(path, qp, sizeof qp), dcm__sandbox_memerr(&sb.box, why, sizeof why));
     else if (msg == NULL)
       fail(err, n, "%s: error object is not a string", quote(path, qp, sizeof qp));
     else if (strncmp(msg, path, pl) == 0 && msg[pl] == ':')
@@ -661,7 +614,7 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
     scrub(err, sb.scratch.opts.token);
     scrub(err, sb.scratch.opts.auth);
   }
-  lua_close(L);
+  dcm__sandbox_close(&sb.box);
   dcm__config_free(&sb.scratch);
   return rc;
 }

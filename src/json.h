@@ -1,7 +1,9 @@
 /*
- * json.h: lua-cjson, the project's one JSON codec, behind a small C API.
- * A decoded document lives on a Lua stack; C reads it with the field helpers
- * below. Each owner keeps its own state (no globals). Depends on Lua 5.4.
+ * json.h: JSON behind a small C API. lua-cjson decodes; a decoded document
+ * lives on a Lua stack and C reads it with the field helpers below.
+ * Outbound JSON is written by a walk over a Lua value (json.c), so an empty
+ * array needs no marker in the text. Each owner keeps its own state (no
+ * globals). Depends on Lua 5.4 and lua-cjson.
  */
 #ifndef DCM_JSON_H
 #define DCM_JSON_H
@@ -16,12 +18,17 @@ lua_State *dcm__json_new(void);
 int dcm__json_decode(lua_State *L, const char *s, size_t n);
 
 /*
- * Encodes the value at idx. Returns a pointer to the text, which stays valid
- * while the string pushed on the stack stays; NULL on error (nothing pushed).
+ * Encodes the value at idx: tables whose keys are exactly 1..n as arrays,
+ * other tables (string keys only) as objects, an empty table as {}; nil and
+ * JSON null as null. Strings are escaped (control bytes, 0x7f) and invalid
+ * UTF-8 becomes U+FFFD, so the text is always valid JSON. Returns a pointer
+ * to the text, which stays valid while the string pushed on the stack
+ * stays; NULL on error (nothing pushed): a non-finite number, a key that is
+ * not a string, nesting past 64 levels, another type, out of memory.
  */
 const char *dcm__json_encode(lua_State *L, int idx, size_t *len);
 
-/* cjson encodes {} for an empty table; this value encodes as []. */
+/* Pushes a value dcm__json_encode writes as [] (an empty table is {}). */
 void dcm__json_push_empty_array(lua_State *L);
 
 /* Pushes an array of integers, [] when n == 0. */
@@ -38,5 +45,9 @@ int dcm__json_isarray(lua_State *L, int idx, size_t *n);
 
 /* 1 if the value at idx is a table with no integer keys (a JSON object). */
 int dcm__json_isobject(lua_State *L, int idx);
+
+/* 1 if s holds no control character (below 0x20, or 0x7f): fit for a log
+ * line or /status as it is. */
+int dcm__json_plain_text(const char *s, size_t len);
 
 #endif

@@ -254,19 +254,19 @@ static int vm_run(dcm__pvm_t *vm, call_t *c) {
   c->rc = 0;
   c->err[0] = c->where[0] = '\0';
   c->budget = DCM__PVM_BUDGET + BUDGET_PER_ITEM * (long long)items;
-  vm->limit = DCM__PVM_MEMORY + MEMORY_PER_SHARD * (items - c->n) +
+  vm->sb.limit = DCM__PVM_MEMORY + MEMORY_PER_SHARD * (items - c->n) +
               MEMORY_PER_MACHINE * c->n;
-  lua_State *L = vm->L;
+  lua_State *L = vm->sb.L;
   lua_pushcfunction(L, run_call);
   lua_pushlightuserdata(L, c);
   int st = lua_pcall(L, 1, 0, 0);
   if (st != LUA_OK) { /* only the marshalling can fail here: memory */
     snprintf(c->err, sizeof c->err, "memory limit of %zu MiB exceeded",
-             vm->limit >> 20);
+             vm->sb.limit >> 20);
     c->rc = DCM_EPOLICY;
   }
   lua_settop(L, 0);
-  vm->limit = DCM__PVM_MEMORY;
+  vm->sb.limit = DCM__PVM_MEMORY;
   return c->rc;
 }
 
@@ -274,7 +274,7 @@ static int vm_run(dcm__pvm_t *vm, call_t *c) {
 static int decide(dcm__policy_t *p, call_t *c) {
   gen_t *g = p->gen;
   const char *what = op_names[c->op];
-  if (g->user.L) {
+  if (g->user.sb.L) {
     int rc = vm_run(&g->user, c);
     if (rc != DCM_EPOLICY) return rc;
     if (p->strict) {
@@ -363,7 +363,7 @@ static int overlay(lua_State *L) {
 /* Runs default.lua and the user's file (or none) in vm and overlays them. */
 static int load_into(dcm__pvm_t *vm, const char *default_path,
                      const char *user_path, char *err, size_t n) {
-  lua_State *L = vm->L;
+  lua_State *L = vm->sb.L;
   overlay_t o = {default_path, user_path, err, n, DCM_EPOLICY};
   if (dcm__pvm_dofile(vm, default_path, err, n) != 0) return DCM_EPOLICY;
   if (user_path == NULL) {

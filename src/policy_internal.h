@@ -1,8 +1,8 @@
 /*
- * policy_internal.h: the sandboxed Lua VM under policy.c (one lua_State
- * with a capped allocator, an instruction budget and an allow-list of
- * libraries), plus the one switch check-policy needs. Internal to
- * policy.c, policy_vm.c and check_policy.c. Depends on Lua 5.4 and log.h.
+ * policy_internal.h: a policy's Lua VM under policy.c: one sandbox
+ * (sandbox.h: capped allocator, budget, allowed library) plus log() and
+ * print(), and the one switch check-policy needs. Internal to policy.c,
+ * policy_vm.c and check_policy.c. Depends on Lua 5.4, sandbox.h and log.h.
  */
 #ifndef DCM_POLICY_INTERNAL_H
 #define DCM_POLICY_INTERNAL_H
@@ -11,23 +11,20 @@
 #include <stddef.h>
 #include "log.h"
 #include "policy.h"
+#include "sandbox.h"
 
 #define DCM__PVM_MEMORY (32u << 20)   /* bytes a state may hold at rest */
-#define DCM__PVM_BUDGET 10000000LL    /* instructions per call, at least */
+#define DCM__PVM_BUDGET 10000000LL    /* units (about instructions) per call, at least */
 #define DCM__PVM_ERRLEN 1536          /* room for a message and traceback */
 #define DCM__PVM_MAX_FILE (1u << 20)  /* largest policy file read */
 #define DCM__PVM_MAX_LOGS 100         /* log() lines per call */
 
 typedef struct {
-  lua_State *L;
-  size_t used;      /* bytes the state holds now */
-  size_t limit;     /* allocations beyond this fail */
-  long long budget; /* instructions left in the current call */
-  int exhausted;    /* the budget ran out: reject whatever comes back */
-  int logs;         /* log() lines in the current call */
-  int quiet;        /* self-check: log() lines go out at debug level */
+  dcm__sandbox_t sb; /* first: the allocator's data is the VM */
+  int logs;          /* log() lines in the current call */
+  int quiet;         /* self-check: log() lines go out at debug level */
   dcm__log_t *log;
-  char name[64];    /* the file's base name, for log() lines */
+  char name[64];     /* the file's base name, for log() lines */
 } dcm__pvm_t;
 
 /* A sandboxed state; DCM_ENOMEM if it cannot be built. */

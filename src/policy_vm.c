@@ -10,54 +10,11 @@
 
 #include "sandbox.h"
 
-#define HOOK_EVERY 1000 /* instructions between budget checks */
+#define LOG_TEXT 1024 /* bytes of a log() or print() message logged */
 
-static void *pvm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  dcm__pvm_t *vm = ud;
-  size_t old = ptr ? osize : 0; /* without ptr, osize is a type tag */
-  if (nsize == 0) {
-    free(ptr);
-    vm->used -= old;
-    return NULL;
-  }
-  /* Lua runs an emergency collection and retries when this fails. */
-  if (nsize > old && vm->used - old + nsize > vm->limit) return NULL;
-  void *np = realloc(ptr, nsize);
-  if (np == NULL) return NULL;
-  vm->used = vm->used - old + nsize;
-  return np;
-}
-
+/* The sandbox is the first member, so its allocator data is the VM. */
 static dcm__pvm_t *vm_of(lua_State *L) {
-  void *ud;
-  lua_getallocf(L, &ud);
-  return ud;
-}
-
-/*
- * Once the budget is gone the hook fires on every instruction, so a pcall
- * in the policy that catches the error gets no instruction to run before
- * the next one: the error climbs out through every pcall.
- */
-static void pvm_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  dcm__pvm_t *vm = vm_of(L);
-  if (!vm->exhausted) {
-    vm->budget -= HOOK_EVERY;
-    if (vm->budget > 0) return;
-    vm->exhausted = 1;
-    lua_sethook(L, pvm_hook, LUA_MASKCOUNT, 1);
-  }
-  luaL_where(L, 0);
-  lua_pushliteral(L, "instruction budget exceeded");
-  lua_concat(L, 2);
-  lua_error(L);
-}
-
-static void disarm(dcm__pvm_t *vm) {
-  /* Between calls no policy code should run; if any did, it dies at once. */
-  vm->exhausted = 1;
-  lua_sethook(vm->L, pvm_hook, LUA_MASKCOUNT, 1);
+  return (dcm__pvm_t *)(void *)dcm__sandbox_of(L);
 }
 
 static void pvm_emit(lua_State *L, dcm_log_level level, const char *msg) {
@@ -69,7 +26,7 @@ static void pvm_emit(lua_State *L, dcm_log_level level, const char *msg) {
              "policy %s: more than %d log lines in one call; dropping the rest",
              vm->name, DCM__PVM_MAX_LOGS);
   else
-    dcm__log(vm->log, level, NULL, "policy %s: %.1024s", vm->name, msg);
+    dcm__log(vm->log, level, NULL, "policy %s: %.*s", vm->name, LOG_TEXT, msg);
 }
 
 /* log(level, message) */
@@ -82,14 +39,23 @@ static int pvm_log(lua_State *L) {
   return 0;
 }
 
-/* print(...) logs at info: stdout belongs to the host (check-policy's JSON). */
+/* print(...) logs at info: stdout belongs to the host (check-policy's JSON).
+ * Only what a log line shows is kept. */
 static int pvm_print(lua_State *L) {
   int n = lua_gettop(L);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   for (int i = 1; i <= n; i++) {
-    if (i > 1) luaL_addchar(&b, ' '); /* a tab would be scrubbed */
-    luaL_tolstring(L, i, NULL);
+    size_t len, room = luaL_bufflen(&b) < LOG_TEXT ? LOG_TEXT - luaL_bufflen(&b) : 0;
+    if (i > 1 && room > 0) { /* a tab would be scrubbed */
+      luaL_addchar(&b, ' ');
+      room--;
+    }
+    const char *s = luaL_tolstring(L, i, &len);
+    if (len > room) {
+      lua_pushlstring(L, s, room);
+      lua_remove(L, -2);
+    }
     luaL_addvalue(&b);
   }
   luaL_pushresult(&b);
@@ -97,83 +63,32 @@ static int pvm_print(lua_State *L) {
   return 0;
 }
 
-/* A finalizer would run outside any call, where no budget is armed. */
-static int pvm_setmetatable(lua_State *L) {
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    lua_pushliteral(L, "__gc");
-    if (lua_rawget(L, 2) != LUA_TNIL)
-      return luaL_error(L, "__gc metamethods are not allowed in a policy");
-    lua_pop(L, 1);
-  }
-  lua_settop(L, 2);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, 2, 1);
-  return 1;
-}
-
-static int pvm_setup(lua_State *L) {
-  static const char *const removed[] = {"load", "loadfile", "dofile",
-                                        "require", "collectgarbage", NULL};
-  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
-  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
-  luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
-  luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
-  luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
-  luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
-  lua_settop(L, 0);
-  lua_pushglobaltable(L); /* 1 */
-  for (int i = 0; removed[i]; i++) {
-    lua_pushnil(L);
-    lua_setfield(L, 1, removed[i]);
-  }
-  lua_getfield(L, 1, "string");
-  lua_pushnil(L);
-  lua_setfield(L, -2, "dump"); /* bytecode could only be made, never run */
-  dcm__sandbox_harden(L, 1, -1);
-  lua_pop(L, 1);
-  /* os with only time and clock; the full library leaves the registry. */
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* 2 */
-  lua_getfield(L, 2, LUA_OSLIBNAME);                        /* 3 */
-  lua_createtable(L, 0, 2);
-  lua_getfield(L, 3, "time");
-  lua_setfield(L, -2, "time");
-  lua_getfield(L, 3, "clock");
-  lua_setfield(L, -2, "clock");
-  lua_setfield(L, 1, LUA_OSLIBNAME);
-  lua_pushnil(L);
-  lua_setfield(L, 2, LUA_OSLIBNAME);
-  lua_settop(L, 1);
-  lua_getfield(L, 1, "setmetatable");
-  lua_pushcclosure(L, pvm_setmetatable, 1);
-  lua_setfield(L, 1, "setmetatable");
+/* The policy's own globals over the sandbox's library. */
+static int pvm_globals(lua_State *L) {
   lua_pushcfunction(L, pvm_log);
-  lua_setfield(L, 1, "log");
+  lua_setglobal(L, "log");
   lua_pushcfunction(L, pvm_print);
-  lua_setfield(L, 1, "print");
+  lua_setglobal(L, "print");
   return 0;
 }
 
 int dcm__pvm_open(dcm__pvm_t *vm, dcm__log_t *log, const char *path) {
   memset(vm, 0, sizeof(*vm));
   vm->log = log;
-  vm->limit = DCM__PVM_MEMORY;
   const char *base = strrchr(path, '/');
   snprintf(vm->name, sizeof vm->name, "%s", base ? base + 1 : path);
-  vm->L = lua_newstate(pvm_alloc, vm);
-  if (vm->L == NULL) return DCM_ENOMEM;
-  lua_pushcfunction(vm->L, pvm_setup);
-  if (lua_pcall(vm->L, 0, 0, 0) != LUA_OK) {
+  int rc = dcm__sandbox_open(&vm->sb, DCM__PVM_MEMORY, 0);
+  if (rc != 0) return rc;
+  lua_pushcfunction(vm->sb.L, pvm_globals);
+  if (lua_pcall(vm->sb.L, 0, 0, 0) != LUA_OK) {
     dcm__pvm_close(vm);
     return DCM_ENOMEM;
   }
-  disarm(vm);
   return 0;
 }
 
 void dcm__pvm_close(dcm__pvm_t *vm) {
-  if (vm->L) lua_close(vm->L);
-  vm->L = NULL;
+  dcm__sandbox_close(&vm->sb);
 }
 
 /* Flattens a message and traceback into one log-friendly line. */
@@ -198,23 +113,25 @@ static int pvm_traceback(lua_State *L) {
   if (msg == NULL) /* no __tostring: that would run policy code */
     msg = lua_pushfstring(L, "(error object is a %s value)",
                           luaL_typename(L, 1));
+  else if (lua_rawlen(L, 1) > DCM__PVM_ERRLEN)
+    msg = lua_pushlstring(L, msg, DCM__PVM_ERRLEN);
+  dcm__sandbox_of(L)->host_strings = 1; /* a traceback may pass the cap */
   luaL_traceback(L, L, msg, 1);
+  dcm__sandbox_of(L)->host_strings = 0;
   return 1;
 }
 
 int dcm__pvm_call(dcm__pvm_t *vm, int nargs, long long budget, char *err,
                   size_t n) {
-  lua_State *L = vm->L;
+  lua_State *L = vm->sb.L;
   int base = lua_gettop(L) - nargs; /* the function */
   lua_pushcfunction(L, pvm_traceback);
   lua_insert(L, base);
-  vm->budget = budget;
-  vm->exhausted = 0;
   vm->logs = 0;
-  lua_sethook(L, pvm_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  dcm__sandbox_arm(&vm->sb, budget);
   int st = lua_pcall(L, nargs, 1, base);
-  int exhausted = vm->exhausted;
-  disarm(vm);
+  int exhausted = vm->sb.exhausted;
+  dcm__sandbox_disarm(&vm->sb);
   lua_remove(L, base);
   if (st == LUA_OK && !exhausted) return 0;
   if (st == LUA_OK) {
@@ -222,7 +139,7 @@ int dcm__pvm_call(dcm__pvm_t *vm, int nargs, long long budget, char *err,
     snprintf(err, n, "instruction budget of %lld exceeded", budget);
   } else if (st == LUA_ERRMEM) {
     lua_pop(L, 1);
-    snprintf(err, n, "memory limit of %zu MiB exceeded", vm->limit >> 20);
+    dcm__sandbox_memerr(&vm->sb, err, n);
   } else if (st == LUA_ERRERR) {
     lua_pop(L, 1);
     snprintf(err, n, "error while handling an error%s",
@@ -249,7 +166,8 @@ static int pvm_dochunk(lua_State *L) {
   lua_settop(L, 0);
   int st = luaL_loadbufferx(L, d->buf, d->len, d->chunkname, "t");
   if (st != LUA_OK) {
-    flatten(d->err, d->n, st == LUA_ERRMEM ? "not enough memory"
+    char why[64];
+    flatten(d->err, d->n, st == LUA_ERRMEM ? dcm__sandbox_memerr(&d->vm->sb, why, sizeof why)
                                             : lua_tostring(L, -1));
     d->rc = DCM_EPOLICY;
     return 0;
@@ -295,7 +213,7 @@ int dcm__pvm_dofile(dcm__pvm_t *vm, const char *path, char *err, size_t n) {
   char chunkname[512];
   snprintf(chunkname, sizeof chunkname, "@%s", path);
   dofile_t d = {vm, buf, len, chunkname, err, n, DCM_EPOLICY};
-  lua_State *L = vm->L;
+  lua_State *L = vm->sb.L;
   int top = lua_gettop(L);
   lua_pushcfunction(L, pvm_dochunk);
   lua_pushlightuserdata(L, &d);

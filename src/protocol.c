@@ -150,6 +150,8 @@ static int decode_info(lua_State *L, int d, size_t max, dcm__packet_t *p,
   p->standby = lua_toboolean(L, -1);
   t = dcm__json_field(L, d, "version");
   if (t == LUA_TSTRING) {
+    if (!dcm__json_plain_text(lua_tostring(L, -1), lua_rawlen(L, -1)))
+      FAIL(DCM_ERR_MALFORMED, "info: d.version must not contain control characters");
     snprintf(p->version, sizeof p->version, "%s", lua_tostring(L, -1));
   } else if (t != LUA_TNIL) {
     FAIL(DCM_ERR_MALFORMED, "info: d.version must be a string");
@@ -249,6 +251,8 @@ static int decode_d(lua_State *L, int d, size_t max, dcm__packet_t *p,
       p->code = (int)v;
       if (dcm__json_field(L, d, "message") != LUA_TSTRING)
         FAIL(DCM_ERR_MALFORMED, "fatal: d.message must be a string");
+      if (!dcm__json_plain_text(lua_tostring(L, -1), lua_rawlen(L, -1)))
+        FAIL(DCM_ERR_MALFORMED, "fatal: d.message must not contain control characters");
       snprintf(p->message, sizeof p->message, "%s", lua_tostring(L, -1));
       t = dcm__json_field(L, d, "shard");
       if (t == LUA_TNIL) {

@@ -294,7 +294,7 @@ static void test_bad_files(void) {
   BAD_FILE("%s:1: listen: expected a string, got number", "listen = 8642\n");
   BAD_FILE("%s:1: listen: 'nowhere' is not HOST:PORT", "listen = 'nowhere'\n");
   BAD_FILE("%s:1: log_level: 'loud' is not debug", "log_level = 'loud'\n");
-  BAD_FILE("%s:1: log_format: expected a string, got function", "log_format = print\n");
+  BAD_FILE("%s:1: log_format: expected a string, got function", "log_format = tostring\n");
   BAD_FILE("%s:1: policy: cannot read", "policy = 'missing.lua'\n");
   BAD_FILE("%s:1: api_base: 'discord.com' is not", "api_base = 'discord.com'\n");
   BAD_FILE("%s:3: unexpected symbol", "shards = 1\n\nlisten = = 2\n");
@@ -307,23 +307,37 @@ static void test_bad_files(void) {
   BAD_FILE("%s:1: attempt to call a nil value (global 'loadfile')", "loadfile('/x')\n");
   BAD_FILE("%s:1: attempt to index a nil value (global 'io')", "io.write('x')\n");
   BAD_FILE("%s:1: attempt to call a nil value (field 'execute')", "os.execute('true')\n");
-  BAD_FILE("%s:1: more than", "while true do end\n");
-  BAD_FILE("%s:1: more than", "while true do pcall(function() while true do end end) end\n");
-  BAD_FILE("%s: uses more than", "local t = {} for i = 1, 100 do t[i] = string.rep('x', 1 << 20) end\n");
-  BAD_FILE("%s:1: attempt to call a nil value (global 'setmetatable')", "setmetatable(_G, nil)\n");
+  BAD_FILE("%s:1: instruction budget exceeded", "while true do end\n");
+  BAD_FILE("%s:1: instruction budget exceeded",
+           "while true do pcall(function() while true do end end) end\n");
+  BAD_FILE("%s: memory limit of 16 MiB exceeded",
+           "local t, s = {}, string.rep('x', 4000) for i = 1, 10000 do t[i] = s .. i end\n");
+  BAD_FILE("%s:1: cannot change a protected metatable", "setmetatable(_G, nil)\n");
   BAD_FILE("%s: unknown key 'sneaky'", "rawset(_G, 'sneaky', 1)\n");
   BAD_FILE("%s: collect_window: expected a number", "rawset(_G, 'collect_window', 'x')\n");
   BAD_FILE("%s:1: global with a number key", "_G[1] = 2\n");
   BAD_FILE("%s:1: unknown key 'print'", "print = 1\n");
 
-  /* nothing that spins inside C or with hooks off, beyond the instruction limit */
+  /* the policies' sandbox: nothing spins inside C or with hooks off past the budget */
   BAD_FILE("%s:1: attempt to call a nil value (global 'xpcall')",
            "xpcall(function() while true do end end, function() while true do end end)\n");
+  BAD_FILE("%s:1: attempt to call a nil value (global 'collectgarbage')",
+           "while true do collectgarbage() end\n");
   BAD_FILE("%s:1: string.rep: result longer than", "local s = string.rep('', math.maxinteger)\n");
+  BAD_FILE("%s: a string longer than 4096 bytes", "local s = string.rep('x', 4096) .. 'y'\n");
   BAD_FILE("%s:1: attempt to call a nil value (method 'match')",
            "local s = ('a'):rep(3000):match('.-.-.-b')\n");
+  BAD_FILE("%s:1: instruction budget exceeded", "table.move({}, 1, math.maxinteger, 1)\n");
+  BAD_FILE("%s:3: instruction budget exceeded",
+           "local h = string.rep('a', 4096)\nlocal n = string.rep('a', 2047) .. 'b'\n"
+           "while true do string.find(h, n, 1, true) end\n");
+  BAD_FILE("%s:3: instruction budget exceeded",
+           "local t = {}\nfor i = 1, 1 << 19 do t[i] = true end for i = 1, 1 << 19 do t[i] = nil end\n"
+           "while true do next(t) end\n");
+  BAD_FILE("%s:1: more than 64 extra arguments",
+           "local t = {} for i = 1, 100 do t[i] = i end (function(...) end)(table.unpack(t))\n");
   /* no finalizers: Lua runs them with hooks off, beyond the instruction limit */
-  BAD_FILE("%s:1: attempt to call a nil value (global 'setmetatable')",
+  BAD_FILE("%s:1: __gc metamethods are not allowed in the sandbox",
            "setmetatable({}, {__gc = function() while true do end end})\n");
   /* Lua shortens long chunk names; errors still carry the whole path */
   {

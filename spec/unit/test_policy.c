@@ -237,9 +237,24 @@ static const struct {
     {"bad_shape.lua", "allocate result has the key 1"},
     {"gc.lua", "__gc metamethods are not allowed"},
     {"xpcall_handler.lua", "attempt to call a nil value (global 'xpcall')"},
-    {"rep_bomb.lua", "string.rep: result longer than 1048576 bytes"},
+    {"rep_bomb.lua", "string.rep: result longer than 4096 bytes"},
     {"pattern_bomb.lua", "attempt to call a nil value (field 'match')"},
     {"no-such-file.lua", "cannot open"},
+    /* work inside one C call, or one VM instruction, charged or capped */
+    {"move_bomb.lua", "move_bomb.lua:3: instruction budget exceeded"},
+    {"find_bomb.lua", "find_bomb.lua:6: instruction budget exceeded"},
+    {"concat_bomb.lua", "concat_bomb.lua:5: instruction budget exceeded"},
+    {"sort_bomb.lua", "sort_bomb.lua:7: instruction budget exceeded"},
+    {"unpack_bomb.lua", "unpack_bomb.lua:5: instruction budget exceeded"},
+    {"shift_bomb.lua", "shift_bomb.lua:7: instruction budget exceeded"},
+    {"string_bomb.lua", "string_bomb.lua:6: instruction budget exceeded"},
+    {"utf8_bomb.lua", "utf8_bomb.lua:7: instruction budget exceeded"},
+    {"next_bomb.lua", "next_bomb.lua:6: instruction budget exceeded"},
+    {"pairs_bomb.lua", "pairs_bomb.lua:6: instruction budget exceeded"},
+    {"compare_bomb.lua", "compare_bomb.lua:9: instruction budget exceeded"},
+    {"vararg_bomb.lua", "more than 64 extra arguments to a vararg function"},
+    /* the heap is full: the error says so, after few full collections */
+    {"gc_bomb.lua", "memory limit of 32 MiB exceeded"},
 };
 
 static int write_chunk(lua_State *L, const void *b, size_t n, void *ud) {
@@ -295,6 +310,40 @@ static void test_sandbox(void) {
       "assert(os.remove == nil and os.exit == nil)\n"
       "assert(table.sort and math.floor and utf8.char)\n"
       "assert(pcall and error and setmetatable and type(log) == 'function')\n"
+      "assert(xpcall == nil and string.match == nil and string.gsub == nil)\n"
+      "assert(string.find('a.b', '.') == 2) -- plain\n"
+      /* strings stop at 4 KiB; varargs at 64 */
+      "assert(#string.rep('ab', 2048) == 4096 and not pcall(string.rep, 'x', 4097))\n"
+      "assert(not pcall(function() return string.rep('x', 4096) .. 'y' end))\n"
+      "local t64 = {} for i = 1, 64 do t64[i] = i end\n"
+      "local function count(...) return select('#', ...) end\n"
+      "assert(count(table.unpack(t64)) == 64)\n"
+      "t64[65] = 65 assert(not pcall(count, table.unpack(t64)))\n"
+      /* the charged functions still do their job, errors named as before */
+      "local t = {3, 1, 2} table.sort(t) assert(table.concat(t, ',') == '1,2,3')\n"
+      "table.insert(t, 1, 0) assert(table.remove(t, 1) == 0 and #t == 3)\n"
+      "table.move(t, 1, 3, 2) assert(table.concat(t, ',') == '1,1,2,3')\n"
+      "assert(select('#', table.unpack(t)) == 4 and ('abc'):byte(1, -1) == 97)\n"
+      "math.randomseed(7) local r = math.random(1000)\n"
+      "math.randomseed(7) assert(math.random(1000) == r) -- its state is an upvalue\n"
+      "local ok, e = pcall(function() return math.random(2, 1) end)\n"
+      "assert(e:find(\"bad argument #1 to 'random'\", 1, true), e)\n"
+      "ok, e = pcall(function() table.insert(nil, 1) end)\n"
+      "assert(e:find(\"bad argument #1 to 'insert'\", 1, true), e)\n"
+      "local n = 0 for p, c in utf8.codes('h\\u{e9}llo') do n = n + 1 end\n"
+      "assert(n == 5 and utf8.len('h\\u{e9}llo') == 5 and utf8.offset('h\\u{e9}llo', 3) == 4)\n"
+      /* next and pairs: plain traversals, nested ones, __pairs */
+      "local kv = {a = 1, b = 2, c = 3}\n"
+      "local c = 0 for k, v in next, kv do c = c + v end assert(c == 6)\n"
+      "c = 0 for k in pairs(kv) do for j in pairs(kv) do c = c + 1 end end assert(c == 9)\n"
+      "assert(next({}) == nil and next(kv) ~= nil)\n"
+      "local proxy = setmetatable({}, {__pairs = function(t) return next, kv, nil end})\n"
+      "c = 0 for k, v in pairs(proxy) do c = c + v end assert(c == 6)\n"
+      /* a small table's traversal stays cheap in a big heap: only its own
+         slots are charged */
+      "local big = {} for i = 1, 1 << 19 do big[i] = i end\n"
+      "local small = {x = 1}\n"
+      "for i = 1, 50000 do for _ in pairs(small) do end end\n"
       "log('info', 'sandbox probe ran')\n"
       "print('printed', 1, nil)\n"
       "return {}\n");
@@ -360,8 +409,12 @@ static const struct {
      "instruction budget exceeded"},
     {"local ok = pcall(function() while true do end end) return first(machines, ctx)",
      "instruction budget"},
-    {"local t = {} for i = 1, math.huge do t[i] = string.rep('y', 65536) .. i end",
+    {"local t, s = {}, string.rep('y', 4000) for i = 1, math.huge do t[i] = s .. i end",
      "memory limit of"},
+    {"local s = string.rep('y', 4096) .. 'z'", "a string longer than 4096 bytes"},
+    {"table.move({}, 1, math.maxinteger, 1)", "p.lua:9: instruction budget exceeded"},
+    {"local t = {} for i = 1, 200 do t[i] = i end local function f(...) end f(table.unpack(t))",
+     "p.lua:9: more than 64 extra arguments to a vararg function"},
     {"for i = 1, 1000 do log('info', 'spam') end return nil", "dropping the rest"},
     {"log('nonsense', 'x')", "bad argument #1 to 'log'"},
     /* the memory cap stops runaway recursion before Lua's stack limit */

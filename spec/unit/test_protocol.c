@@ -1,5 +1,6 @@
 /* Packet decoding, validation and encoding; handshake keys. */
 #include <lauxlib.h>
+#include <math.h>
 
 #include "check.h"
 #include "json.h"
@@ -218,6 +219,124 @@ static void sessions(void) {
   lua_settop(L, 0);
 }
 
+/* The empty-array marker of old: '"' plus it, inside a peer string. */
+#define OLD_MARKER "\x01\x02[]"
+
+/* A table shaped like /status, with peer text where it used to break it. */
+static void outbound_text(void) {
+  size_t n;
+  const char *version = "v\"" OLD_MARKER;
+  lua_createtable(L, 0, 3);
+  lua_pushliteral(L, "running");
+  lua_setfield(L, -2, "state");
+  lua_createtable(L, 1, 0);
+  lua_createtable(L, 0, 3);
+  lua_pushliteral(L, "a");
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, version);
+  lua_setfield(L, -2, "version");
+  dcm__json_push_int_array(L, NULL, 0);
+  lua_setfield(L, -2, "shards");
+  lua_rawseti(L, -2, 1);
+  lua_setfield(L, -2, "machines");
+  dcm__json_push_empty_array(L);
+  lua_setfield(L, -2, "unassigned");
+  const char *s = dcm__json_encode(L, -1, &n);
+  CHECK(s != NULL && strlen(s) == n);
+  CHECK(strstr(s, "\"shards\":[]") && strstr(s, "\"unassigned\":[]"));
+  CHECK(strstr(s, "\"version\":\"v\\\"\\u0001\\u0002[]\""));
+  /* cjson reads it back: the string whole, the arrays empty */
+  CHECK_EQ(dcm__json_decode(L, s, n), 0);
+  lua_getfield(L, -1, "machines");
+  lua_rawgeti(L, -1, 1);
+  lua_getfield(L, -1, "version");
+  CHECK_STR(lua_tostring(L, -1), version);
+  lua_settop(L, 0);
+
+  /* the shutdown broadcast carries such a reason intact */
+  s = dcm__enc_shutdown(L, 4004, "b: boom\"" OLD_MARKER, &n);
+  CHECK(s != NULL);
+  CHECK_EQ(dcm__json_decode(L, s, n), 0);
+  lua_getfield(L, -1, "d");
+  lua_getfield(L, -1, "reason");
+  CHECK_STR(lua_tostring(L, -1), "b: boom\"" OLD_MARKER);
+  lua_settop(L, 0);
+
+  /* escapes; bytes that are not UTF-8 become U+FFFD; UTF-8 passes */
+  lua_pushlstring(L, "\x00\t\x7f/\\\xff\xc3 \xc3\xa9\xed\xa0\x80\xf0\x9f\x98\x80\xe2\x82", 19);
+  s = dcm__json_encode(L, -1, &n);
+  CHECK_STR(s, "\"\\u0000\\t\\u007f\\/\\\\\\ufffd\\ufffd \xc3\xa9"
+               "\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\\ufffd\\ufffd\"");
+  lua_settop(L, 0);
+  /* numbers: integers exact, floats as cjson wrote them */
+  lua_createtable(L, 3, 0);
+  lua_pushinteger(L, 9007199254740993LL);
+  lua_rawseti(L, -2, 1);
+  lua_pushnumber(L, 0.1);
+  lua_rawseti(L, -2, 2);
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, -2, 3);
+  CHECK_STR(dcm__json_encode(L, -1, &n), "[9007199254740993,0.1,false]");
+  lua_settop(L, 0);
+  lua_newtable(L);
+  CHECK_STR(dcm__json_encode(L, -1, &n), "{}");
+  lua_settop(L, 0);
+
+  /* what has no JSON form fails, leaving the stack as it was */
+  lua_pushnumber(L, NAN);
+  CHECK(dcm__json_encode(L, -1, &n) == NULL && lua_gettop(L) == 1);
+  lua_settop(L, 0);
+  lua_newtable(L);
+  lua_pushboolean(L, 1);
+  lua_pushinteger(L, 1);
+  lua_settable(L, -3);
+  CHECK(dcm__json_encode(L, -1, &n) == NULL && lua_gettop(L) == 1);
+  lua_settop(L, 0);
+  lua_newtable(L);
+  for (int i = 0; i < 70; i++) { /* deeper than 64 */
+    lua_newtable(L);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "x");
+    lua_remove(L, -2);
+  }
+  CHECK(dcm__json_encode(L, -1, &n) == NULL && lua_gettop(L) == 1);
+  lua_settop(L, 0);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "self"); /* a cycle */
+  CHECK(dcm__json_encode(L, -1, &n) == NULL && lua_gettop(L) == 1);
+  lua_settop(L, 0);
+  lua_pushcfunction(L, lua_gettop);
+  CHECK(dcm__json_encode(L, -1, &n) == NULL && lua_gettop(L) == 1);
+  lua_settop(L, 0);
+}
+
+/* Control bytes in the peer strings that reach logs and /status. */
+static void peer_text(void) {
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"version\":\"v\\\"\\u0001\\u0002[]\"}}",
+         DCM_ERR_MALFORMED, "info: d.version must not contain control characters");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"version\":\"1.0\\n\"}}",
+         DCM_ERR_MALFORMED, "d.version must not contain control characters");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"version\":\"1\\u007f\"}}",
+         DCM_ERR_MALFORMED, "d.version must not contain control characters");
+  expect("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,\"version\":\"1\\u0000x\"}}",
+         DCM_ERR_MALFORMED, "d.version must not contain control characters");
+  expect("{\"o\":1,\"d\":{\"code\":4004,\"message\":\"bad\\u001b[31m\"}}", DCM_ERR_MALFORMED,
+         "fatal: d.message must not contain control characters");
+  expect("{\"o\":1,\"d\":{\"code\":4004,\"message\":\"line\\r\\nforged\"}}", DCM_ERR_MALFORMED,
+         "fatal: d.message must not contain control characters");
+  /* printable text, quotes and non-ASCII included, is fine */
+  dcm__packet_t p;
+  char err[192];
+  CHECK_EQ(decode("{\"o\":0,\"d\":{\"id\":\"a\",\"cores\":1,\"loadavg\":0,"
+                  "\"version\":\"1.0 \\\"\\u00e9\\\" []\"}}", &p, err), 0);
+  CHECK_STR(p.version, "1.0 \"\xc3\xa9\" []");
+  dcm__packet_clear(&p);
+  CHECK_EQ(decode("{\"o\":1,\"d\":{\"code\":4014,\"message\":\"Disallowed intent(s)\"}}", &p, err), 0);
+  CHECK_STR(p.message, "Disallowed intent(s)");
+  dcm__packet_clear(&p);
+}
+
 static void handshake_keys(void) {
   uint8_t d[20];
   char hex[41];
@@ -257,6 +376,8 @@ int main(void) {
   RUN(other_ops);
   RUN(encoders);
   RUN(sessions);
+  RUN(outbound_text);
+  RUN(peer_text);
   RUN(handshake_keys);
   RUN(ids);
   lua_close(L);
