@@ -680,6 +680,18 @@ void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code, const char *
   fatal_stop(m, 3, x->id, code, line);
 }
 
+int dcm__coord_reload_policy(dcm_master_t *m) {
+  dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
+  if (xs == NULL) return DCM_ENOMEM;
+  size_t n = m->shard_count > 0 ? dcm__fleet_live(m, xs, 1) : 0;
+  dcm__pmachine_t *pm = n ? policy_view(xs, n) : NULL;
+  dcm__pctx_t ctx = {m->shard_count, m->max_concurrency};
+  int r = dcm__policy_reload(m->policy, pm, pm ? n : 0, &ctx);
+  free(pm);
+  free(xs);
+  return r;
+}
+
 void dcm__coord_stop(dcm_master_t *m) {
   set_state(m, DCM_STATE_SHUTDOWN);
   uv_timer_stop(&m->timer);

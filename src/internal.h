@@ -277,6 +277,8 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x);
 void dcm__coord_fatal(dcm_master_t *m, dcm__machine_t *x, int code,
                       const char *message, int shard);
 void dcm__coord_stop(dcm_master_t *m);
+/* Reloads the policy, self-checked on the live fleet when there is one. */
+int dcm__coord_reload_policy(dcm_master_t *m);
 const char *dcm__state_name(dcm__state s);
 
 /* master.c */

@@ -164,7 +164,7 @@ int dcm_master_port(const dcm_master_t *m) { return m->port; }
 int dcm_master_exit_status(const dcm_master_t *m) { return m->exit_status; }
 
 int dcm_master_reload_policy(dcm_master_t *m) {
-  int r = dcm__policy_reload(m->policy);
+  int r = dcm__coord_reload_policy(m);
   if (r == 0) /* a failed reload has already said why, in one line */
     dcm__info(&m->log, NULL, "policy reloaded from %s; it applies to the next decision",
               dcm__policy_path(m->policy));

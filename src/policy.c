@@ -385,8 +385,53 @@ static int load_into(dcm__pvm_t *vm, const char *default_path,
   return o.rc;
 }
 
-/* A synthetic fleet every generation must handle before it is used. */
-static int self_check(dcm__pvm_t *vm, const char *path, char *err, size_t n) {
+/* The live fleet a reload is checked against (NULL: the synthetic one). */
+typedef struct {
+  const dcm__pmachine_t *machines;
+  size_t n;
+  dcm__pctx_t ctx;
+} live_t;
+
+/*
+ * Every generation must handle a fleet before it is used: the live one when
+ * MASTER runs one (a policy may name real machine ids), else a synthetic one.
+ * Live: ratio for each machine, allocate over all of them, and the failover
+ * of the first machine's shards onto the others.
+ */
+static int live_check(dcm__pvm_t *vm, const live_t *lv, const char **step, call_t *c) {
+  int rc = 0;
+  int *owner = malloc((size_t)lv->ctx.shard_count * sizeof *owner);
+  int *pos = malloc((size_t)lv->ctx.shard_count * sizeof *pos);
+  if (owner == NULL || pos == NULL) rc = DCM_ENOMEM;
+  for (size_t i = 0; i < lv->n && rc == 0; i++) {
+    *c = (call_t){.op = OP_RATIO, .machines = &lv->machines[i], .n = 1, .ctx = &lv->ctx};
+    *step = "ratio (live fleet)";
+    rc = vm_run(vm, c);
+  }
+  if (rc == 0) {
+    *c = (call_t){.op = OP_ALLOCATE, .machines = lv->machines, .n = lv->n, .ctx = &lv->ctx,
+                  .owner = owner};
+    *step = "allocate (live fleet)";
+    rc = vm_run(vm, c);
+  }
+  const dcm__pmachine_t *dead = &lv->machines[0];
+  if (rc == 0 && lv->n >= 2 && dead->nshards > 0) {
+    for (int s = 0; s < lv->ctx.shard_count; s++) pos[s] = -1;
+    for (size_t i = 0; i < dead->nshards; i++)
+      if (dead->shards[i] >= 0 && dead->shards[i] < lv->ctx.shard_count)
+        pos[dead->shards[i]] = (int)i;
+    *c = (call_t){.op = OP_FAILOVER, .dead = dead, .machines = lv->machines + 1,
+                  .n = lv->n - 1, .ctx = &lv->ctx, .owner = owner, .pos = pos};
+    *step = "failover (live fleet)";
+    rc = vm_run(vm, c);
+  }
+  free(owner);
+  free(pos);
+  return rc;
+}
+
+static int self_check(dcm__pvm_t *vm, const char *path, const live_t *lv, char *err,
+                      size_t n) {
   static const int run_a[] = {0, 1, 2, 3, 4, 5};
   dcm__pmachine_t fleet[4] = {
       {"alpha", 4, 0.5, 0, NULL, 0},
@@ -401,6 +446,10 @@ static int self_check(dcm__pvm_t *vm, const char *path, char *err, size_t n) {
   vm->quiet = 1;
   int rc = 0;
   const char *step = "";
+  if (lv && lv->n > 0) {
+    rc = live_check(vm, lv, &step, &c);
+    goto done;
+  }
   for (int i = 0; i < 4 && rc == 0; i++) {
     c = (call_t){.op = OP_RATIO, .machines = &fleet[i], .n = 1, .ctx = &ctxs[0]};
     step = "ratio";
@@ -422,6 +471,7 @@ static int self_check(dcm__pvm_t *vm, const char *path, char *err, size_t n) {
     step = "failover";
     rc = vm_run(vm, &c);
   }
+done:
   vm->quiet = 0;
   if (rc != 0)
     snprintf(err, n, "%s: self-check %s (%s) failed: %s", path, step, c.where,
@@ -436,16 +486,16 @@ static void gen_free(gen_t *g) {
   free(g);
 }
 
-static int gen_build(dcm__policy_t *p, gen_t **out, char *err, size_t n) {
+static int gen_build(dcm__policy_t *p, const live_t *lv, gen_t **out, char *err, size_t n) {
   gen_t *g = calloc(1, sizeof *g);
   if (g == NULL) return DCM_ENOMEM;
   int rc = dcm__pvm_open(&g->def, p->log, p->default_path);
   if (rc == 0) rc = load_into(&g->def, p->default_path, NULL, err, n);
-  if (rc == 0) rc = self_check(&g->def, p->default_path, err, n);
+  if (rc == 0) rc = self_check(&g->def, p->default_path, lv, err, n);
   if (rc == 0 && p->path) {
     rc = dcm__pvm_open(&g->user, p->log, p->path);
     if (rc == 0) rc = load_into(&g->user, p->default_path, p->path, err, n);
-    if (rc == 0) rc = self_check(&g->user, p->path, err, n);
+    if (rc == 0) rc = self_check(&g->user, p->path, lv, err, n);
   }
   if (rc == DCM_ENOMEM) snprintf(err, n, "out of memory building a Lua state");
   if (rc != 0) {
@@ -517,7 +567,7 @@ int dcm__policy_new(const char *path, const char *policy_dir, dcm__log_t *log,
     return DCM_ENOMEM;
   }
   char err[DCM__PVM_ERRLEN + 256];
-  int rc = gen_build(p, &p->gen, err, sizeof err);
+  int rc = gen_build(p, NULL, &p->gen, err, sizeof err);
   if (rc != 0) {
     dcm__error(log, NULL, "policy: %s", err);
     dcm__policy_free(p);
@@ -537,10 +587,14 @@ void dcm__policy_free(dcm__policy_t *p) {
   free(p);
 }
 
-int dcm__policy_reload(dcm__policy_t *p) {
+static int check_ctx(const dcm__pctx_t *ctx);
+
+int dcm__policy_reload(dcm__policy_t *p, const dcm__pmachine_t *live, size_t n,
+                       const dcm__pctx_t *ctx) {
   gen_t *g = NULL;
   char err[DCM__PVM_ERRLEN + 256];
-  int rc = gen_build(p, &g, err, sizeof err);
+  live_t lv = {live, n, ctx ? *ctx : (dcm__pctx_t){0, 0}};
+  int rc = gen_build(p, live && n && check_ctx(ctx) ? &lv : NULL, &g, err, sizeof err);
   if (rc != 0) {
     dcm__error(p->log, NULL, "policy: reload failed, keeping the running policy: %s", err);
     return rc == DCM_ENOMEM ? rc : DCM_EPOLICY;

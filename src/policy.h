@@ -38,8 +38,11 @@ int dcm__policy_new(const char *path, const char *policy_dir, dcm__log_t *log,
                     dcm__policy_t **out);
 void dcm__policy_free(dcm__policy_t *p);
 
-/* Rebuilds the generation from the same files; on error the old one stays. */
-int dcm__policy_reload(dcm__policy_t *p);
+/* Rebuilds the generation from the same files; on error the old one stays.
+   The self-check runs on the live fleet when one is given (n > 0), else on
+   a synthetic one. */
+int dcm__policy_reload(dcm__policy_t *p, const dcm__pmachine_t *live, size_t n,
+                       const dcm__pctx_t *ctx);
 
 /*
  * machines: the active (non-standby) machines, n >= 1.

@@ -35,6 +35,20 @@ return {
 
 BROKEN = "return { allocate = function( }"
 
+NAMES_A = """
+-- names a real machine: the synthetic self-check fleet has no "a"
+return {
+  allocate = function(machines, ctx)
+    local ids = {}
+    for _, m in ipairs(machines) do ids[m.id] = true end
+    assert(ids["a"], "machine a is not in this fleet")
+    local list = {}
+    for s = 0, ctx.shard_count - 1 do list[#list + 1] = s end
+    return { a = list }
+  end,
+}
+"""
+
 BAD_RESULT = """
 -- passes the load-time self-check, misbehaves on the real machine "a"
 return {
@@ -120,6 +134,24 @@ class PolicyReload(unittest.TestCase):
                     await x.close()
             run(go())
             m.wait_log(r"no-such-machine")
+            self.assertEqual(m.stop(), 0)
+
+    def test_a_reload_is_checked_against_the_live_fleet(self):
+        with Master("--shards", "4", "--expected-machines", "2", "--collect-window", "30",
+                    "--heartbeat-interval", "1", "--policy", self.path) as m:
+            async def go():
+                a, b = Control(m, "a"), Control(m, "b")
+                for x in (a, b):
+                    await x.start()
+                await a.next_connect()
+                self.write(NAMES_A)
+                mark = m.mark()
+                m.signal(signal.SIGHUP)
+                m.wait_log(r"policy reloaded", start=mark)
+                self.assertEqual(m.count(r"reload failed"), 0)
+                for x in (a, b):
+                    await x.close()
+            run(go())
             self.assertEqual(m.stop(), 0)
 
     def test_broken_policy_at_start_is_refused(self):

@@ -546,14 +546,14 @@ static void test_reload(void) {
     text[n] = '\0';
     write_file("r.lua", text);
     log_clear();
-    CHECK(dcm__policy_reload(p) == DCM_EPOLICY);
+    CHECK(dcm__policy_reload(p, NULL, 0, NULL) == DCM_EPOLICY);
     CHECK_LOG("reload failed, keeping the running policy");
     CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
     CHECK(memcmp(owner, before, sizeof owner) == 0);
   }
   unlink(path);
   log_clear();
-  CHECK(dcm__policy_reload(p) == DCM_EPOLICY);
+  CHECK(dcm__policy_reload(p, NULL, 0, NULL) == DCM_EPOLICY);
   CHECK_LOG("cannot open");
   CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
   CHECK(memcmp(owner, before, sizeof owner) == 0);
@@ -561,7 +561,7 @@ static void test_reload(void) {
   /* a good reload changes the next decision only */
   write_file("r.lua", v2);
   log_clear();
-  CHECK(dcm__policy_reload(p) == 0);
+  CHECK(dcm__policy_reload(p, NULL, 0, NULL) == 0);
   CHECK_LOG("policy: reloaded");
   CHECK(memcmp(owner, before, sizeof owner) == 0);
   CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
