@@ -40,7 +40,10 @@ static const char usage[] =
     "      --connect-timeout S       TCP connect plus upgrade plus initialise (10)\n"
     "      --identify-port N         the clusters' identify endpoint listens on\n"
     "                                127.0.0.1:N (0, the default: any free port)\n"
-    "      --log-format text|json    log line format (text)\n"
+    "      --metrics-port N          serve GET /metrics (Prometheus text format) on\n"
+    "                                127.0.0.1:N; 0: any free port, logged (off)\n"
+    "      --log-format text|json    log line format (text); json wraps the clusters'\n"
+    "                                stdout and stderr lines too\n"
     "      --log-level debug|info|warn|error\n"
     "                                lowest level logged (info)\n"
     "  -h, --help                    print this help and exit\n"
@@ -61,7 +64,7 @@ static const char usage[] =
 
 enum {
   OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_MAXCL, OPT_RETRY, OPT_DRAIN,
-  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL
+  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL, OPT_MPORT
 };
 
 static const struct option longopts[] = {
@@ -77,6 +80,7 @@ static const struct option longopts[] = {
     {"restart-backoff", required_argument, NULL, OPT_BACKOFF},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT},
     {"identify-port", required_argument, NULL, OPT_IPORT},
+    {"metrics-port", required_argument, NULL, OPT_MPORT},
     {"log-format", required_argument, NULL, OPT_LFORMAT},
     {"log-level", required_argument, NULL, OPT_LLEVEL},
     {"help", no_argument, NULL, 'h'},
@@ -174,6 +178,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
   c->stop_timeout = 5;
   c->restart_backoff = 1;
   c->connect_timeout = 10;
+  c->metrics_port = -1;
   a->level = DCM_LOG_INFO;
   a->format = DCM_LOG_TEXT;
   default_id(c->id, sizeof c->id);
@@ -225,6 +230,13 @@ static int parse_args(int argc, char **argv, args_t *a) {
         if (errno || end == v || *end || per < 0 || per > 65535)
           return fail("--identify-port '%s': must be a port from 0 to 65535%s", v, "");
         c->identify_port = (int)per;
+        break;
+      case OPT_MPORT:
+        errno = 0;
+        per = strtol(v, &end, 10);
+        if (errno || end == v || *end || per < 0 || per > 65535)
+          return fail("--metrics-port '%s': must be a port from 0 to 65535%s", v, "");
+        c->metrics_port = (int)per;
         break;
       case OPT_LFORMAT:
         if (strcmp(v, "text") == 0) a->format = DCM_LOG_TEXT;
