@@ -70,9 +70,15 @@ static void escaped(dcm__prom_t *p, const char *s, int quotes) {
 }
 
 void dcm__prom_family(dcm__prom_t *p, const char *name, const char *type, const char *help) {
-  putf(p, "# HELP %.40s ", name); /* names are the callers' literals */
+  puts_(p, "# HELP ");
+  puts_(p, name); /* names are the callers' literals */
+  put(p, " ", 1);
   escaped(p, help, 0);
-  putf(p, "\n# TYPE %.40s %s\n", name, type);
+  puts_(p, "\n# TYPE ");
+  puts_(p, name);
+  put(p, " ", 1);
+  puts_(p, type);
+  put(p, "\n", 1);
 }
 
 static void head(dcm__prom_t *p, const char *name, const char *const *labels) {

@@ -268,9 +268,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
 }
 
 static void report_handle(uv_handle_t *h, void *arg) {
-  (void)arg;
-  fprintf(stderr, "discluster-control: handle still open at exit: %s\n",
-          uv_handle_type_name(uv_handle_get_type(h)));
+  dcm__error(arg, NULL, "handle still open at exit: %s", uv_handle_type_name(uv_handle_get_type(h)));
 }
 
 int main(int argc, char **argv) {
@@ -296,7 +294,7 @@ int main(int argc, char **argv) {
   if (uv_loop_init(&loop) != 0) return 1;
   r = dcm__agent_init(&agent, &loop, &args.cfg, args.level, args.format);
   if (r != 0) {
-    fprintf(stderr, "discluster-control: %s\n", dcm_strerror(r));
+    dcm__error(&agent.log, NULL, "%s", dcm_strerror(r)); /* the log is set up first */
     status = 1; /* init made no handles: it fails before them */
   } else {
     dcm__agent_start(&agent);
@@ -305,7 +303,7 @@ int main(int argc, char **argv) {
   }
   r = uv_loop_close(&loop);
   if (r != 0) {
-    uv_walk(&loop, report_handle, NULL);
+    uv_walk(&loop, report_handle, &agent.log);
     if (status == 0) status = 1;
   }
   dcm__agent_free(&agent);
