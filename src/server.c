@@ -1,7 +1,7 @@
 /*
  * server.c: the TCP listener and each connection's transport: the HTTP
- * request head (http-parser), routing (/healthz, /status, /metrics,
- * WebSocket upgrade), the shared-secret check, writes with a bounded outbound queue,
+ * request head (http-parser), routing (/healthz, /status, WebSocket
+ * upgrade), the shared-secret check, writes with a bounded outbound queue,
  * per-connection deadlines, and closing. Protocol decisions are session.c's.
  *
  * Unidentified connections (before `info`) are counted per source address
