@@ -44,7 +44,8 @@ void dcm__prom_free(dcm__prom_t *p);
 void dcm__prom_family(dcm__prom_t *p, const char *name, const char *type, const char *help);
 
 /* One sample: name{k1="v1",...} value. labels: NULL, or key, value pairs
-   ending with a NULL key; values are escaped (\\, \" and \n). */
+   ending with a NULL key; values are escaped (\\, \" and \n). _num writes
+   three decimals (seconds to the millisecond). */
 void dcm__prom_int(dcm__prom_t *p, const char *name, const char *const *labels, uint64_t v);
 void dcm__prom_num(dcm__prom_t *p, const char *name, const char *const *labels, double v);
 

@@ -7,13 +7,17 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import prom  # noqa: E402
-from control_harness import MASTER_FAST, Fleet, http_get, wait_for, wait_running  # noqa: E402
+from control_harness import (CONTROL_BIN, MASTER_FAST, Fleet, free_port, http_get,  # noqa: E402
+                             wait_for, wait_running)
+from harness import raw_request  # noqa: E402
 
 # Talks on both streams (one line not UTF-8), asks to identify both its
 # shards and waits; cluster 1 crashes once first (marker file).
@@ -50,6 +54,13 @@ def json_lines(proc):
             except ValueError:
                 raise AssertionError("not a JSON line: %r\nlog:\n%s" % (line, proc.log()))
     return out
+
+
+def try_scrape(port):
+    try:
+        return prom.scrape(port)
+    except subprocess.CalledProcessError:  # curl: the connection was closed unanswered
+        return None
 
 
 def metrics_port(agent):
@@ -146,6 +157,46 @@ class ControlOps(unittest.TestCase):
         self.assertFalse(any("failed" in x["msg"] for x in after_m), after_m)
         m.stop()
         b.kill()
+
+    def test_metrics_port_bad_inputs(self):
+        f = self.fleet
+        base = [CONTROL_BIN, "--master", "ws://127.0.0.1:%d" % free_port(), "--id", "a",
+                "--cluster-command", "true"]
+        for bad in ("abc", "-1", "65536", ""):
+            r = subprocess.run(base + ["--metrics-port", bad], capture_output=True, text=True,
+                               timeout=10)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("--metrics-port", r.stderr)
+        with socket.socket() as s:  # a port in use is an error at start
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            taken = s.getsockname()[1]
+            a = f.agent(free_port(), "a", "--metrics-port", str(taken))
+            self.assertEqual(a.wait(10), 1)
+            self.assertIn("cannot listen on 127.0.0.1:%d for GET /metrics" % taken, a.log())
+
+        # an agent with no MASTER to talk to still answers, and survives bad requests
+        b = f.agent(free_port(), "b", "--metrics-port", "0", "--log-format", "json")
+        port = metrics_port(b)
+        self.assertTrue(raw_request(port, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400 "))
+        big = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"
+        self.assertTrue(raw_request(port, big).startswith(b"HTTP/1.1 431 "))
+        self.assertTrue(raw_request(port, b"GET /metrics HTTP/2.0\r\n\r\n").startswith(
+            b"HTTP/1.1 400 "))
+        # 16 connections at most: the ones beyond are closed at once
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(16)]
+        try:
+            wait_for(lambda: raw_request(port, b"GET /metrics HTTP/1.1\r\n\r\n") == b"", 5,
+                     "a connection over the bound closed unanswered")
+        finally:
+            for c in idle:
+                c.close()
+        fams = wait_for(lambda: try_scrape(port), 5, "a scrape once the idle ones are gone")
+        self.assertEqual(prom.value(fams, "discluster_control_connected"), 0)
+        self.assertEqual(sum(v for _, v in prom.series(fams, "discluster_control_clusters")), 0)
+        b.signal(signal.SIGTERM)
+        self.assertEqual(b.wait(10), 0)
+        json_lines(b)
 
 
 if __name__ == "__main__":
