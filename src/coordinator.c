@@ -190,6 +190,7 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
     if ((j == x->nsent || x->sent[j] != x->shards[i]) && m->session[x->shards[i]])
       sess[i] = m->session[x->shards[i]], handed++;
   }
+  m->counters.resumes_handed += handed;
   if (x->nshards) memcpy(copy, x->shards, x->nshards * sizeof *copy);
   free(x->sent);
   x->sent = copy;
@@ -506,6 +507,15 @@ static size_t move_shards(dcm_master_t *m, const dcm__pmachine_t *from,
   return placed;
 }
 
+/* Removes x from the fleet: its requests go, and nobody waits for its stops. */
+static void forget(dcm_master_t *m, dcm__machine_t *x) {
+  if (m->idq) dcm__idq_drop_owner(m->idq, x);
+  for (int s = 0; s < m->shard_count; s++) /* gone: nothing to wait for */
+    if (m->leaving[s] == x) dcm__handoff_done(m, s);
+  dcm__handoff_arm(m);
+  dcm__fleet_remove(m, x);
+}
+
 static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   size_t n = x->nshards;
   int *shards = malloc((n ? n : 1) * sizeof *shards);
@@ -513,11 +523,8 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   dcm__pmachine_t dead = {id, x->cores, x->loadavg, x->standby, shards, n};
   snprintf(id, sizeof id, "%s", x->id);
   if (shards && n) memcpy(shards, x->shards, n * sizeof *shards);
-  if (m->idq) dcm__idq_drop_owner(m->idq, x);
-  for (int s = 0; s < m->shard_count; s++) /* declared dead: nothing to wait for */
-    if (m->leaving[s] == x) dcm__handoff_done(m, s);
-  dcm__handoff_arm(m);
-  dcm__fleet_remove(m, x);
+  forget(m, x);
+  m->counters.failovers++;
   dcm__warn(&m->log, id, "failed: %s; moving its %zu shards", why, n);
   dcm__emit(m, DCM_EVENT_FAILED_OVER, id, (int)n, why);
   if (shards && n) move_shards(m, &dead, NULL, NULL);
@@ -547,6 +554,11 @@ void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
     dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
     dcm__info(&m->log, x->id, "left before the allocation");
     dcm__fleet_remove(m, x);
+  } else if (x->draining && x->nshards == 0) { /* a planned drain is over: no failure */
+    dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
+    dcm__info(&m->log, x->id, "left after its drain");
+    forget(m, x);
+    dcm__coord_pump(m);
   } else {
     dcm__emit(m, DCM_EVENT_DISCONNECTED, x->id, 0, NULL);
     x->state = DCM_MACHINE_DISCONNECTED;
@@ -623,6 +635,7 @@ int dcm__coord_ready(dcm_master_t *m, dcm__machine_t *x, const int *shards, size
 
 void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   size_t n = x->nshards;
+  m->counters.drains += !x->draining; /* a repeated offload is the same drain */
   x->standby = 1;
   x->draining = 1; /* never a receiver from now on */
   if (!m->allocated) {

@@ -193,6 +193,7 @@ int dcm_master_rebalance(dcm_master_t *m) {
             m->rebalancing ? "restarted" : "started", n, m->o.rebalance_batch);
   m->rebalancing = 1;
   m->rebalance_step = 0;
+  m->counters.rebalances++;
   if (step_over(m)) {
     dcm__handoff_progress(m);
   } /* else: the step under way ends first */

@@ -16,6 +16,7 @@
 #include "discord.h"
 #include "identify.h"
 #include "log.h"
+#include "metrics.h"
 #include "outq.h"
 #include "policy.h"
 #include "protocol.h"
@@ -229,6 +230,7 @@ struct dcm_master_s {
   int allocated;   /* the initial allocation has been made */
   dcm__policy_t *policy;
   dcm__discord_t *discord;
+  dcm__counters_t counters; /* for /metrics (metrics.h) */
   /* stop */
   int started, stopping, start_failed, free_pending;
   int open_handles;

@@ -29,6 +29,13 @@ void dcm__log(dcm__log_t *lg, dcm_log_level level, const char *machine,
 void dcm__vlog(dcm__log_t *lg, dcm_log_level level, const char *machine,
                const char *fmt, va_list ap);
 
+/* A line about one cluster process (the CONTROL agent): JSON lines carry
+   "cluster" and, when stream is not NULL, "stream" as fields; text lines
+   read "cluster N stream: msg". */
+void dcm__log_cluster(dcm__log_t *lg, dcm_log_level level, const char *machine, int cluster,
+                      const char *stream, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
 #define dcm__debug(lg, mach, ...) dcm__log((lg), DCM_LOG_DEBUG, (mach), __VA_ARGS__)
 #define dcm__info(lg, mach, ...) dcm__log((lg), DCM_LOG_INFO, (mach), __VA_ARGS__)
 #define dcm__warn(lg, mach, ...) dcm__log((lg), DCM_LOG_WARN, (mach), __VA_ARGS__)

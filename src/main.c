@@ -105,7 +105,10 @@ int main(int argc, char **argv) {
   rc = dcm_master_new(&loop, &cfg.opts, &cli.master);
   if (rc == 0) rc = dcm_master_start(cli.master, on_event, &cli);
   if (rc < 0) {
-    fprintf(stderr, "discluster-master: %s\n", dcm_strerror(rc));
+    if (cfg.opts.log_format == DCM_LOG_JSON) /* every line a JSON line */
+      dcm__error(&cli.log, NULL, "%s", dcm_strerror(rc));
+    else
+      fprintf(stderr, "discluster-master: %s\n", dcm_strerror(rc));
     close_signals(&cli);
     /* A failed start may have closed handles that point at the master:
      * let their callbacks run before it is freed. */

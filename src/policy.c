@@ -29,6 +29,7 @@ struct dcm__policy_s {
   dcm__log_t *log;
   gen_t *gen;
   int strict;
+  dcm__policy_stats_t stats;
 };
 
 enum { OP_ALLOCATE, OP_FAILOVER, OP_RATIO };
@@ -274,9 +275,11 @@ static int vm_run(dcm__pvm_t *vm, call_t *c) {
 static int decide(dcm__policy_t *p, call_t *c) {
   gen_t *g = p->gen;
   const char *what = op_names[c->op];
+  p->stats.calls++;
   if (g->user.sb.L) {
     int rc = vm_run(&g->user, c);
     if (rc != DCM_EPOLICY) return rc;
+    p->stats.errors++;
     if (p->strict) {
       dcm__error(p->log, NULL, "policy %s: %s (%s) rejected: %s", p->path,
                  what, c->where, c->err);
@@ -287,6 +290,7 @@ static int decide(dcm__policy_t *p, call_t *c) {
               p->path, what, c->where, c->err);
   }
   int rc = vm_run(&g->def, c);
+  if (rc == DCM_EPOLICY && !g->user.sb.L) p->stats.errors++; /* else counted once above */
   if (rc == DCM_EPOLICY)
     dcm__error(p->log, NULL, "default policy %s: %s (%s) failed: %s",
                p->default_path, what, c->where, c->err);
@@ -596,11 +600,13 @@ int dcm__policy_reload(dcm__policy_t *p, const dcm__pmachine_t *live, size_t n,
   live_t lv = {live, n, ctx ? *ctx : (dcm__pctx_t){0, 0}};
   int rc = gen_build(p, live && n && check_ctx(ctx) ? &lv : NULL, &g, err, sizeof err);
   if (rc != 0) {
+    p->stats.reload_failures++;
     dcm__error(p->log, NULL, "policy: reload failed, keeping the running policy: %s", err);
     return rc == DCM_ENOMEM ? rc : DCM_EPOLICY;
   }
   gen_free(p->gen);
   p->gen = g;
+  p->stats.reloads++;
   dcm__debug(p->log, NULL, "policy: reloaded %s", dcm__policy_path(p));
   return 0;
 }
@@ -648,6 +654,11 @@ int dcm__policy_failover(dcm__policy_t *p, const dcm__pmachine_t *dead,
   }
   free(pos);
   return rc;
+}
+
+void dcm__policy_stats(const dcm__policy_t *p, dcm__policy_stats_t *out) {
+  static const dcm__policy_stats_t none;
+  *out = p ? p->stats : none;
 }
 
 const char *dcm__policy_path(const dcm__policy_t *p) {

@@ -10,6 +10,7 @@
 #define DCM_POLICY_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "log.h"
 
 /* One machine as a policy sees it (borrowed for the call's duration). */
@@ -60,6 +61,15 @@ int dcm__policy_allocate(dcm__policy_t *p, const dcm__pmachine_t *machines,
 int dcm__policy_failover(dcm__policy_t *p, const dcm__pmachine_t *dead,
                          const dcm__pmachine_t *machines, size_t n,
                          const dcm__pctx_t *ctx, int *owner);
+
+/* What /metrics shows: counts since dcm__policy_new. */
+typedef struct {
+  uint64_t calls;           /* allocate and failover decisions asked */
+  uint64_t errors;          /* calls whose policy failed or was rejected */
+  uint64_t reloads;         /* successful reloads */
+  uint64_t reload_failures; /* reloads that kept the running policy */
+} dcm__policy_stats_t;
+void dcm__policy_stats(const dcm__policy_t *p, dcm__policy_stats_t *out);
 
 /* The user's policy file, or the default's path. */
 const char *dcm__policy_path(const dcm__policy_t *p);

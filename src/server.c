@@ -213,6 +213,7 @@ static void outq_drain(dcm__outq_t *q) {
 
 static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
   int r = dcm__outq_write(&c->out, (uv_stream_t *)&c->tcp, data, len);
+  if (r == 0) c->m->counters.bytes_out += len;
   if (r == UV_ENOBUFS)
     dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
               "peer %s is not reading: outbound queue over %zu bytes, closing",
@@ -233,6 +234,7 @@ int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len) {
   if (c->phase != DCM_CONN_HELLO && c->phase != DCM_CONN_ACTIVE) return DCM_ESTATE;
   if (c->send_failed) return DCM_ESTATE;
   int r = dcm__ws_send(&c->ws, text, len);
+  c->m->counters.packets_out += r == 0;
   if (r != 0) {
     /* Callers are in the middle of a change: abort on the next loop turn
        rather than under their feet. */
@@ -498,6 +500,21 @@ static void rebalance(dcm__conn_t *c) {
   }
 }
 
+/* GET /metrics: behind the same check as /status. */
+static void metrics(dcm__conn_t *c) {
+  size_t len;
+  if (!authorized(c)) {
+    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+    return;
+  }
+  char *body = dcm__metrics_text(c->m, &len);
+  if (body == NULL)
+    http_error(c, 500, "Internal Server Error", NULL);
+  else
+    http_reply(c, 200, "OK", NULL, "text/plain; version=0.0.4; charset=utf-8", body, len);
+  free(body);
+}
+
 static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   dcm_master_t *m = c->m;
   char *q = strchr(c->h->path, '?');
@@ -525,6 +542,8 @@ static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
     }
     http_reply(c, 200, "OK", NULL, "application/json", body, len);
     lua_settop(m->json, 0);
+  } else if (strcmp(c->h->path, "/metrics") == 0) {
+    metrics(c);
   } else {
     http_error(c, 404, "Not Found", NULL);
   }
@@ -564,6 +583,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   dcm__conn_t *c = s->data;
   if (nread == 0) return;
+  if (nread > 0) c->m->counters.bytes_in += (uint64_t)nread;
   if (nread < 0) {
     if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
       dcm__debug(&c->m->log, c->machine ? c->machine->id : NULL,
@@ -606,6 +626,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   dcm__conn_t *c = ws->data;
+  c->m->counters.packets_in++;
   if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed) {
     dcm__session_message(c, msg, len);
     if (!c->counted_unauth) addr_unlink(c); /* identified (session.c uncounts it) */

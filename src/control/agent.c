@@ -756,6 +756,7 @@ static void maybe_finish(dcm__agent_t *a) {
   close_handle((uv_handle_t *)&a->sigterm);
   close_handle((uv_handle_t *)&a->sigint);
   dcm__ident_stop(&a->ident);
+  dcm__ctl_metrics_stop(&a->metrics);
   dcm__clusters_close(a);
   dcm__reaper_close(&a->reaper);
 }
@@ -858,6 +859,16 @@ void dcm__agent_start(dcm__agent_t *a) {
     begin_stop(a, "no identify endpoint");
     return;
   }
+  r = a->cfg.metrics_port >= 0 ? dcm__ctl_metrics_start(&a->metrics, a, a->cfg.metrics_port) : 0;
+  if (r != 0) {
+    dcm__error(&a->log, me(a), "cannot listen on 127.0.0.1:%d for GET /metrics: %s",
+               a->cfg.metrics_port, uv_strerror(r));
+    a->exit_status = 1;
+    begin_stop(a, "no metrics endpoint");
+    return;
+  }
+  if (a->cfg.metrics_port >= 0)
+    dcm__info(&a->log, me(a), "metrics on http://127.0.0.1:%d/metrics", a->metrics.port);
   r = dcm__reaper_start(&a->reaper);
   if (r != 0) {
     dcm__error(&a->log, me(a), "cannot watch SIGCHLD: %s", uv_strerror(r));

@@ -60,6 +60,7 @@ typedef struct {
   double connect_timeout;    /* 10 s for TCP connect + upgrade + initialise */
   double lease_timeout;      /* 0 = off: stop the clusters after this long without MASTER */
   int identify_port;         /* the identify endpoint's port on 127.0.0.1; 0 = any */
+  int metrics_port;          /* GET /metrics on 127.0.0.1; 0 = any, -1 = off */
   const char *auth;          /* shared secret or NULL; never logged */
 } dcm__ctl_config_t;
 
@@ -134,6 +135,7 @@ struct dcm__cluster_s {
   uv_timer_t timer; /* backoff, stop deadline, stdout drain */
   uv_process_t proc;
   uv_pipe_t out; /* the cluster's stdout */
+  uv_pipe_t err; /* its stderr */
   uv_pipe_t in;  /* its stdin: EOF tells it the agent is gone */
   int queued;    /* to be spawned by the starter (one loop turn at a time) */
   int running;   /* the leader has not exited: libuv reaps it, never reaper.c */
@@ -142,8 +144,10 @@ struct dcm__cluster_s {
   int lingering_logged;
   int stop_level; /* this run got 0 nothing, 1 SIGTERM, 2 SIGKILL */
   size_t norphans; /* adopted processes of this run not yet reaped */
-  int run_handles; /* proc/out/in still open */
-  int out_eof, exited, destroying;
+  int run_handles; /* proc/out/err/in still open */
+  int out_eof;     /* stdout and stderr both read to the end (or cut off) */
+  int out_closed, err_closed;
+  int exited, destroying;
   int handles;     /* every open handle, timer included */
   pid_t pid;       /* the leader, and the id of its process group */
   int fatal_restart; /* printed a FATAL that is not fatal: restarting it */
@@ -151,7 +155,8 @@ struct dcm__cluster_s {
                         older bot (token or shard count changed) are ignored */
   /* this run's key (DISCLUSTER_IDENTIFY_URL); "" when no run is live */
   char key[DCM_CTL_KEY_HEX + 1];
-  dcm__ctl_lines_t lines;
+  dcm__ctl_lines_t lines;     /* stdout */
+  dcm__ctl_lines_t err_lines; /* stderr */
   char rbuf[4096];
 };
 
@@ -284,6 +289,37 @@ void dcm__ident_granted(dcm__ident_t *s, int shard);
 void dcm__ident_refused(dcm__ident_t *s, int shard);
 /* A new session: asks MASTER again for every waiting request. */
 void dcm__ident_resend(dcm__ident_t *s);
+/* Requests waiting for MASTER's grant (for /metrics). */
+size_t dcm__ident_waiting(const dcm__ident_t *s);
+
+/* ---- GET /metrics (metrics.c) ------------------------------------------- */
+
+/*
+ * --metrics-port: a loopback HTTP server answering GET /metrics in the
+ * Prometheus text format. Bounds: DCM_CTL_METRICS_MAX_CONNS connections
+ * (more are closed at once), a request head of DCM_CTL_METRICS_HEAD_MAX
+ * bytes within DCM_CTL_METRICS_HEAD_MS.
+ */
+#define DCM_CTL_METRICS_MAX_CONNS 16
+#define DCM_CTL_METRICS_HEAD_MAX 8192
+#define DCM_CTL_METRICS_HEAD_MS 5000
+
+typedef struct dcm__ctl_mconn_s dcm__ctl_mconn_t;
+
+typedef struct {
+  dcm__agent_t *a;
+  uv_tcp_t tcp;
+  int listening; /* tcp initialised and not yet closed */
+  int port;
+  dcm__ctl_mconn_t *conns;
+  size_t nconns;
+  char rbuf[4096]; /* shared: each read is consumed in its callback */
+} dcm__ctl_metrics_t;
+
+/* Listens on 127.0.0.1:port (0 = any free port); 0 or a libuv error. */
+int dcm__ctl_metrics_start(dcm__ctl_metrics_t *s, dcm__agent_t *a, int port);
+/* Closes the listener and every connection. */
+void dcm__ctl_metrics_stop(dcm__ctl_metrics_t *s);
 
 /* ---- the agent (agent.c) ------------------------------------------------ */
 
@@ -345,6 +381,8 @@ struct dcm__agent_s {
   int fatal_pending, fatal_code, fatal_shard;
   char fatal_message[DCM_MESSAGE_MAX + 1];
   dcm__ident_t ident;
+  dcm__ctl_metrics_t metrics;
+  uint64_t restarts_total; /* crashed clusters restarted, for /metrics */
   dcm__reaper_t reaper;
   dcm__agent_mode mode;
   int exit_status;

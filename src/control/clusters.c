@@ -5,8 +5,10 @@
  * CLUSTER_ID, DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL,
  * DISCLUSTER_IDENTIFY_URL (a fresh key per run) and, when the agent knows
  * sessions of its shards, SHARD_SESSIONS in its environment, stdin a pipe
- * whose EOF says the agent is gone, stdout read line by line (bounded)
- * for READY, FATAL and SESSION, stderr inherited. A run ends when its
+ * whose EOF says the agent is gone, stdout and stderr pipes read line by
+ * line (bounded): stdout for READY, FATAL and SESSION, and every other line
+ * of either logged at info with the cluster id (so --log-format json wraps
+ * them too). A run ends when its
  * leader, its group and the processes reaper.c adopted from it are all
  * gone; a stop waits for that up to --stop-timeout, then SIGKILL. Crashes
  * restart with doubling backoff, DCM_CTL_RESTARTS times. Starts go through
@@ -174,7 +176,7 @@ void dcm__clusters_close(dcm__agent_t *a) {
   uv_close((uv_handle_t *)&a->starter, NULL);
 }
 
-/* ---- stdout -------------------------------------------------------------- */
+/* ---- stdout and stderr ----------------------------------------------------- */
 
 static void on_line(void *arg, const char *line, size_t len, int cut) {
   dcm__cluster_t *cl = arg;
@@ -201,26 +203,56 @@ static void on_line(void *arg, const char *line, size_t len, int cut) {
       dcm__agent_cluster_fatal(cl->a, cl, f.code, f.message, f.message_len, f.shard);
       break;
     default:
-      dcm__info(&cl->a->log, me(cl), "cluster %d: %.*s%s", cl->id, (int)len, line,
-                cut ? " [line cut]" : "");
+      dcm__log_cluster(&cl->a->log, DCM_LOG_INFO, me(cl), cl->id, "stdout", "%.*s%s", (int)len,
+                       line, cut ? " [line cut]" : "");
   }
 }
 
+static void on_err_line(void *arg, const char *line, size_t len, int cut) {
+  dcm__cluster_t *cl = arg;
+  dcm__log_cluster(&cl->a->log, DCM_LOG_INFO, me(cl), cl->id, "stderr", "%.*s%s", (int)len, line,
+                   cut ? " [line cut]" : "");
+}
+
+/* One buffer for both pipes: each read is consumed in its callback. */
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   dcm__cluster_t *cl = h->data;
   (void)suggested;
   *buf = uv_buf_init(cl->rbuf, sizeof cl->rbuf);
 }
 
-static void stdout_done(dcm__cluster_t *cl) {
-  if (cl->out_eof) return;
-  cl->out_eof = 1;
+static void close_stdout(dcm__cluster_t *cl) {
+  if (cl->out_closed) return;
+  cl->out_closed = 1;
   dcm__ctl_lines_flush(&cl->lines, on_line, cl);
   close_run_handle(cl, (uv_handle_t *)&cl->out);
+}
+
+static void close_stderr(dcm__cluster_t *cl) {
+  if (cl->err_closed) return;
+  cl->err_closed = 1;
+  dcm__ctl_lines_flush(&cl->err_lines, on_err_line, cl);
+  close_run_handle(cl, (uv_handle_t *)&cl->err);
+}
+
+/* Both pipes are read to the end (or cut off by the drain timer). */
+static void output_check(dcm__cluster_t *cl) {
+  if (cl->out_eof || !cl->out_closed || !cl->err_closed) return;
+  cl->out_eof = 1;
   if (cl->exited && !cl->live) {
     uv_timer_stop(&cl->timer);
     after_exit(cl);
   }
+}
+
+static void stdout_done(dcm__cluster_t *cl) {
+  close_stdout(cl);
+  output_check(cl);
+}
+
+static void stderr_done(dcm__cluster_t *cl) {
+  close_stderr(cl);
+  output_check(cl);
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -229,6 +261,15 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     dcm__ctl_lines_feed(&cl->lines, buf->base, (size_t)nread, on_line, cl);
   } else if (nread < 0) {
     stdout_done(cl);
+  }
+}
+
+static void err_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__cluster_t *cl = s->data;
+  if (nread > 0) {
+    dcm__ctl_lines_feed(&cl->err_lines, buf->base, (size_t)nread, on_err_line, cl);
+  } else if (nread < 0) {
+    stderr_done(cl);
   }
 }
 
@@ -251,7 +292,12 @@ static void signal_run(dcm__cluster_t *cl, int level) {
 
 /* ---- exits and restarts -------------------------------------------------- */
 
-static void drain_cb(uv_timer_t *t) { stdout_done(t->data); }
+static void drain_cb(uv_timer_t *t) {
+  dcm__cluster_t *cl = t->data;
+  close_stdout(cl);
+  close_stderr(cl);
+  output_check(cl);
+}
 
 /* Nothing of the run is left. */
 static void run_over(dcm__cluster_t *cl) {
@@ -264,7 +310,7 @@ static void run_over(dcm__cluster_t *cl) {
   if (cl->out_eof) {
     after_exit(cl);
   } else {
-    /* A FATAL line printed just before the exit may still be in the pipe. */
+    /* A FATAL line printed just before the exit may still be in a pipe. */
     uv_timer_start(&cl->timer, drain_cb, DRAIN_MS, 0);
   }
 }
@@ -335,6 +381,7 @@ static void after_exit(dcm__cluster_t *cl) {
   if (cl->restarts < DCM_CTL_RESTARTS) {
     uint64_t wait = ms(a->cfg.restart_backoff) << cl->restarts;
     cl->restarts++;
+    a->restarts_total++;
     cl->state = DCM_CLUSTER_BACKOFF;
     dcm__warn(&a->log, me(cl), "cluster %d crashed (%s); restart %d of %d in %.3gs", cl->id,
               how, cl->restarts, DCM_CTL_RESTARTS, (double)wait / 1000.0);
@@ -429,18 +476,20 @@ static void spawn(dcm__cluster_t *cl) {
     if (r == 0) own[OWN_VARS] = shard_sessions(cl, &nresume, &r);
   }
   cl->fatal_restart = 0;
-  cl->exited = cl->out_eof = 0;
+  cl->exited = cl->out_eof = cl->out_closed = cl->err_closed = 0;
   cl->exit_status = cl->term_signal = 0;
   cl->pid = 0;
   cl->stop_level = 0;
   cl->lingering_logged = 0;
   cl->group_left = 0;
   memset(&cl->lines, 0, sizeof cl->lines);
+  memset(&cl->err_lines, 0, sizeof cl->err_lines);
   uv_pipe_init(a->loop, &cl->in, 0);
   uv_pipe_init(a->loop, &cl->out, 0);
-  cl->in.data = cl->out.data = cl->proc.data = cl;
-  cl->run_handles = 2;
-  cl->handles += 2;
+  uv_pipe_init(a->loop, &cl->err, 0);
+  cl->in.data = cl->out.data = cl->err.data = cl->proc.data = cl;
+  cl->run_handles = 3;
+  cl->handles += 3;
   if (r == 0) {
     char *args[] = {"/bin/sh", "-c", (char *)a->cfg.cluster_command, NULL};
     uv_stdio_container_t stdio[3];
@@ -451,8 +500,8 @@ static void spawn(dcm__cluster_t *cl) {
     stdio[0].data.stream = (uv_stream_t *)&cl->in;
     stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
     stdio[1].data.stream = (uv_stream_t *)&cl->out;
-    stdio[2].flags = UV_INHERIT_FD;
-    stdio[2].data.fd = 2;
+    stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[2].data.stream = (uv_stream_t *)&cl->err;
     memset(&o, 0, sizeof o);
     o.exit_cb = exit_cb;
     o.file = "/bin/sh";
@@ -478,6 +527,7 @@ static void spawn(dcm__cluster_t *cl) {
               ids, resume);
     r = uv_read_start((uv_stream_t *)&cl->out, alloc_cb, read_cb);
     if (r != 0) stdout_done(cl); /* it still runs; its READY cannot be seen */
+    if (uv_read_start((uv_stream_t *)&cl->err, alloc_cb, err_read_cb) != 0) stderr_done(cl);
     free(ids);
     dcm__agent_cluster_changed(a, cl);
     return;
@@ -485,11 +535,12 @@ static void spawn(dcm__cluster_t *cl) {
   free(ids);
   memset(cl->key, 0, sizeof cl->key);
   dcm__error(&a->log, me(cl), "cluster %d: cannot start: %s", cl->id, uv_strerror(r));
-  if (cl->run_handles == 3) close_run_handle(cl, (uv_handle_t *)&cl->proc);
+  if (cl->run_handles == 4) close_run_handle(cl, (uv_handle_t *)&cl->proc);
   close_run_handle(cl, (uv_handle_t *)&cl->in);
   close_run_handle(cl, (uv_handle_t *)&cl->out);
+  close_run_handle(cl, (uv_handle_t *)&cl->err);
   cl->state = DCM_CLUSTER_STARTING;
-  cl->exited = cl->out_eof = 1;
+  cl->exited = cl->out_eof = cl->out_closed = cl->err_closed = 1;
   cl->exit_status = r;
   after_exit(cl);
 }

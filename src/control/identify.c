@@ -434,3 +434,9 @@ void dcm__ident_resend(dcm__ident_t *s) {
   }
   if (n) dcm__info(&s->a->log, me(s), "asked MASTER again for %zu waiting identifies", n);
 }
+
+size_t dcm__ident_waiting(const dcm__ident_t *s) {
+  size_t n = 0;
+  for (const dcm__ident_conn_t *c = s->conns; c; c = c->next) n += c->phase == IDENT_WAITING;
+  return n;
+}

@@ -45,7 +45,10 @@ static const char usage[] =
     "                                never keeps running shards MASTER moved away\n"
     "      --identify-port N         the clusters' identify endpoint listens on\n"
     "                                127.0.0.1:N (0, the default: any free port)\n"
-    "      --log-format text|json    log line format (text)\n"
+    "      --metrics-port N          serve GET /metrics (Prometheus text format) on\n"
+    "                                127.0.0.1:N; 0: any free port, logged (off)\n"
+    "      --log-format text|json    log line format (text); json wraps the clusters'\n"
+    "                                stdout and stderr lines too\n"
     "      --log-level debug|info|warn|error\n"
     "                                lowest level logged (info)\n"
     "  -h, --help                    print this help and exit\n"
@@ -70,7 +73,8 @@ static const char usage[] =
 
 enum {
   OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_MAXCL, OPT_RETRY, OPT_DRAIN,
-  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL, OPT_LEASE
+  OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL, OPT_LEASE,
+  OPT_MPORT
 };
 
 static const struct option longopts[] = {
@@ -87,6 +91,7 @@ static const struct option longopts[] = {
     {"connect-timeout", required_argument, NULL, OPT_CONNECT},
     {"lease-timeout", required_argument, NULL, OPT_LEASE},
     {"identify-port", required_argument, NULL, OPT_IPORT},
+    {"metrics-port", required_argument, NULL, OPT_MPORT},
     {"log-format", required_argument, NULL, OPT_LFORMAT},
     {"log-level", required_argument, NULL, OPT_LLEVEL},
     {"help", no_argument, NULL, 'h'},
@@ -184,6 +189,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
   c->stop_timeout = 5;
   c->restart_backoff = 1;
   c->connect_timeout = 10;
+  c->metrics_port = -1;
   a->level = DCM_LOG_INFO;
   a->format = DCM_LOG_TEXT;
   default_id(c->id, sizeof c->id);
@@ -239,6 +245,13 @@ static int parse_args(int argc, char **argv, args_t *a) {
           return fail("--identify-port '%s': must be a port from 0 to 65535%s", v, "");
         c->identify_port = (int)per;
         break;
+      case OPT_MPORT:
+        errno = 0;
+        per = strtol(v, &end, 10);
+        if (errno || end == v || *end || per < 0 || per > 65535)
+          return fail("--metrics-port '%s': must be a port from 0 to 65535%s", v, "");
+        c->metrics_port = (int)per;
+        break;
       case OPT_LFORMAT:
         if (strcmp(v, "text") == 0) a->format = DCM_LOG_TEXT;
         else if (strcmp(v, "json") == 0) a->format = DCM_LOG_JSON;
@@ -269,9 +282,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
 }
 
 static void report_handle(uv_handle_t *h, void *arg) {
-  (void)arg;
-  fprintf(stderr, "discluster-control: handle still open at exit: %s\n",
-          uv_handle_type_name(uv_handle_get_type(h)));
+  dcm__error(arg, NULL, "handle still open at exit: %s", uv_handle_type_name(uv_handle_get_type(h)));
 }
 
 int main(int argc, char **argv) {
@@ -297,7 +308,7 @@ int main(int argc, char **argv) {
   if (uv_loop_init(&loop) != 0) return 1;
   r = dcm__agent_init(&agent, &loop, &args.cfg, args.level, args.format);
   if (r != 0) {
-    fprintf(stderr, "discluster-control: %s\n", dcm_strerror(r));
+    dcm__error(&agent.log, NULL, "%s", dcm_strerror(r)); /* the log is set up first */
     status = 1; /* init made no handles: it fails before them */
   } else {
     dcm__agent_start(&agent);
@@ -306,7 +317,7 @@ int main(int argc, char **argv) {
   }
   r = uv_loop_close(&loop);
   if (r != 0) {
-    uv_walk(&loop, report_handle, NULL);
+    uv_walk(&loop, report_handle, &agent.log);
     if (status == 0) status = 1;
   }
   dcm__agent_free(&agent);
