@@ -183,6 +183,7 @@ struct dcm_master_s {
   uv_tcp_t listener;
   int port;
   char readbuf[65536]; /* shared: reads are consumed synchronously */
+  dcm__ws_pool_t *wspool; /* wslay contexts lent to connections mid-frame */
   dcm__link_t conns;
   int unauth;          /* connections not yet identified */
   uint64_t last_refusal_log;

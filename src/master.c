@@ -45,6 +45,7 @@ static void free_parts(dcm_master_t *m) {
   dcm__idq_free(m->idq);
   if (m->json) lua_close(m->json);
   dcm__fleet_free(m);
+  dcm__ws_pool_free(m->wspool); /* after the last connection */
   dcm__log_close(&m->log);
   for (size_t i = 0; i < sizeof m->owned / sizeof m->owned[0]; i++) {
     if (m->owned[i]) memset(m->owned[i], 0, strlen(m->owned[i])); /* secrets too */

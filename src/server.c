@@ -456,10 +456,7 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
     http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
     return;
   }
-  if (dcm__ws_init(&c->ws, 0, m->o.max_message, &ws_cbs, c) != 0) {
-    dcm__conn_abort(c);
-    return;
-  }
+  dcm__ws_init_pooled(&c->ws, m->wspool, m->o.max_message, &ws_cbs, c);
   c->ws_ready = 1;
   char accept[DCM_WS_ACCEPT_LEN + 1];
   char head[256];
@@ -789,6 +786,7 @@ int dcm__server_start(dcm_master_t *m) {
               ? uv_ip6_addr(host, m->o.listen_port, (struct sockaddr_in6 *)&addr)
               : uv_ip4_addr(host, m->o.listen_port, (struct sockaddr_in *)&addr);
   if (r != 0) return r;
+  if (m->wspool == NULL && (m->wspool = dcm__ws_pool_new(0)) == NULL) return UV_ENOMEM;
   /* Counts never exceed the smaller limit: one list per possible count. */
   int top = m->o.max_unauthenticated_per_address < m->o.max_unauthenticated
                 ? m->o.max_unauthenticated_per_address : m->o.max_unauthenticated;

@@ -10,10 +10,107 @@
 
 /* A message buffer up to this size is kept for the next message. */
 #define MSG_KEEP 1024
+/* The first message buffer: most messages (heartbeats) fit, so it is reused as is. */
+#define MSG_FIRST 256
+
+struct dcm__ws_slot_s {
+  struct wslay_event_context *ctx; /* its user data is the slot */
+  dcm__ws_t *ws;                   /* the session it serves now */
+  dcm__ws_slot_t *next;            /* in the pool's spare list */
+  char *msg;                       /* a small message buffer, kept for reuse */
+  size_t msgcap;
+  uint8_t pong[DCM_WS_PONG_MAX];
+  size_t ponglen;
+  int pong_ready; /* a complete pong waits in pong[] */
+};
+
+struct dcm__ws_pool_s {
+  int client;
+  dcm__ws_slot_t *spare;
+  size_t nspare, nslots;
+  struct wslay_frame_context *out; /* writes our text frames */
+  dcm__ws_t *writer;               /* the session writing through out */
+  uint8_t join[DCM_WS_JOIN];       /* header and payload, one on_write */
+  size_t joinlen;
+};
+
+static void fill_mask(uint8_t *buf, size_t len) {
+  /* Masking only defeats proxy cache poisoning; it is not a secret. */
+  if (uv_random(NULL, NULL, buf, len, 0, NULL) != 0) {
+    for (size_t i = 0; i < len; i++) buf[i] = (uint8_t)rand();
+  }
+}
+
+/* ---- the pool's frame writer -------------------------------------------- */
+
+static void join_flush(dcm__ws_pool_t *p) {
+  dcm__ws_t *ws = p->writer;
+  if (p->joinlen && !ws->write_failed && ws->cbs->on_write(ws, p->join, p->joinlen) < 0)
+    ws->write_failed = 1;
+  p->joinlen = 0;
+}
+
+/* Never fails, so the shared frame context always ends on a frame boundary;
+   a failed write is recorded on the session. */
+static ssize_t out_cb(const uint8_t *data, size_t len, int flags, void *user) {
+  dcm__ws_pool_t *p = user;
+  dcm__ws_t *ws = p->writer;
+  (void)flags;
+  if (len > sizeof p->join - p->joinlen) {
+    join_flush(p);
+    if (len > sizeof p->join) {
+      if (!ws->write_failed && ws->cbs->on_write(ws, data, len) < 0) ws->write_failed = 1;
+      return (ssize_t)len;
+    }
+  }
+  memcpy(p->join + p->joinlen, data, len);
+  p->joinlen += len;
+  return (ssize_t)len;
+}
+
+static int out_mask_cb(uint8_t *buf, size_t len, void *user) {
+  (void)user;
+  fill_mask(buf, len);
+  return 0;
+}
+
+dcm__ws_pool_t *dcm__ws_pool_new(int client) {
+  static const struct wslay_frame_callbacks fcbs = {out_cb, NULL, out_mask_cb};
+  dcm__ws_pool_t *p = calloc(1, sizeof *p);
+  if (p == NULL) return NULL;
+  p->client = client;
+  if (wslay_frame_context_init(&p->out, &fcbs, p) != 0) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+static void slot_free(dcm__ws_pool_t *p, dcm__ws_slot_t *s) {
+  wslay_event_context_free(s->ctx);
+  free(s->msg);
+  free(s);
+  p->nslots--;
+}
+
+void dcm__ws_pool_free(dcm__ws_pool_t *p) {
+  if (p == NULL) return;
+  while (p->spare) {
+    dcm__ws_slot_t *s = p->spare;
+    p->spare = s->next;
+    slot_free(p, s);
+  }
+  wslay_frame_context_free(p->out);
+  free(p);
+}
+
+size_t dcm__ws_pool_contexts(const dcm__ws_pool_t *p) { return p->nslots; }
+
+/* ---- wslay callbacks (user data: the slot) ------------------------------ */
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                        int flags, void *user) {
-  dcm__ws_t *ws = user;
+  dcm__ws_t *ws = ((dcm__ws_slot_t *)user)->ws;
   (void)flags;
   if (ws->inlen == 0) {
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -23,6 +120,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
   memcpy(buf, ws->in, n);
   ws->in += n;
   ws->inlen -= n;
+  ws->unparsed += n;
   return (ssize_t)n;
 }
 
@@ -37,30 +135,31 @@ static void out_header(dcm__ws_t *ws, const uint8_t *h, size_t len) {
   ws->out_left = n;
   ws->out_pong = len >= 2 && (h[0] & 0x0fu) == WSLAY_PONG;
   if (ws->out_pong) { /* a newer pong replaces a held one */
-    ws->ponglen = 0;
-    ws->pong_ready = 0;
+    ws->slot->ponglen = 0;
+    ws->slot->pong_ready = 0;
   }
 }
 
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
                        size_t len, int flags, void *user) {
-  dcm__ws_t *ws = user;
+  dcm__ws_slot_t *s = user;
+  dcm__ws_t *ws = s->ws;
   (void)flags;
   if (ws->out_left == 0)
     out_header(ws, data, len);
   else
     ws->out_left -= len < ws->out_left ? len : ws->out_left;
   if (ws->out_pong) { /* kept here; flush decides when it goes */
-    if (len > sizeof ws->pong - ws->ponglen) {
+    if (len > sizeof s->pong - s->ponglen) {
       ws->write_failed = 1;
       wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
       return -1;
     }
-    memcpy(ws->pong + ws->ponglen, data, len);
-    ws->ponglen += len;
+    memcpy(s->pong + s->ponglen, data, len);
+    s->ponglen += len;
     if (ws->out_left == 0) {
       ws->out_pong = 0;
-      ws->pong_ready = 1;
+      s->pong_ready = 1;
     }
     return (ssize_t)len;
   }
@@ -76,17 +175,14 @@ static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                       void *user) {
   (void)ctx;
   (void)user;
-  /* Masking only defeats proxy cache poisoning; it is not a secret. */
-  if (uv_random(NULL, NULL, buf, len, 0, NULL) != 0) {
-    for (size_t i = 0; i < len; i++) buf[i] = (uint8_t)rand();
-  }
+  fill_mask(buf, len);
   return 0;
 }
 
 /* Closes with code and stops reading, as wslay does for its own checks. */
 static void refuse(dcm__ws_t *ws, uint16_t code, const char *why) {
-  wslay_event_queue_close(ws->ctx, code, (const uint8_t *)why, why ? strlen(why) : 0);
-  wslay_event_shutdown_read(ws->ctx);
+  wslay_event_queue_close(ws->slot->ctx, code, (const uint8_t *)why, why ? strlen(why) : 0);
+  wslay_event_shutdown_read(ws->slot->ctx);
   ws->in_text = 0;
 }
 
@@ -95,10 +191,15 @@ static void refuse(dcm__ws_t *ws, uint16_t code, const char *why) {
 static void frame_start_cb(wslay_event_context_ptr ctx,
                            const struct wslay_event_on_frame_recv_start_arg *arg,
                            void *user) {
-  dcm__ws_t *ws = user;
+  dcm__ws_t *ws = ((dcm__ws_slot_t *)user)->ws;
+  uint64_t n = arg->payload_length;
   (void)ctx;
+  /* wslay accepts only minimal lengths, masked towards a server only */
+  ws->in_frame = 1;
+  ws->frame_len = 2 + (n < 126 ? 0 : n < 65536 ? 2 : 8) + (ws->client ? 0 : 4) + n;
   ws->in_text = 0;
   if (wslay_is_ctrl_frame(arg->opcode)) return; /* wslay buffers those (<= 125 bytes) */
+  ws->in_msg = !arg->fin;
   if (arg->opcode == WSLAY_BINARY_FRAME) {
     refuse(ws, WSLAY_CODE_UNSUPPORTED_DATA, "text frames only");
     return;
@@ -113,6 +214,7 @@ static void frame_start_cb(wslay_event_context_ptr ctx,
     /* exact for a final frame; doubling (up to the bound) for fragments */
     size_t grow = arg->fin ? need : ws->msgcap * 2;
     if (grow < need) grow = need;
+    if (grow < MSG_FIRST) grow = MSG_FIRST;
     if (grow > ws->max) grow = (size_t)ws->max;
     char *p = realloc(ws->msg, grow);
     if (p == NULL) {
@@ -128,7 +230,7 @@ static void frame_start_cb(wslay_event_context_ptr ctx,
 static void frame_chunk_cb(wslay_event_context_ptr ctx,
                            const struct wslay_event_on_frame_recv_chunk_arg *arg,
                            void *user) {
-  dcm__ws_t *ws = user;
+  dcm__ws_t *ws = ((dcm__ws_slot_t *)user)->ws;
   (void)ctx;
   if (!ws->in_text || arg->data_length == 0) return;
   if (arg->data_length > ws->msgcap - ws->msglen) return; /* cannot happen: reserved */
@@ -136,9 +238,16 @@ static void frame_chunk_cb(wslay_event_context_ptr ctx,
   ws->msglen += arg->data_length;
 }
 
+static void frame_end_cb(wslay_event_context_ptr ctx, void *user) {
+  dcm__ws_t *ws = ((dcm__ws_slot_t *)user)->ws;
+  (void)ctx;
+  ws->in_frame = 0;
+  ws->unparsed -= ws->frame_len <= ws->unparsed ? ws->frame_len : ws->unparsed;
+}
+
 static void msg_cb(wslay_event_context_ptr ctx,
                    const struct wslay_event_on_msg_recv_arg *arg, void *user) {
-  dcm__ws_t *ws = user;
+  dcm__ws_t *ws = ((dcm__ws_slot_t *)user)->ws;
   /* refused at its last frame's start: wslay still completes it */
   if (arg->opcode != WSLAY_TEXT_FRAME || !wslay_event_get_read_enabled(ctx)) return;
   size_t len = ws->msglen;
@@ -152,46 +261,126 @@ static void msg_cb(wslay_event_context_ptr ctx,
   }
 }
 
-int dcm__ws_init(dcm__ws_t *ws, int client, uint64_t max_message,
-                 const dcm__ws_cbs_t *cbs, void *data) {
+/* ---- borrowing a context ------------------------------------------------ */
+
+static int attach(dcm__ws_t *ws) {
   static const struct wslay_event_callbacks wcbs = {
-      recv_cb, send_cb, genmask_cb, frame_start_cb, frame_chunk_cb, NULL, msg_cb};
+      recv_cb, send_cb, genmask_cb, frame_start_cb, frame_chunk_cb, frame_end_cb, msg_cb};
+  dcm__ws_pool_t *p = ws->pool;
+  dcm__ws_slot_t *s = p->spare;
+  if (ws->slot) return 0;
+  if (s) {
+    p->spare = s->next;
+    p->nspare--;
+  } else {
+    s = calloc(1, sizeof *s);
+    if (s == NULL) return DCM_ENOMEM;
+    int r = p->client ? wslay_event_context_client_init(&s->ctx, &wcbs, s)
+                      : wslay_event_context_server_init(&s->ctx, &wcbs, s);
+    if (r != 0) {
+      free(s);
+      return DCM_ENOMEM;
+    }
+    /* wslay would keep an allocation and a queue cell per data frame */
+    wslay_event_config_set_no_buffering(s->ctx, 1);
+    p->nslots++;
+  }
+  wslay_event_config_set_max_recv_msg_length(s->ctx, ws->max);
+  s->next = NULL;
+  s->ws = ws;
+  ws->slot = s;
+  ws->msg = s->msg; /* a small buffer kept from an earlier message */
+  ws->msgcap = s->msgcap;
+  s->msg = NULL;
+  s->msgcap = 0;
+  return 0;
+}
+
+/* Nothing in wslay's context belongs to this session any more: it is as
+   fresh, so any session may take it next. */
+static int clean(const dcm__ws_t *ws) {
+  const dcm__ws_slot_t *s = ws->slot;
+  return ws->depth == 0 && !ws->write_failed && !ws->fail_code && !s->pong_ready &&
+         !ws->in_frame && !ws->in_msg && ws->unparsed == 0 && ws->msglen == 0 &&
+         ws->out_left == 0 && wslay_event_get_read_enabled(s->ctx) &&
+         wslay_event_get_write_enabled(s->ctx) && !wslay_event_get_close_sent(s->ctx) &&
+         !wslay_event_get_close_received(s->ctx) && !wslay_event_want_write(s->ctx);
+}
+
+static void detach(dcm__ws_t *ws) {
+  dcm__ws_slot_t *s = ws->slot;
+  dcm__ws_pool_t *p = ws->pool;
+  if (s == NULL || !clean(ws)) return;
+  ws->slot = NULL;
+  s->ws = NULL;
+  if (ws->msg && ws->msgcap <= MSG_KEEP) {
+    s->msg = ws->msg;
+    s->msgcap = ws->msgcap;
+  } else {
+    free(ws->msg);
+  }
+  ws->msg = NULL;
+  ws->msgcap = 0;
+  if (p->nspare >= DCM_WS_POOL_SPARE) {
+    slot_free(p, s);
+    return;
+  }
+  s->next = p->spare;
+  p->spare = s;
+  p->nspare++;
+}
+
+/* ---- sessions ----------------------------------------------------------- */
+
+int dcm__ws_init_pooled(dcm__ws_t *ws, dcm__ws_pool_t *pool, uint64_t max_message,
+                        const dcm__ws_cbs_t *cbs, void *data) {
   memset(ws, 0, sizeof(*ws));
+  ws->pool = pool;
   ws->cbs = cbs;
   ws->data = data;
-  ws->client = client;
+  ws->client = pool->client;
   ws->max = max_message;
-  int r = client ? wslay_event_context_client_init(&ws->ctx, &wcbs, ws)
-                 : wslay_event_context_server_init(&ws->ctx, &wcbs, ws);
-  if (r != 0) return DCM_ENOMEM;
-  wslay_event_config_set_max_recv_msg_length(ws->ctx, max_message);
-  /* wslay would keep an allocation and a queue cell per data frame */
-  wslay_event_config_set_no_buffering(ws->ctx, 1);
+  return 0;
+}
+
+int dcm__ws_init(dcm__ws_t *ws, int client, uint64_t max_message,
+                 const dcm__ws_cbs_t *cbs, void *data) {
+  dcm__ws_pool_t *p = dcm__ws_pool_new(client);
+  if (p == NULL) return DCM_ENOMEM;
+  dcm__ws_init_pooled(ws, p, max_message, cbs, data);
+  ws->own_pool = 1;
   return 0;
 }
 
 void dcm__ws_free(dcm__ws_t *ws) {
-  if (ws->ctx) wslay_event_context_free(ws->ctx);
-  ws->ctx = NULL;
+  if (ws->pool == NULL) return;
+  if (ws->slot) {
+    ws->slot->ws = NULL;
+    slot_free(ws->pool, ws->slot);
+    ws->slot = NULL;
+  }
   free(ws->msg);
   ws->msg = NULL;
   ws->msgcap = ws->msglen = 0;
+  if (ws->own_pool) dcm__ws_pool_free(ws->pool);
+  ws->pool = NULL;
 }
 
 static int closed_by_us(const dcm__ws_t *ws) {
-  return ws->fail_code != 0 || wslay_event_get_close_sent(ws->ctx);
+  return ws->fail_code != 0 || (ws->slot && wslay_event_get_close_sent(ws->slot->ctx));
 }
 
 /* Writes the held pong if the transport is idle; never after our close. */
 static int send_pong(dcm__ws_t *ws) {
-  if (!ws->pong_ready) return 0;
+  dcm__ws_slot_t *s = ws->slot;
+  if (s == NULL || !s->pong_ready) return 0;
   if (closed_by_us(ws) || ws->write_failed) {
-    ws->pong_ready = 0;
+    s->pong_ready = 0;
     return 0;
   }
   if (ws->cbs->idle && !ws->cbs->idle(ws)) return 0;
-  ws->pong_ready = 0;
-  if (ws->cbs->on_write(ws, ws->pong, ws->ponglen) < 0) {
+  s->pong_ready = 0;
+  if (ws->cbs->on_write(ws, s->pong, s->ponglen) < 0) {
     ws->write_failed = 1;
     return DCM_EINVAL;
   }
@@ -199,7 +388,7 @@ static int send_pong(dcm__ws_t *ws) {
 }
 
 static int flush(dcm__ws_t *ws) {
-  if (wslay_event_want_write(ws->ctx) && wslay_event_send(ws->ctx) != 0)
+  if (wslay_event_want_write(ws->slot->ctx) && wslay_event_send(ws->slot->ctx) != 0)
     return DCM_EINVAL;
   if (ws->write_failed) return DCM_EINVAL;
   return send_pong(ws);
@@ -215,15 +404,15 @@ static int flush(dcm__ws_t *ws) {
 static void fail_close(dcm__ws_t *ws, uint16_t code) {
   uint8_t f[2 + 4 + 2], mask[4] = {0, 0, 0, 0};
   size_t n = 0;
-  wslay_event_shutdown_read(ws->ctx);
-  wslay_event_shutdown_write(ws->ctx);
-  ws->pong_ready = 0;
+  wslay_event_shutdown_read(ws->slot->ctx);
+  wslay_event_shutdown_write(ws->slot->ctx);
+  ws->slot->pong_ready = 0;
   if (ws->write_failed || closed_by_us(ws)) return;
   ws->fail_code = code;
   f[n++] = 0x80 | WSLAY_CONNECTION_CLOSE;
   f[n++] = (uint8_t)((ws->client ? 0x80 : 0) | 2);
   if (ws->client) {
-    genmask_cb(ws->ctx, mask, sizeof mask, ws);
+    fill_mask(mask, sizeof mask);
     memcpy(f + n, mask, 4);
     n += 4;
   }
@@ -233,57 +422,94 @@ static void fail_close(dcm__ws_t *ws, uint16_t code) {
 }
 
 int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
+  int r = attach(ws);
+  if (r != 0) return r;
+  ws->depth++;
   ws->in = buf;
   ws->inlen = len;
   /* wslay stops reading after a close or an error; drop what follows. */
-  int r = wslay_event_get_read_enabled(ws->ctx) ? wslay_event_recv(ws->ctx) : 0;
+  r = wslay_event_get_read_enabled(ws->slot->ctx) ? wslay_event_recv(ws->slot->ctx) : 0;
   ws->in = NULL;
   ws->inlen = 0;
   if (r != 0) {
     fail_close(ws, r == WSLAY_ERR_NOMEM ? WSLAY_CODE_INTERNAL_SERVER_ERROR
                                         : WSLAY_CODE_PROTOCOL_ERROR);
-    return DCM_EINVAL;
+    r = DCM_EINVAL;
+  } else {
+    r = flush(ws);
   }
-  return flush(ws);
+  ws->depth--;
+  detach(ws);
+  return r;
 }
 
 int dcm__ws_send(dcm__ws_t *ws, const char *text, size_t len) {
-  struct wslay_event_msg msg = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
-  if (closed_by_us(ws)) return DCM_ESTATE;
-  int r = wslay_event_queue_msg(ws->ctx, &msg);
-  if (r == WSLAY_ERR_NOMEM) return DCM_ENOMEM;
-  if (r != 0) return DCM_ESTATE;
-  return flush(ws);
+  dcm__ws_pool_t *p = ws->pool;
+  if (closed_by_us(ws) || ws->write_failed) return DCM_ESTATE;
+  struct wslay_frame_iocb iocb = {1, 0, WSLAY_TEXT_FRAME, len, (uint8_t)ws->client,
+                                  (const uint8_t *)text, len};
+  size_t off = 0;
+  p->writer = ws;
+  do { /* returns once everything is written: out_cb takes it all */
+    iocb.data = (const uint8_t *)text + off;
+    iocb.data_length = len - off;
+    ssize_t n = wslay_frame_send(p->out, &iocb);
+    if (n < 0 || (n == 0 && off < len)) {
+      ws->write_failed = 1;
+      break;
+    }
+    off += (size_t)n;
+  } while (off < len);
+  join_flush(p);
+  p->writer = NULL;
+  if (ws->write_failed) return DCM_EINVAL;
+  int r = send_pong(ws);
+  detach(ws);
+  return r;
 }
 
 int dcm__ws_close(dcm__ws_t *ws, uint16_t code, const char *reason) {
   size_t n = reason ? strlen(reason) : 0;
   if (n > 122) n = 122;
   if (ws->fail_code) return DCM_ESTATE;
-  int r = wslay_event_queue_close(ws->ctx, code, (const uint8_t *)reason, n);
+  int r = attach(ws);
+  if (r != 0) return r;
+  r = wslay_event_queue_close(ws->slot->ctx, code, (const uint8_t *)reason, n);
   if (r != 0) return DCM_ESTATE;
-  return flush(ws);
+  ws->depth++;
+  r = flush(ws);
+  ws->depth--;
+  return r; /* closing: the context stays until the session is freed */
 }
 
-int dcm__ws_drained(dcm__ws_t *ws) { return send_pong(ws); }
+int dcm__ws_drained(dcm__ws_t *ws) {
+  int r = send_pong(ws);
+  if (r == 0 && ws->depth == 0) detach(ws);
+  return r;
+}
 
 int dcm__ws_close_sent(const dcm__ws_t *ws) { return closed_by_us(ws); }
 
 int dcm__ws_close_received(const dcm__ws_t *ws) {
-  return wslay_event_get_close_received(ws->ctx);
+  return ws->slot && wslay_event_get_close_received(ws->slot->ctx);
+}
+
+uint16_t dcm__ws_close_code_received(const dcm__ws_t *ws) {
+  return ws->slot && wslay_event_get_close_received(ws->slot->ctx)
+             ? wslay_event_get_status_code_received(ws->slot->ctx) : 0;
 }
 
 uint16_t dcm__ws_close_code(const dcm__ws_t *ws) {
   if (ws->fail_code) return ws->fail_code;
-  return wslay_event_get_close_sent(ws->ctx)
-             ? wslay_event_get_status_code_sent(ws->ctx) : 0;
+  return ws->slot && wslay_event_get_close_sent(ws->slot->ctx)
+             ? wslay_event_get_status_code_sent(ws->slot->ctx) : 0;
 }
 
 int dcm__ws_done(const dcm__ws_t *ws) {
   if (ws->write_failed || ws->fail_code) return 1;
-  if (wslay_event_get_close_sent(ws->ctx) && wslay_event_get_close_received(ws->ctx))
-    return 1;
+  if (ws->slot == NULL) return 0; /* an idle session is open both ways */
+  wslay_event_context_ptr ctx = ws->slot->ctx;
+  if (wslay_event_get_close_sent(ctx) && wslay_event_get_close_received(ctx)) return 1;
   /* wslay disables both directions after a fatal protocol error. */
-  return !wslay_event_get_read_enabled(ws->ctx) &&
-         !wslay_event_get_write_enabled(ws->ctx);
+  return !wslay_event_get_read_enabled(ctx) && !wslay_event_get_write_enabled(ctx);
 }

@@ -4,6 +4,16 @@
  * on_write callback, so it is tested with scripted byte feeds in memory.
  * Server or client side. Text messages only (binary closes 1003).
  *
+ * Memory: an idle session holds no wslay context. Sessions borrow one from
+ * a pool (one per side, shared by a MASTER's connections) while wslay has
+ * state for them: inside a frame or a fragmented message, a held pong, a
+ * close under way. At a frame boundary with nothing queued the context goes
+ * back, so N idle sessions cost N small structs plus at most
+ * DCM_WS_POOL_SPARE spare contexts (about 8.6 KiB each). Outgoing text
+ * frames are written by the pool's one wslay frame context straight from
+ * the caller's bytes: no allocation per message, one on_write per frame up
+ * to DCM_WS_JOIN bytes.
+ *
  * Bounds: wslay's per-frame buffering is off; a message is assembled here
  * in one buffer that never exceeds max_message (over it: close 1009), so
  * memory per session stays near the message bound however the peer
@@ -20,6 +30,13 @@
 #include <stdint.h>
 
 typedef struct dcm__ws_s dcm__ws_t;
+typedef struct dcm__ws_pool_s dcm__ws_pool_t;
+typedef struct dcm__ws_slot_s dcm__ws_slot_t; /* a borrowed wslay context */
+
+/* Spare contexts a pool keeps for the next borrower; more are freed. */
+#define DCM_WS_POOL_SPARE 8
+/* An outgoing frame up to this size (header included) is one on_write. */
+#define DCM_WS_JOIN 4096
 
 typedef struct {
   /* One complete text message. May call dcm__ws_send / dcm__ws_close. */
@@ -34,7 +51,10 @@ typedef struct {
 #define DCM_WS_PONG_MAX (2 + 4 + 125)
 
 struct dcm__ws_s {
-  struct wslay_event_context *ctx;
+  dcm__ws_pool_t *pool;
+  dcm__ws_slot_t *slot; /* the borrowed wslay context, or NULL when idle */
+  int own_pool;         /* dcm__ws_init made the pool: freed with the session */
+  int depth;            /* inside feed/send/close: the context stays */
   const dcm__ws_cbs_t *cbs;
   void *data; /* the owner's */
   const uint8_t *in;
@@ -47,16 +67,29 @@ struct dcm__ws_s {
   char *msg;
   size_t msglen, msgcap;
   int in_text; /* the current frame's payload belongs to msg */
-  /* outgoing frames, followed to hold back pongs */
+  /* where wslay's input stands: the context may go back only between frames */
+  int in_frame;       /* a frame's header was read, not yet its end */
+  int in_msg;         /* a fragmented data message is under way */
+  uint64_t frame_len; /* header and payload bytes of that frame */
+  uint64_t unparsed;  /* bytes handed to wslay not yet part of an ended frame */
+  /* frames wslay writes (pong, close), followed to hold back pongs */
   uint64_t out_left; /* payload bytes of the frame being written */
   int out_pong;
-  uint8_t pong[DCM_WS_PONG_MAX];
-  size_t ponglen;
-  int pong_ready; /* a complete pong waits in pong[] */
 };
 
+/* A pool of contexts for sessions of one side (client: masked frames). */
+dcm__ws_pool_t *dcm__ws_pool_new(int client);
+/* Frees the spare contexts; every session using the pool is freed first. */
+void dcm__ws_pool_free(dcm__ws_pool_t *pool);
+/* wslay event contexts alive: borrowed and spare. */
+size_t dcm__ws_pool_contexts(const dcm__ws_pool_t *pool);
+
+/* A session with a pool of its own (the agent's single connection). */
 int dcm__ws_init(dcm__ws_t *ws, int client, uint64_t max_message,
                  const dcm__ws_cbs_t *cbs, void *data);
+/* A session borrowing contexts from pool (its side is the pool's). */
+int dcm__ws_init_pooled(dcm__ws_t *ws, dcm__ws_pool_t *pool, uint64_t max_message,
+                        const dcm__ws_cbs_t *cbs, void *data);
 void dcm__ws_free(dcm__ws_t *ws);
 
 /*
@@ -79,6 +112,8 @@ int dcm__ws_drained(dcm__ws_t *ws);
 int dcm__ws_close_sent(const dcm__ws_t *ws);
 /* 1 once the peer's close frame has arrived. */
 int dcm__ws_close_received(const dcm__ws_t *ws);
+/* The code in the peer's close frame (1005 if it had none; 0 before one). */
+uint16_t dcm__ws_close_code_received(const dcm__ws_t *ws);
 /* The code we sent in our close frame (0 if none). */
 uint16_t dcm__ws_close_code(const dcm__ws_t *ws);
 /* 1 when both sides are done: the transport may be closed. */

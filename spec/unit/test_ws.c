@@ -386,6 +386,165 @@ static void client_to_server(void) {
   dcm__ws_free(&server);
 }
 
+/* ---- contexts borrowed from a pool ---------------------------------------- */
+
+static void pooled(dcm__ws_t *ws, dcm__ws_pool_t *pool, sink_t *s) {
+  CHECK_EQ(dcm__ws_init_pooled(ws, pool, 1024, &cbs, s), 0);
+}
+
+static void idle_sessions_hold_no_context(void) {
+  enum { N = 100 };
+  static dcm__ws_t ws[N];
+  static sink_t s;
+  uint8_t buf[64];
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  CHECK(pool != NULL);
+  memset(&s, 0, sizeof s);
+  size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
+  for (int i = 0; i < N; i++) {
+    pooled(&ws[i], pool, &s);
+    s.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&ws[i], buf, n), 0);
+    CHECK_EQ(s.nmsgs, 1);
+    CHECK(s.msglen[0] == 7 && memcmp(s.msgs[0], "{\"o\":9}", 7) == 0);
+    s.outlen = 0;
+    CHECK_EQ(dcm__ws_send(&ws[i], "{\"o\":3}", 7), 0);
+    CHECK(s.outlen == 9 && s.out[0] == (0x80 | WSLAY_TEXT_FRAME) && s.out[1] == 7);
+    CHECK(ws[i].slot == NULL && ws[i].msg == NULL);
+  }
+  CHECK_EQ(dcm__ws_pool_contexts(pool), 1); /* one, lent in turn */
+  for (int i = 0; i < N; i++) dcm__ws_free(&ws[i]);
+  dcm__ws_pool_free(pool);
+}
+
+static void a_session_inside_a_frame_keeps_its_context(void) {
+  static sink_t sa, sb;
+  dcm__ws_t a, b;
+  uint8_t buf[256], one[64];
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  pooled(&a, pool, &sa);
+  pooled(&b, pool, &sb);
+  memset(&sa, 0, sizeof sa);
+  memset(&sb, 0, sizeof sb);
+  /* a: one whole frame, then the first bytes of the next (header cut short) */
+  size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "first", 5, 1);
+  size_t m = frame(buf + n, 1, WSLAY_TEXT_FRAME, "second", 6, 1);
+  size_t one_n = frame(one, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
+  size_t cuts[] = {1, 2, 4, 6, 9}; /* in the header, the mask, the payload */
+  for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+    sa.nmsgs = sb.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&a, buf, n + cuts[k]), 0);
+    CHECK_EQ(sa.nmsgs, 1);
+    CHECK(a.slot != NULL); /* wslay holds part of the next frame */
+    CHECK_EQ(dcm__ws_feed(&b, one, one_n), 0); /* b borrows another meanwhile */
+    CHECK_EQ(sb.nmsgs, 1);
+    CHECK(b.slot == NULL);
+    CHECK_EQ(dcm__ws_pool_contexts(pool), 2);
+    CHECK_EQ(dcm__ws_feed(&a, buf + n + cuts[k], m - cuts[k]), 0);
+    CHECK_EQ(sa.nmsgs, 2);
+    CHECK(sa.msglen[1] == 6 && memcmp(sa.msgs[1], "second", 6) == 0);
+    CHECK(a.slot == NULL);
+  }
+  /* a fragmented message keeps it between its frames too */
+  sa.nmsgs = 0;
+  n = frame(buf, 0, WSLAY_TEXT_FRAME, "hel", 3, 1);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(a.slot != NULL);
+  CHECK_EQ(dcm__ws_feed(&b, one, one_n), 0);
+  n = frame(buf, 1, WSLAY_CONTINUATION_FRAME, "lo", 2, 1);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(sa.nmsgs == 1 && sa.msglen[0] == 5 && memcmp(sa.msgs[0], "hello", 5) == 0);
+  CHECK(a.slot == NULL);
+  /* a continuation without a start is still refused after a handover */
+  n = frame(buf, 1, WSLAY_CONTINUATION_FRAME, "x", 1, 1);
+  dcm__ws_feed(&b, buf, n);
+  CHECK_EQ(server_close_code(&sb), 1002);
+  dcm__ws_free(&a);
+  dcm__ws_free(&b);
+  dcm__ws_pool_free(pool);
+}
+
+static void a_held_pong_or_a_close_keeps_the_context(void) {
+  static sink_t s;
+  dcm__ws_t ws;
+  uint8_t buf[64];
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  s.busy = 1;
+  size_t n = frame(buf, 1, WSLAY_PING, "p", 1, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK(ws.slot != NULL && s.outlen == 0);
+  s.busy = 0;
+  CHECK_EQ(dcm__ws_drained(&ws), 0);
+  CHECK(s.outlen == 3 && s.out[0] == (0x80 | WSLAY_PONG));
+  CHECK(ws.slot == NULL);
+  CHECK_EQ(dcm__ws_close(&ws, 4001, "bye"), 0);
+  CHECK(ws.slot != NULL && dcm__ws_close_sent(&ws));
+  CHECK_EQ(dcm__ws_close_code(&ws), 4001);
+  dcm__ws_free(&ws);
+  CHECK_EQ(dcm__ws_pool_contexts(pool), 0);
+  dcm__ws_pool_free(pool);
+}
+
+static void spare_contexts_are_bounded(void) {
+  enum { N = 3 * DCM_WS_POOL_SPARE };
+  static dcm__ws_t ws[N];
+  static sink_t s;
+  uint8_t buf[64];
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  memset(&s, 0, sizeof s);
+  size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "x", 1, 1);
+  for (int i = 0; i < N; i++) {
+    pooled(&ws[i], pool, &s);
+    CHECK_EQ(dcm__ws_feed(&ws[i], buf, 3), 0); /* inside the header */
+  }
+  CHECK_EQ(dcm__ws_pool_contexts(pool), N);
+  for (int i = 0; i < N; i++) {
+    s.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&ws[i], buf + 3, n - 3), 0);
+    CHECK_EQ(s.nmsgs, 1);
+  }
+  CHECK_EQ(dcm__ws_pool_contexts(pool), DCM_WS_POOL_SPARE);
+  for (int i = 0; i < N; i++) dcm__ws_free(&ws[i]);
+  dcm__ws_pool_free(pool);
+}
+
+static void heartbeats_allocate_nothing(void) {
+  static sink_t s;
+  dcm__ws_t ws;
+  uint8_t buf[64];
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "{\"o\":9,\"d\":{\"loadavg\":0.5}}", 27, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0); /* the pool's context and buffer exist now */
+  size_t before = heap_used();
+  for (int i = 0; i < 1000; i++) {
+    s.nmsgs = 0;
+    s.outlen = 0;
+    CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+    CHECK_EQ(dcm__ws_send(&ws, "{\"o\":1,\"d\":{\"o\":9}}", 19), 0);
+    CHECK(s.nmsgs == 1 && s.outlen == 21);
+  }
+  CHECK_EQ(heap_used(), before);
+  dcm__ws_free(&ws);
+  dcm__ws_pool_free(pool);
+}
+
+static void a_large_frame_is_written_whole(void) {
+  static sink_t s;
+  static char text[3 * DCM_WS_JOIN];
+  dcm__ws_t ws;
+  memset(text, 'q', sizeof text);
+  session(&ws, &s, 1024);
+  CHECK_EQ(dcm__ws_send(&ws, text, sizeof text), 0);
+  CHECK_EQ(s.outlen, 4 + sizeof text);
+  CHECK(s.out[1] == 126 && (s.out[2] << 8 | s.out[3]) == (int)sizeof text);
+  CHECK(s.out[4] == 'q' && s.out[s.outlen - 1] == 'q');
+  dcm__ws_free(&ws);
+}
+
 int main(void) {
   RUN(text_message);
   RUN(byte_by_byte_and_fragments);
@@ -405,5 +564,11 @@ int main(void) {
   RUN(framing_errors_close_1002);
   RUN(client_framing_error_close_is_masked);
   RUN(only_the_latest_pong_waits);
+  RUN(idle_sessions_hold_no_context);
+  RUN(a_session_inside_a_frame_keeps_its_context);
+  RUN(a_held_pong_or_a_close_keeps_the_context);
+  RUN(spare_contexts_are_bounded);
+  RUN(heartbeats_allocate_nothing);
+  RUN(a_large_frame_is_written_whole);
   return 0;
 }

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <wslay/wslay.h>
 
 #include "agent.h"
 #include "discluster/master.h"
@@ -233,7 +232,7 @@ static void feed(dcm__client_t *c, const char *data, size_t n) {
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return; /* the agent dropped it */
   if (r < 0 || dcm__ws_done(&c->ws)) {
     if (c->why[0] == '\0') {
-      uint16_t code = wslay_event_get_status_code_received(c->ws.ctx);
+      uint16_t code = dcm__ws_close_code_received(&c->ws);
       if (dcm__ws_close_received(&c->ws))
         snprintf(c->why, sizeof c->why, "MASTER closed the WebSocket (%u)", (unsigned)code);
       else
