@@ -19,6 +19,7 @@
 #include "outq.h"
 #include "policy.h"
 #include "protocol.h"
+#include "tls.h"
 #include "ws.h"
 
 typedef struct dcm__conn_s dcm__conn_t;
@@ -70,7 +71,9 @@ typedef struct dcm__http_head_s {
   char path[256];
   size_t pathlen;
   unsigned hdr_upgrade : 1, hdr_conn_upgrade : 1, hdr_version13 : 1,
-      hdr_auth_ok : 1, hdr_has_key : 1;
+      hdr_auth_ok : 1,   /* Authorization: the CONTROL secret (auth) */
+      hdr_status_ok : 1, /* Authorization: the read-only secret (status_auth) */
+      hdr_has_key : 1;
   char wskey[32];
 } dcm__http_head_t;
 
@@ -87,7 +90,9 @@ struct dcm__conn_s {
   /* WebSocket */
   dcm__ws_t ws;
   int ws_ready;
-  dcm__outq_t out;  /* bounded outbound queue */
+  dcm__outq_t out;  /* bounded outbound queue: ciphertext under TLS */
+  dcm__tls_t tls;   /* when tls_on: between the socket and HTTP/WebSocket */
+  int tls_on;
   /* Protocol */
   dcm__machine_t *machine;
   uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
@@ -169,7 +174,7 @@ typedef enum {
 struct dcm_master_s {
   uv_loop_t *loop;
   dcm_options_t o;  /* strings point at owned copies */
-  char *owned[8];
+  char *owned[12];
   dcm__log_t log;
   lua_State *json;  /* cjson state for packets and /status */
   char heartbeat_ack[32];
@@ -182,6 +187,8 @@ struct dcm_master_s {
   uv_tcp_t listener;
   int port;
   char readbuf[65536]; /* shared: reads are consumed synchronously */
+  struct ssl_ctx_st *tls_ctx; /* NULL: plaintext. Swapped by dcm_master_reload_tls */
+  char plainbuf[16384];       /* shared: one TLS record's plaintext at a time */
   dcm__link_t conns;
   int unauth;          /* connections not yet identified */
   uint64_t last_refusal_log;

@@ -3,6 +3,14 @@
  * request head (http-parser), routing (/healthz, /status, WebSocket
  * upgrade), the shared-secret check, writes with a bounded outbound queue,
  * per-connection deadlines, and closing. Protocol decisions are session.c's.
+ * With a certificate, TLS (tls.c) sits between the socket and all of that:
+ * reads are decrypted before the HTTP parser or wslay see them, writes are
+ * encrypted into the same bounded queue, and the head timeout covers the
+ * TLS handshake plus the request head.
+ *
+ * Credentials: `auth` (CONTROLs joining, POST /rebalance) and the read-only
+ * `status_auth` (GET /status), each given raw or as "Bearer <secret>" in
+ * Authorization and compared in constant time.
  *
  * Unidentified connections (before `info`) are counted per source address
  * (IPv4, or IPv6 /64): past max_unauthenticated_per_address the address's
@@ -46,6 +54,7 @@ static void conn_free_cb(uv_handle_t *h) {
   dcm_master_t *m = c->m;
   if (--c->handles_open > 0) return;
   if (c->ws_ready) dcm__ws_free(&c->ws);
+  if (c->tls_on) dcm__tls_free(&c->tls);
   dcm__outq_free(&c->out);
   free(c->h);
   free(c);
@@ -174,6 +183,7 @@ static void conn_finish(dcm__conn_t *c) {
   conn_detach(c);
   c->phase = DCM_CONN_CLOSING;
   uv_read_stop((uv_stream_t *)&c->tcp);
+  if (c->tls_on) dcm__tls_close(&c->tls); /* close_notify goes before the FIN */
   uv_shutdown_t *req = malloc(sizeof *req);
   if (req) req->data = c;
   if (req == NULL || dcm__outq_shutdown(&c->out, (uv_stream_t *)&c->tcp, req, shutdown_cb) != 0) {
@@ -211,13 +221,25 @@ static void outq_drain(dcm__outq_t *q) {
   }
 }
 
-static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
+/* Bytes for the socket: ciphertext under TLS. */
+static int queue_write(dcm__conn_t *c, const void *data, size_t len) {
   int r = dcm__outq_write(&c->out, (uv_stream_t *)&c->tcp, data, len);
   if (r == UV_ENOBUFS)
     dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
               "peer %s is not reading: outbound queue over %zu bytes, closing",
               c->peer, c->m->o.max_outbound);
   return r;
+}
+
+static int tls_cipher(dcm__tls_t *t, const void *data, size_t len) {
+  return queue_write(t->data, data, len);
+}
+
+/* Plaintext HTTP or WebSocket bytes. After a handshake that failed on a
+   plaintext HTTP request, the one reply saying so goes in the clear. */
+static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
+  if (c->tls_on && !c->tls.plain_http) return dcm__tls_write(&c->tls, data, len);
+  return queue_write(c, data, len);
 }
 
 static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
@@ -269,8 +291,9 @@ static void timer_cb(uv_timer_t *t) {
   }
   switch (c->phase) {
     case DCM_CONN_HTTP:
-      dcm__info(&c->m->log, NULL, "peer %s: no complete request head within %.3gs, closing",
-                c->peer, c->m->o.head_timeout);
+      dcm__info(&c->m->log, NULL, "peer %s: no complete %s within %.3gs, closing", c->peer,
+                c->tls_on && !c->tls.ready ? "TLS handshake" : "request head",
+                c->m->o.head_timeout);
       dcm__conn_abort(c);
       break;
     case DCM_CONN_HELLO:
@@ -342,6 +365,14 @@ static int secret_equal(const char *cand, size_t clen, const char *secret) {
   return diff == 0;
 }
 
+/* An Authorization value, the raw secret or "Bearer <secret>", against a
+   configured secret (none configured: no match). */
+static int auth_matches(const char *v, size_t vl, const char *secret) {
+  if (secret == NULL || secret[0] == '\0') return 0;
+  if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0) v += 7, vl -= 7;
+  return secret_equal(v, vl, secret);
+}
+
 static void header_done(dcm__conn_t *c) {
   if (!c->h->in_value) return;
   c->h->in_value = 0;
@@ -361,13 +392,9 @@ static void header_done(dcm__conn_t *c) {
     c->h->hdr_has_key = !c->h->value_truncated && dcm__ws_key_valid(v, vl);
     if (c->h->hdr_has_key) memcpy(c->h->wskey, v, vl + 1);
   } else if (strcasecmp(c->h->field, "authorization") == 0) {
-    const char *secret = c->m->o.auth;
-    if (secret && secret[0] && !c->h->value_truncated) {
-      if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0)
-        c->h->hdr_auth_ok = secret_equal(v + 7, vl - 7, secret);
-      else
-        c->h->hdr_auth_ok = secret_equal(v, vl, secret);
-    }
+    int ok = !c->h->value_truncated;
+    c->h->hdr_auth_ok = ok && auth_matches(v, vl, c->m->o.auth);
+    c->h->hdr_status_ok = ok && auth_matches(v, vl, c->m->o.status_auth);
     memset(c->h->value, 0, sizeof c->h->value); /* do not keep the secret */
   }
 out:
@@ -432,9 +459,30 @@ static const http_parser_settings parser_settings = {
     .on_message_complete = on_message_complete,
 };
 
+/* May join as a CONTROL or POST /rebalance: the CONTROL secret, or none set (no_auth). */
 static int authorized(dcm__conn_t *c) {
   const char *secret = c->m->o.auth;
   return secret == NULL || secret[0] == '\0' || c->h->hdr_auth_ok;
+}
+
+/* May use read-only routes: either secret, or none set at all. */
+static int may_read(dcm__conn_t *c) {
+  const char *a = c->m->o.auth, *s = c->m->o.status_auth;
+  if ((a == NULL || a[0] == '\0') && (s == NULL || s[0] == '\0')) return 1;
+  return c->h->hdr_auth_ok || c->h->hdr_status_ok;
+}
+
+/* 401, or 403 for the read-only secret where it does not reach. */
+static void refuse_auth(dcm__conn_t *c, const char *what) {
+  if (c->h->hdr_status_ok) {
+    dcm__warn(&c->m->log, NULL, "peer %s: %s refused: the read-only status secret does not "
+              "allow it", c->peer, what);
+    http_error(c, 403, "Forbidden", NULL);
+    return;
+  }
+  dcm__warn(&c->m->log, NULL, "peer %s: %s refused: missing or wrong shared secret", c->peer,
+            what);
+  http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
 }
 
 static const dcm__ws_cbs_t ws_cbs;
@@ -450,8 +498,7 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
     return;
   }
   if (!authorized(c)) {
-    dcm__warn(&m->log, NULL, "peer %s: upgrade refused: missing or wrong shared secret", c->peer);
-    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+    refuse_auth(c, "upgrade");
     return;
   }
   if (dcm__ws_init(&c->ws, 0, m->o.max_message, &ws_cbs, c) != 0) {
@@ -485,7 +532,7 @@ static void rebalance(dcm__conn_t *c) {
   if (c->h->parser.method != HTTP_POST) {
     http_error(c, 405, "Method Not Allowed", "Allow: POST\r\n");
   } else if (!authorized(c)) {
-    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+    refuse_auth(c, "POST /rebalance");
   } else {
     int r = dcm_master_rebalance(c->m);
     dcm__info(&c->m->log, NULL, "peer %s: POST /rebalance: %s", c->peer,
@@ -513,7 +560,7 @@ static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   } else if (strcmp(c->h->path, "/healthz") == 0) {
     http_reply(c, 200, "OK", NULL, "text/plain", "ok\n", 3);
   } else if (strcmp(c->h->path, "/status") == 0) {
-    if (!authorized(c)) {
+    if (!may_read(c)) {
       http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
       return;
     }
@@ -561,26 +608,18 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->m->readbuf, sizeof c->m->readbuf);
 }
 
-static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  dcm__conn_t *c = s->data;
-  if (nread == 0) return;
-  if (nread < 0) {
-    if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
-      dcm__debug(&c->m->log, c->machine ? c->machine->id : NULL,
-                 "peer %s: connection dropped (%s)", c->peer, uv_err_name((int)nread));
-    dcm__conn_abort(c);
-    return;
-  }
+/* Plaintext from the peer (decrypted under TLS). 1 once the connection is
+   going: whatever follows is dropped. */
+static int conn_input(dcm__conn_t *c, const char *data, size_t len) {
   switch (c->phase) {
     case DCM_CONN_HTTP:
-      feed_http(c, buf->base, (size_t)nread);
+      feed_http(c, data, len);
       break;
     case DCM_CONN_HELLO:
     case DCM_CONN_ACTIVE:
     case DCM_CONN_CLOSING:
       if (!c->ws_ready) break;
-      if (dcm__ws_feed(&c->ws, (const uint8_t *)buf->base, (size_t)nread) != 0 ||
-          dcm__ws_done(&c->ws)) {
+      if (dcm__ws_feed(&c->ws, (const uint8_t *)data, len) != 0 || dcm__ws_done(&c->ws)) {
         uint16_t code = dcm__ws_close_code(&c->ws);
         if (code == DCM_CLOSE_TOO_BIG)
           dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
@@ -602,6 +641,49 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     default:
       break; /* a plain reply is on its way; ignore what follows */
   }
+  return !live(c);
+}
+
+static int tls_plain(dcm__tls_t *t, const char *data, size_t len) {
+  return conn_input(t->data, data, len);
+}
+
+static const dcm__tls_cbs_t tls_cbs = {tls_plain, tls_cipher, NULL};
+
+/* Ciphertext: decrypted piecewise into the shared plaintext buffer. */
+static void tls_input(dcm__conn_t *c, const char *data, size_t len) {
+  static const char hint[] = "this port speaks TLS: use https:// or wss://\n";
+  if (dcm__tls_feed(&c->tls, data, len, c->m->plainbuf, sizeof c->m->plainbuf) >= 0 || !live(c))
+    return;
+  const char *id = c->machine ? c->machine->id : NULL;
+  if (c->tls.peer_closed) {
+    dcm__debug(&c->m->log, id, "peer %s closed TLS", c->peer);
+  } else if (c->tls.plain_http) {
+    dcm__info(&c->m->log, NULL, "peer %s: plaintext HTTP on the TLS port, answered 400", c->peer);
+    http_reply(c, 400, "Bad Request", NULL, "text/plain", hint, sizeof hint - 1);
+    return;
+  } else if (!c->tls.ready) {
+    dcm__info(&c->m->log, NULL, "peer %s: TLS handshake failed: %s", c->peer, c->tls.why);
+  } else {
+    dcm__info(&c->m->log, id, "peer %s: TLS error: %s, closing", c->peer, c->tls.why);
+  }
+  conn_finish(c); /* an alert may be queued: it goes first */
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__conn_t *c = s->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
+      dcm__debug(&c->m->log, c->machine ? c->machine->id : NULL,
+                 "peer %s: connection dropped (%s)", c->peer, uv_err_name((int)nread));
+    dcm__conn_abort(c);
+    return;
+  }
+  if (c->tls_on)
+    tls_input(c, buf->base, (size_t)nread);
+  else
+    conn_input(c, buf->base, (size_t)nread);
 }
 
 static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
@@ -755,6 +837,13 @@ static void connection_cb(uv_stream_t *server, int status) {
   }
   c->counted_unauth = 1;
   m->unauth++;
+  if (m->tls_ctx) {
+    if (dcm__tls_init(&c->tls, m->tls_ctx, NULL, &tls_cbs, c) != 0) {
+      dcm__conn_abort(c);
+      return;
+    }
+    c->tls_on = 1;
+  }
   http_parser_init(&c->h->parser, HTTP_REQUEST);
   c->h->parser.data = c;
   dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.head_timeout));
