@@ -116,7 +116,8 @@ int dcm__tls_server_ctx(const char *cert, const char *key, SSL_CTX **out, char *
   SSL_CTX_set_num_tickets(ctx, 0);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
     return ctx_fail(ctx, err, n, "tls_cert", cert);
-  if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+  if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 &&
+      ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH)
     return ctx_fail(ctx, err, n, "tls_key", key);
   if (SSL_CTX_check_private_key(ctx) != 1) {
     ERR_clear_error();

@@ -163,9 +163,38 @@ class Master(LoggedProcess):
         return "%s://%s:%d%s" % ("wss" if self.tls else "ws", host, self.port, path)
 
 
-def http_get(port, path, headers=None, timeout=5, tls=None, method="GET", host="127.0.0.1"):
-    """(status, body text, headers) of a request on loopback; tls: an
-    ssl.SSLContext for https:// (Certs.client())."""
+def _target(target):
+    """(port, ssl context or None) of a Master or a bare port."""
+    if isinstance(target, Master):
+        return target.port, target.tls[2] if target.tls else None
+    return target, None
+
+
+def tcp_connect(target, timeout=5, source=None, rcvbuf=None, sndbuf=None):
+    """A socket to a Master (TLS when it serves TLS, trusting its CA, host
+    name localhost) or to a bare port on 127.0.0.1."""
+    port, ctx = _target(target)
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if sndbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    if source:
+        s.bind((source, 0))
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    if ctx:
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    return s
+
+
+def http_get(target, path, headers=None, timeout=5, tls=None, method="GET", host="127.0.0.1"):
+    """(status, body text, headers) of a request to a Master (https:// when it
+    serves TLS) or a port on loopback; tls: an ssl.SSLContext for https://."""
+    port, ctx = _target(target)
+    tls = tls or ctx
+    if tls and host == "127.0.0.1":
+        host = "localhost"
     url = "%s://%s:%d%s" % ("https" if tls else "http", host, port, path)
     req = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
@@ -175,9 +204,10 @@ def http_get(port, path, headers=None, timeout=5, tls=None, method="GET", host="
         return e.code, e.read().decode(), dict(e.headers)
 
 
-def raw_request(port, data, read=True, timeout=5):
-    """Sends raw bytes, returns what comes back until the server closes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def raw_request(target, data, read=True, timeout=5):
+    """Sends raw bytes (inside TLS to a TLS Master), returns what comes back
+    until the server closes."""
+    s = tcp_connect(target, timeout)
     s.sendall(data)
     out = b""
     if read:
@@ -187,7 +217,7 @@ def raw_request(port, data, read=True, timeout=5):
                 if not chunk:
                     break
                 out += chunk
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
             pass
     s.close()
     return out
@@ -443,16 +473,10 @@ def ws_frame(payload, op=1, mask=True, fin=True):
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def raw_upgrade(port, rcvbuf=None, auth=None, source=None, sndbuf=None):
-    """A raw socket upgraded to WebSocket (the 101 head consumed)."""
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    if sndbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    if source:
-        s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
+def raw_upgrade(target, rcvbuf=None, auth=None, source=None, sndbuf=None):
+    """A raw socket (TLS to a TLS Master) upgraded to WebSocket (the 101
+    head consumed)."""
+    s = tcp_connect(target, None, source, rcvbuf, sndbuf)
     key = base64.b64encode(os.urandom(16)).decode()
     req = ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % key)
@@ -488,7 +512,7 @@ def read_close_code(s, timeout=5):
             data = data[hdr + n:]
         try:
             chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
             return None
         if not chunk:
             return None

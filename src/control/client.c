@@ -232,7 +232,8 @@ static int check_head(dcm__client_t *c, size_t len) {
     return -1;
   }
   if (p.status_code != 101) {
-    snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP %d", p.status_code);
+    snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP %d%s", p.status_code,
+             p.status_code == 400 && !c->tls_on ? " (if MASTER serves TLS, use wss://)" : "");
     return -1;
   }
   if (!h.upgrade_ok || !h.connection_ok || !h.accept_ok) {
