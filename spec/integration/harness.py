@@ -429,7 +429,7 @@ class Control:
 
 
 def status(master, headers=None):
-    code, body, _ = http_get(master.port, "/status", headers)
+    code, body, _ = http_get(master, "/status", headers)
     assert code == 200, (code, body)
     st = json.loads(body)
     check_invariants(st)

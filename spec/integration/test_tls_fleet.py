@@ -65,6 +65,7 @@ class TlsFleet(unittest.TestCase):
         for proc in (m, a, a2, b):
             self.assertNotIn(TOKEN, proc.log())
             self.assertNotIn(SECRET, proc.log())
+            self.assertNotIn("Sanitizer", proc.log())
         self.assertNotIn("plaintext HTTP", m.log())
 
     def test_agents_that_cannot_verify_master_never_downgrade(self):
