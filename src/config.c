@@ -693,7 +693,7 @@ static void usage(FILE *out) {
   fprintf(out,
           "Usage: discluster-master [-c FILE] [OPTION...]\n"
           "       discluster-master check-policy FILE --fleet FLEET.json [...]\n"
-          "       discluster-master rebalance [--master http://HOST:PORT]\n"
+          "       discluster-master rebalance [--master https://HOST:PORT] [--ca-file FILE]\n"
           "\nCoordinates the CONTROL agents of one Discord bot (protocol v%d).\n\n"
           "  -c, --config FILE                Lua config file; keys as below with '_' for '-',\n"
           "                                   plus token, auth and status_auth; flags\n"

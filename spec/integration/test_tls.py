@@ -24,8 +24,8 @@ import warnings
 
 import websockets
 
-from harness import (OP_ACK, OP_HEARTBEAT, Certs, Master, connect, hello, http_get, recv_op,
-                     run, send)
+from harness import (BIN, OP_ACK, OP_HEARTBEAT, Certs, Master, connect, hello, http_get,
+                     recv_op, run, send)
 
 SECRET = "tls-control-Secret-41"
 STATUS = "tls-status-Secret-73"
@@ -202,6 +202,23 @@ class Credentials(Base):
         self.assertEqual(status, 401)
         status, body, _ = http_get(self.m, "/rebalance", {"Authorization": SECRET}, method="POST")
         self.assertEqual((status, body), (409, "not running yet\n"))
+
+    def test_rebalance_command_over_https(self):
+        def rebalance(secret, *args):
+            env = {k: v for k, v in os.environ.items() if k != "DISCLUSTER_AUTH"}
+            env["DISCLUSTER_AUTH"] = secret
+            return subprocess.run([BIN, "rebalance", "--master",
+                                   "https://localhost:%d" % self.m.port, *args],
+                                  capture_output=True, text=True, env=env, timeout=20)
+        r = rebalance(SECRET, "--ca-file", self.certs.ca)  # reached MASTER: not running yet
+        self.assertEqual((r.returncode, r.stdout), (1, "not running yet\n"), r.stderr)
+        self.assertIn("MASTER answered HTTP 409", r.stderr)
+        r = rebalance(STATUS, "--ca-file", self.certs.ca)
+        self.assertIn("MASTER answered HTTP 403", r.stderr)
+        r = rebalance(SECRET)  # the system store does not know the test CA
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("SSL", r.stderr)
+        self.assertNotIn(SECRET, r.stderr + r.stdout)
 
 
 class Handshakes(Base):
