@@ -24,7 +24,7 @@
 
 typedef struct dcm__conn_s dcm__conn_t;
 typedef struct dcm__machine_s dcm__machine_t;
-typedef struct dcm__addr_s dcm__addr_t; /* server.c: one source address */
+typedef struct dcm__addr_s dcm__addr_t; /* unauth.c: one source address */
 
 /* Intrusive doubly linked list node; the list head is a sentinel node. */
 typedef struct dcm__link_s {
@@ -100,7 +100,7 @@ struct dcm__conn_s {
   int timed_out; /* closed for a missed heartbeat: fail over at once */
   int send_failed; /* a write failed: the timer aborts it next turn */
   int finishing;   /* shutdown requested; the close follows */
-  /* Unidentified: counted against its source address (server.c) */
+  /* Unidentified: counted against its source address (unauth.c) */
   dcm__addr_t *addr;
   dcm__link_t addr_link; /* in addr->conns, oldest first */
   int reads_paused;      /* the peer does not read our replies */
@@ -193,7 +193,7 @@ struct dcm_master_s {
   int unauth;          /* connections not yet identified */
   uint64_t last_refusal_log;
   unsigned long refused;
-  /* unidentified connections by source address (server.c) */
+  /* unidentified connections by source address (unauth.c) */
   dcm__addr_t *addr_hash[256];
   dcm__link_t *addr_counts; /* addresses by count of connections; [0] unused */
   int addr_count_max;       /* highest count addr_counts holds */
@@ -253,6 +253,20 @@ int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len);
 void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason);
 void dcm__conn_abort(dcm__conn_t *c);
 void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline);
+
+void dcm__conn_evict(dcm__conn_t *c); /* closes with a reset: no TIME_WAIT here */
+
+/* unauth.c: unidentified connections counted per source address */
+int dcm__unauth_init(dcm_master_t *m);     /* the tables; at listen */
+void dcm__unauth_release(dcm_master_t *m); /* frees them once stopping and empty */
+/* "host:port" of t for logs, the key its address is counted under, and its name */
+void dcm__unauth_peer(uv_tcp_t *t, char *out, size_t n, unsigned char key[16], char *addr,
+                      size_t addrn);
+/* Closes the unidentified connection a newcomer from key displaces, if any. */
+void dcm__unauth_make_room(dcm_master_t *m, const unsigned char key[16], const char *name);
+int dcm__unauth_link(dcm__conn_t *c, const unsigned char key[16], const char *name);
+void dcm__unauth_unlink(dcm__conn_t *c); /* identified or gone */
+void dcm__unauth_touch(dcm__conn_t *c);  /* upgraded: counts as new again */
 
 /* session.c: protocol v1 on one identified or identifying connection */
 void dcm__session_open(dcm__conn_t *c);

@@ -11,13 +11,7 @@
  * Credentials: `auth` (CONTROLs joining, POST /rebalance) and the read-only
  * `status_auth` (GET /status), each given raw or as "Bearer <secret>" in
  * Authorization and compared in constant time.
- *
- * Unidentified connections (before `info`) are counted per source address
- * (IPv4, or IPv6 /64): past max_unauthenticated_per_address the address's
- * oldest one is closed, and at max_unauthenticated the oldest one of the
- * address holding the most. A newcomer always gets in, so held-open slow
- * heads cannot lock honest CONTROLs out. O(1) per accept: addresses sit in
- * a hash table and in lists by count.
+ * Unidentified connections are counted per source address by unauth.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,16 +23,6 @@
 #include "wskey.h"
 
 #define CLOSE_LINGER_MS 2000
-#define ADDR_BUCKETS (sizeof(((dcm_master_t *)0)->addr_hash) / sizeof(dcm__addr_t *))
-
-struct dcm__addr_s {
-  unsigned char key[16]; /* IPv4 as ::ffff:a.b.c.d; IPv6 cut to its /64 */
-  char name[INET6_ADDRSTRLEN + 4];
-  int count;             /* its unidentified connections */
-  dcm__link_t conns;     /* those, oldest first */
-  dcm__link_t by_count;  /* in m->addr_counts[count], oldest first */
-  dcm__addr_t *hnext;
-};
 
 
 static void conn_finish(dcm__conn_t *c);
@@ -61,89 +45,6 @@ static void conn_free_cb(uv_handle_t *h) {
   dcm__master_release(m);
 }
 
-/* ---- unidentified connections by source address ------------------------ */
-
-/* FNV-1a from a random seed, then a final mix: chains are not predictable. */
-static uint32_t addr_hash(const dcm_master_t *m, const unsigned char key[16]) {
-  uint32_t h = 2166136261u ^ m->addr_seed;
-  for (int i = 0; i < 16; i++) h = (h ^ key[i]) * 16777619u;
-  h ^= h >> 16;
-  h *= 0x85ebca6bu;
-  h ^= h >> 13;
-  return h;
-}
-
-static dcm__addr_t *addr_find(const dcm_master_t *m, const unsigned char key[16]) {
-  dcm__addr_t *a = m->addr_hash[addr_hash(m, key) % ADDR_BUCKETS];
-  while (a && memcmp(a->key, key, 16) != 0) a = a->hnext;
-  return a;
-}
-
-/* Moves a to the list of its (new) count, at the tail. */
-static void addr_recount(dcm_master_t *m, dcm__addr_t *a, int count) {
-  dcm__list_remove(&a->by_count);
-  a->count = count;
-  if (count > 0) dcm__list_push(&m->addr_counts[count], &a->by_count);
-  if (count > m->addr_top) m->addr_top = count;
-  while (m->addr_top > 0 && dcm__list_empty(&m->addr_counts[m->addr_top])) m->addr_top--;
-}
-
-/* The table outlives no connection: freed once stopping and empty. */
-static void addr_table_release(dcm_master_t *m) {
-  if (m->stopping && m->naddrs == 0) {
-    free(m->addr_counts);
-    m->addr_counts = NULL;
-  }
-}
-
-static void addr_unlink(dcm__conn_t *c) {
-  dcm_master_t *m = c->m;
-  dcm__addr_t *a = c->addr;
-  if (a == NULL) return;
-  c->addr = NULL;
-  dcm__list_remove(&c->addr_link);
-  addr_recount(m, a, a->count - 1);
-  if (a->count > 0) return;
-  dcm__addr_t **p = &m->addr_hash[addr_hash(m, a->key) % ADDR_BUCKETS];
-  while (*p != a) p = &(*p)->hnext;
-  *p = a->hnext;
-  free(a);
-  m->naddrs--;
-  addr_table_release(m);
-}
-
-static int addr_link(dcm__conn_t *c, const unsigned char key[16], const char *name) {
-  dcm_master_t *m = c->m;
-  dcm__addr_t *a = addr_find(m, key);
-  if (a && a->count >= m->addr_count_max) return DCM_ESTATE; /* make_room prevents it */
-  if (a == NULL) {
-    a = calloc(1, sizeof *a);
-    if (a == NULL) return DCM_ENOMEM;
-    memcpy(a->key, key, 16);
-    snprintf(a->name, sizeof a->name, "%s", name);
-    dcm__list_init(&a->conns);
-    dcm__list_init(&a->by_count);
-    uint32_t b = addr_hash(m, key) % ADDR_BUCKETS;
-    a->hnext = m->addr_hash[b];
-    m->addr_hash[b] = a;
-    m->naddrs++;
-  }
-  c->addr = a;
-  dcm__list_push(&a->conns, &c->addr_link);
-  addr_recount(m, a, a->count + 1);
-  return 0;
-}
-
-/* Upgraded: the connection counts as new again, last to be evicted. */
-static void addr_touch(dcm__conn_t *c) {
-  dcm__addr_t *a = c->addr;
-  if (a == NULL) return;
-  dcm__list_remove(&c->addr_link);
-  dcm__list_push(&a->conns, &c->addr_link);
-  dcm__list_remove(&a->by_count);
-  dcm__list_push(&c->m->addr_counts[a->count], &a->by_count);
-}
-
 /* Detaches the connection from the protocol exactly once. */
 static void conn_detach(dcm__conn_t *c) {
   dcm_master_t *m = c->m;
@@ -151,7 +52,7 @@ static void conn_detach(dcm__conn_t *c) {
     c->counted_unauth = 0;
     m->unauth--;
   }
-  addr_unlink(c);
+  dcm__unauth_unlink(c);
   if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
     dcm__session_closed(c);
 }
@@ -168,6 +69,8 @@ static void conn_drop(dcm__conn_t *c, int reset) {
 }
 
 void dcm__conn_abort(dcm__conn_t *c) { conn_drop(c, 0); }
+
+void dcm__conn_evict(dcm__conn_t *c) { conn_drop(c, 1); }
 
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   dcm__conn_t *c = req->data;
@@ -517,7 +420,7 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
     return;
   }
   c->phase = DCM_CONN_HELLO;
-  addr_touch(c);
+  dcm__unauth_touch(c);
   dcm__session_open(c);
   if (restlen && c->phase == DCM_CONN_HELLO) {
     if (dcm__ws_feed(&c->ws, (const uint8_t *)rest, restlen) != 0 || dcm__ws_done(&c->ws))
@@ -690,7 +593,7 @@ static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   dcm__conn_t *c = ws->data;
   if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed) {
     dcm__session_message(c, msg, len);
-    if (!c->counted_unauth) addr_unlink(c); /* identified (session.c uncounts it) */
+    if (!c->counted_unauth) dcm__unauth_unlink(c); /* identified (session.c uncounts it) */
   }
 }
 
@@ -711,90 +614,6 @@ static void refuse(dcm_master_t *m, uv_stream_t *server) {
     dcm__warn(&m->log, NULL, "out of memory: refused %lu connections so far", m->refused);
     m->last_refusal_log = now;
   }
-}
-
-/* "host:port" for logs, and the key and name its address is counted under. */
-static void peer_name(uv_tcp_t *t, char *out, size_t n, unsigned char key[16], char *addr,
-                      size_t addrn) {
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  char host[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-  memset(key, 0, 16);
-  ss.ss_family = AF_UNSPEC; /* unknown peers share one key */
-  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) == 0) {
-    if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      uv_ip6_name(a, host, sizeof host);
-      port = ntohs(a->sin6_port);
-      memcpy(key, &a->sin6_addr, 16);
-    } else {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      uv_ip4_name(a, host, sizeof host);
-      port = ntohs(a->sin_port);
-      key[10] = key[11] = 0xff; /* as IPv4-mapped IPv6: one key for both */
-      memcpy(key + 12, &a->sin_addr, 4);
-    }
-  }
-  static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (ss.ss_family == AF_INET6 && memcmp(key, mapped, 12) != 0) {
-    /* One IPv6 host usually holds a whole /64: count the prefix. */
-    memset(key + 8, 0, 8);
-    struct sockaddr_in6 p;
-    memset(&p, 0, sizeof p);
-    p.sin6_family = AF_INET6;
-    memcpy(&p.sin6_addr, key, 16);
-    char prefix[INET6_ADDRSTRLEN] = "?";
-    uv_ip6_name(&p, prefix, sizeof prefix);
-    snprintf(addr, addrn, "%s/64", prefix);
-  } else {
-    snprintf(addr, addrn, "%s", host);
-  }
-  snprintf(out, n, "%s:%d", host, port);
-}
-
-static int rate_ok(dcm_master_t *m, int which) {
-  uint64_t now = uv_now(m->loop);
-  if (m->last_evict_log[which] && now - m->last_evict_log[which] < 10000) return 0;
-  m->last_evict_log[which] = now;
-  return 1;
-}
-
-/*
- * Room for one more unidentified connection from key: over the address's
- * limit its own oldest goes; at the global cap the oldest of the address
- * that would hold the most, the newcomer's counted (an honest CONTROL
- * holds one, briefly).
- */
-static void make_room(dcm_master_t *m, const unsigned char key[16], const char *name) {
-  dcm__addr_t *a = addr_find(m, key);
-  dcm__conn_t *victim;
-  int global = m->unauth >= m->o.max_unauthenticated;
-  if (a && (a->count >= m->o.max_unauthenticated_per_address ||
-            (global && a->count >= m->addr_top))) {
-    victim = DCM_CONTAINER(a->conns.next, dcm__conn_t, addr_link);
-    m->evicted++;
-    if (a->count < m->o.max_unauthenticated_per_address) {
-      if (rate_ok(m, 1))
-        dcm__warn(&m->log, NULL, "over %d unidentified connections: closing the oldest of %s, "
-                  "which holds %d (%lu closed so far)", m->o.max_unauthenticated, name,
-                  a->count, m->evicted);
-    } else if (rate_ok(m, 0)) {
-      dcm__warn(&m->log, NULL, "over %d unidentified connections from %s: closing its oldest "
-                "(%lu closed so far)", m->o.max_unauthenticated_per_address, name, m->evicted);
-    }
-  } else if (global && m->addr_top > 0) {
-    a = DCM_CONTAINER(m->addr_counts[m->addr_top].next, dcm__addr_t, by_count);
-    victim = DCM_CONTAINER(a->conns.next, dcm__conn_t, addr_link);
-    m->evicted++;
-    if (rate_ok(m, 1))
-      dcm__warn(&m->log, NULL, "over %d unidentified connections: closing the oldest of %s, "
-                "which holds %d (%lu closed so far)", m->o.max_unauthenticated, a->name,
-                a->count, m->evicted);
-  } else {
-    return;
-  }
-  conn_drop(victim, 1);
 }
 
 static void connection_cb(uv_stream_t *server, int status) {
@@ -828,10 +647,10 @@ static void connection_cb(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  peer_name(&c->tcp, c->peer, sizeof c->peer, key, addr, sizeof addr);
-  make_room(m, key, addr);
+  dcm__unauth_peer(&c->tcp, c->peer, sizeof c->peer, key, addr, sizeof addr);
+  dcm__unauth_make_room(m, key, addr);
   c->h = calloc(1, sizeof *c->h);
-  if (c->h == NULL || addr_link(c, key, addr) != 0) {
+  if (c->h == NULL || dcm__unauth_link(c, key, addr) != 0) {
     dcm__conn_abort(c);
     return;
   }
@@ -857,15 +676,7 @@ int dcm__server_start(dcm_master_t *m) {
               ? uv_ip6_addr(host, m->o.listen_port, (struct sockaddr_in6 *)&addr)
               : uv_ip4_addr(host, m->o.listen_port, (struct sockaddr_in *)&addr);
   if (r != 0) return r;
-  /* Counts never exceed the smaller limit: one list per possible count. */
-  int top = m->o.max_unauthenticated_per_address < m->o.max_unauthenticated
-                ? m->o.max_unauthenticated_per_address : m->o.max_unauthenticated;
-  m->addr_counts = malloc(((size_t)top + 1) * sizeof *m->addr_counts);
-  if (m->addr_counts == NULL) return UV_ENOMEM;
-  for (int i = 0; i <= top; i++) dcm__list_init(&m->addr_counts[i]);
-  m->addr_count_max = top;
-  if (uv_random(NULL, NULL, &m->addr_seed, sizeof m->addr_seed, 0, NULL) != 0)
-    m->addr_seed = (uint32_t)uv_hrtime();
+  if ((r = dcm__unauth_init(m)) != 0) return r;
   if ((r = uv_tcp_init(m->loop, &m->listener)) != 0) {
     free(m->addr_counts);
     m->addr_counts = NULL;
@@ -892,5 +703,5 @@ int dcm__server_start(dcm_master_t *m) {
 void dcm__server_stop(dcm_master_t *m) {
   if (!uv_is_closing((uv_handle_t *)&m->listener))
     uv_close((uv_handle_t *)&m->listener, dcm__handle_closed);
-  addr_table_release(m); /* now, or when the last unidentified one goes */
+  dcm__unauth_release(m); /* now, or when the last unidentified one goes */
 }
