@@ -6,6 +6,7 @@ and never fall back to plaintext. Certificates come from harness.Certs.
 """
 import os
 import signal
+import socket
 import subprocess
 import sys
 import unittest
@@ -116,6 +117,15 @@ class TlsFleet(unittest.TestCase):
         y.wait_log(r"TLS handshake with localhost:\d+ failed: .*\(is MASTER serving TLS\?", 10)
         self.assertEqual(expired.count(r"identified from"), 0)
         self.assertEqual(plain.count(r"identified from"), 0)
+
+    def test_a_silent_server_times_the_handshake_out(self):
+        with socket.socket() as lsock:
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(8)  # accepts (the kernel does), never answers
+            port = lsock.getsockname()[1]
+            x = self.fleet.agent(port, "silent", "--ca-file", self.certs.ca,
+                                 "--connect-timeout", "0.5", url="wss://localhost:%d" % port)
+            x.wait_log(r"no session with MASTER \(timed out in the TLS handshake\)", 10)
 
     def test_bad_tls_usage(self):
         def usage(*args):

@@ -127,7 +127,8 @@ static void deadline_cb(uv_timer_t *t) {
       dcm__client_abort(c, why);
     }
   } else {
-    dcm__client_abort(c, "timed out before initialise");
+    dcm__client_abort(c, c->phase == DCM_CLIENT_HANDSHAKE ? "timed out in the TLS handshake"
+                                                          : "timed out before initialise");
   }
 }
 
