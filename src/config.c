@@ -27,7 +27,8 @@
 #define TIME_MAX 1e7              /* seconds; same bound as options.c */
 
 typedef enum {
-  K_LISTEN, K_SHARDS, K_COUNT, K_URL, K_PATH, K_TIME, K_FORMAT, K_LEVEL, K_SECRET
+  K_LISTEN, K_SHARDS, K_COUNT, K_URL, K_PATH, K_TIME, K_FORMAT, K_LEVEL, K_SECRET,
+  K_BOOL /* a flag without a value; true or false in the file */
 } kind_t;
 
 typedef struct {
@@ -83,10 +84,19 @@ static const ckey_t keys[] = {
   {"max_unauthenticated_per_address", "--max-unauthenticated-per-address", K_COUNT,
    OFF(max_unauthenticated_per_address), 1000000, "N",
    "unidentified connections per IP (IPv6: per /64)"},
+  {"tls_cert", "--tls-cert", K_PATH, OFF(tls_cert), 0, "FILE",
+   "PEM certificate chain: serve wss:// and https://"},
+  {"tls_key", "--tls-key", K_PATH, OFF(tls_key), 0, "FILE", "PEM private key of --tls-cert"},
+  {"no_auth", "--no-auth", K_BOOL, OFF(no_auth), 0, NULL,
+   "run without a CONTROL secret (loopback only)"},
+  {"allow_plaintext", "--allow-plaintext", K_BOOL, OFF(allow_plaintext), 0, NULL,
+   "listen off loopback without TLS (token in cleartext)"},
   {"token", NULL, K_SECRET, OFF(token), 0, NULL, NULL},
   {"auth", NULL, K_SECRET, OFF(auth), 0, NULL, NULL},
+  {"status_auth", NULL, K_SECRET, OFF(status_auth), 0, NULL, NULL},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+_Static_assert(NKEYS <= 64, "load() keeps one bit per key");
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const format_names[] = {"text", "json"};
@@ -311,6 +321,8 @@ static int apply_string(dcm__config_t *cfg, const ckey_t *k, const char *name, c
       if (k->kind == K_FORMAT) return fail(err, n, "%s: '%s' is not text or json", name, quote(s, q, sizeof q));
       return fail(err, n, "%s: '%s' is not debug, info, warn or error", name, quote(s, q, sizeof q));
     }
+    case K_BOOL:
+      return fail(err, n, "%s: expected a boolean, got string", name);
     case K_SECRET:
       /* Never echoed: the value is a secret. Control bytes would break headers. */
       if (has_ctl(s)) return fail(err, n, "%s: must not contain control characters", name);
@@ -402,12 +414,15 @@ static int sb_check(lua_State *L, sandbox_t *sb) {
   switch (lua_type(L, -1)) {
     case LUA_TNIL:
       return 0;
+    case LUA_TBOOLEAN:
+      if (k->kind == K_BOOL) return 0;
+      break;
     case LUA_TNUMBER:
       if (k->kind == K_TIME || k->kind == K_COUNT || k->kind == K_SHARDS)
         return apply_number(&sb->scratch, k, k->name, lua_tonumber(L, -1), sb->err, n) ? -1 : 0;
       break;
     case LUA_TSTRING:
-      if (k->kind != K_TIME && k->kind != K_COUNT &&
+      if (k->kind != K_TIME && k->kind != K_COUNT && k->kind != K_BOOL &&
           (k->kind != K_SHARDS || strcmp(lua_tostring(L, -1), "auto") == 0)) {
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
@@ -424,6 +439,7 @@ static int sb_check(lua_State *L, sandbox_t *sb) {
   snprintf(sb->err, n, "%s: expected %s, got %s", k->name,
            k->kind == K_TIME ? "a number of seconds"
            : k->kind == K_COUNT ? "an integer"
+           : k->kind == K_BOOL ? "a boolean"
            : k->kind == K_SHARDS ? "\"auto\" or an integer"
            : "a string",
            lua_type_name(L, -1));
@@ -602,7 +618,9 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
           break;
         }
         k = find_key(lua_tostring(L, -2));
-        if (lua_type(L, -1) == LUA_TNUMBER)
+        if (lua_type(L, -1) == LUA_TBOOLEAN)
+          *int_field(&cfg->opts, k) = lua_toboolean(L, -1);
+        else if (lua_type(L, -1) == LUA_TNUMBER)
           rc = apply_number(cfg, k, k->name, lua_tonumber(L, -1), err, n);
         else
           rc = apply_string(cfg, k, k->name, lua_tostring(L, -1), sb.dir, err, n);
@@ -613,6 +631,7 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
   if (rc) {
     scrub(err, sb.scratch.opts.token);
     scrub(err, sb.scratch.opts.auth);
+    scrub(err, sb.scratch.opts.status_auth);
   }
   dcm__sandbox_close(&sb.box);
   dcm__config_free(&sb.scratch);
@@ -627,16 +646,17 @@ static void usage(FILE *out) {
   fprintf(out,
           "Usage: discluster-master [-c FILE] [OPTION...]\n"
           "       discluster-master check-policy FILE --fleet FLEET.json [...]\n"
-          "       discluster-master rebalance [--master http://HOST:PORT]\n"
+          "       discluster-master rebalance [--master https://HOST:PORT] [--ca-file FILE]\n"
           "\nCoordinates the CONTROL agents of one Discord bot (protocol v%d).\n\n"
           "  -c, --config FILE                Lua config file; keys as below with '_' for '-',\n"
-          "                                   plus token and auth; flags override it\n",
+          "                                   plus token, auth and status_auth; flags\n"
+          "                                   override it\n",
           DCM_PROTOCOL_VERSION);
   for (size_t i = 0; i < NKEYS; i++) {
     const ckey_t *k = &keys[i];
     char left[64], def[64];
     if (k->flag == NULL) continue;
-    snprintf(left, sizeof left, "%s %s", k->flag, k->arg);
+    snprintf(left, sizeof left, "%s%s%s", k->flag, k->arg ? " " : "", k->arg ? k->arg : "");
     switch (k->kind) {
       case K_LISTEN: snprintf(def, sizeof def, "%s:%d", d.listen_host, d.listen_port); break;
       case K_SHARDS: snprintf(def, sizeof def, "auto"); break;
@@ -655,17 +675,20 @@ static void usage(FILE *out) {
           "  -h, --help                       print this help and exit\n"
           "  -V, --version                    print the version and exit\n"
           "\nTimes are seconds and may be fractions (0.25). Flags also take --flag=VALUE.\n"
-          "Secrets: DISCORD_TOKEN and DISCLUSTER_AUTH from the environment, overridden by\n"
-          "the config file's token and auth. A non-loopback listen address needs auth.\n"
+          "Secrets: DISCORD_TOKEN, DISCLUSTER_AUTH (CONTROLs joining, POST /rebalance) and\n"
+          "DISCLUSTER_STATUS_AUTH (read-only: GET /status) from the environment,\n"
+          "overridden by the config file's token, auth and status_auth. Without auth\n"
+          "MASTER needs --no-auth; a non-loopback listen address needs auth, and TLS or\n"
+          "--allow-plaintext.\n"
           "Signals: SIGINT/SIGTERM stop (CONTROLs keep their shards; a second one forces\n"
-          "exit), SIGHUP reloads the policy.\n"
+          "exit), SIGHUP reloads the policy and the TLS certificate and key.\n"
           "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on a bad\n"
           "configuration, 3 after a fatal from a CONTROL, 4 when Discord failed.\n");
 }
 
 static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FILE *out,
                 char *err, size_t n) {
-  unsigned set = 0; /* bit i: keys[i] was given as a flag */
+  unsigned long long set = 0; /* bit i: keys[i] was given as a flag */
   const char *file = NULL, *env;
   char q[52];
   int rc;
@@ -685,6 +708,13 @@ static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FI
       return fail(err, n, "'%s': unexpected argument (see --help)", quote(a, q, sizeof q));
     eq = strchr(a, '=');
     nl = eq ? (size_t)(eq - a) : strlen(a);
+    const ckey_t *k = find_flag(a, nl);
+    if (k && k->kind == K_BOOL) {
+      if (eq) return fail(err, n, "%s: takes no value", k->flag);
+      *int_field(&fl->opts, k) = 1;
+      set |= 1ull << (k - keys);
+      continue;
+    }
     if (eq)
       val = eq + 1;
     else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
@@ -695,7 +725,6 @@ static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FI
       file = val;
       continue;
     }
-    const ckey_t *k = find_flag(a, nl);
     if (k == NULL) {
       char name[64];
       snprintf(name, sizeof name, "%.*s", (int)(nl < 40 ? nl : 40), a);
@@ -706,7 +735,7 @@ static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FI
     if (val == NULL) return fail(err, n, "%s: missing value", k->flag);
     rc = apply_string(fl, k, k->flag, val, NULL, err, n);
     if (rc) return rc;
-    set |= 1u << (k - keys);
+    set |= 1ull << (k - keys);
   }
 
   env = getenv("DISCORD_TOKEN");
@@ -715,12 +744,17 @@ static int load(dcm__config_t *cfg, dcm__config_t *fl, int argc, char **argv, FI
   env = getenv("DISCLUSTER_AUTH");
   if (env && *env && (rc = apply_string(cfg, find_key("auth"), "DISCLUSTER_AUTH", env, NULL, err, n)))
     return rc;
+  env = getenv("DISCLUSTER_STATUS_AUTH");
+  if (env && *env &&
+      (rc = apply_string(cfg, find_key("status_auth"), "DISCLUSTER_STATUS_AUTH", env, NULL, err, n)))
+    return rc;
   if (file && (rc = load_file(cfg, file, err, n))) return rc;
   for (size_t i = 0; i < NKEYS; i++)
-    if ((set & (1u << i)) && (rc = copy_key(cfg, fl, &keys[i]))) return rc;
+    if ((set & (1ull << i)) && (rc = copy_key(cfg, fl, &keys[i]))) return rc;
   /* An empty secret means none: the validator and the server agree on that. */
   if (cfg->opts.token && cfg->opts.token[0] == '\0') cfg->opts.token = NULL;
   if (cfg->opts.auth && cfg->opts.auth[0] == '\0') cfg->opts.auth = NULL;
+  if (cfg->opts.status_auth && cfg->opts.status_auth[0] == '\0') cfg->opts.status_auth = NULL;
   return dcm__options_validate(&cfg->opts, err, n);
 }
 
@@ -738,8 +772,10 @@ int dcm__config_load(dcm__config_t *cfg, int argc, char **argv, FILE *out, char 
   if (rc < 0) {
     scrub(err, getenv("DISCORD_TOKEN"));
     scrub(err, getenv("DISCLUSTER_AUTH"));
+    scrub(err, getenv("DISCLUSTER_STATUS_AUTH"));
     scrub(err, cfg->opts.token);
     scrub(err, cfg->opts.auth);
+    scrub(err, cfg->opts.status_auth);
     for (char *p = err; *p; p++)
       if ((unsigned char)*p < 0x20) *p = ' ';
   }

@@ -20,11 +20,12 @@
 #include "outq.h"
 #include "policy.h"
 #include "protocol.h"
+#include "tls.h"
 #include "ws.h"
 
 typedef struct dcm__conn_s dcm__conn_t;
 typedef struct dcm__machine_s dcm__machine_t;
-typedef struct dcm__addr_s dcm__addr_t; /* server.c: one source address */
+typedef struct dcm__addr_s dcm__addr_t; /* unauth.c: one source address */
 
 /* Intrusive doubly linked list node; the list head is a sentinel node. */
 typedef struct dcm__link_s {
@@ -71,7 +72,9 @@ typedef struct dcm__http_head_s {
   char path[256];
   size_t pathlen;
   unsigned hdr_upgrade : 1, hdr_conn_upgrade : 1, hdr_version13 : 1,
-      hdr_auth_ok : 1, hdr_has_key : 1;
+      hdr_auth_ok : 1,   /* Authorization: the CONTROL secret (auth) */
+      hdr_status_ok : 1, /* Authorization: the read-only secret (status_auth) */
+      hdr_has_key : 1;
   char wskey[32];
 } dcm__http_head_t;
 
@@ -88,7 +91,9 @@ struct dcm__conn_s {
   /* WebSocket */
   dcm__ws_t ws;
   int ws_ready;
-  dcm__outq_t out;  /* bounded outbound queue */
+  dcm__outq_t out;  /* bounded outbound queue: ciphertext under TLS */
+  dcm__tls_t tls;   /* when tls_on: between the socket and HTTP/WebSocket */
+  int tls_on;
   /* Protocol */
   dcm__machine_t *machine;
   uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
@@ -96,7 +101,7 @@ struct dcm__conn_s {
   int timed_out; /* closed for a missed heartbeat: fail over at once */
   int send_failed; /* a write failed: the timer aborts it next turn */
   int finishing;   /* shutdown requested; the close follows */
-  /* Unidentified: counted against its source address (server.c) */
+  /* Unidentified: counted against its source address (unauth.c) */
   dcm__addr_t *addr;
   dcm__link_t addr_link; /* in addr->conns, oldest first */
   int reads_paused;      /* the peer does not read our replies */
@@ -170,7 +175,7 @@ typedef enum {
 struct dcm_master_s {
   uv_loop_t *loop;
   dcm_options_t o;  /* strings point at owned copies */
-  char *owned[8];
+  char *owned[12];
   dcm__log_t log;
   lua_State *json;  /* cjson state for packets and /status */
   char heartbeat_ack[32];
@@ -184,11 +189,13 @@ struct dcm_master_s {
   int port;
   char readbuf[65536]; /* shared: reads are consumed synchronously */
   dcm__ws_pool_t *wspool; /* wslay contexts lent to connections mid-frame */
+  struct ssl_ctx_st *tls_ctx; /* NULL: plaintext. Swapped by dcm_master_reload_tls */
+  char plainbuf[16384];       /* shared: one TLS record's plaintext at a time */
   dcm__link_t conns;
   int unauth;          /* connections not yet identified */
   uint64_t last_refusal_log;
   unsigned long refused;
-  /* unidentified connections by source address (server.c) */
+  /* unidentified connections by source address (unauth.c) */
   dcm__addr_t *addr_hash[256];
   dcm__link_t *addr_counts; /* addresses by count of connections; [0] unused */
   int addr_count_max;       /* highest count addr_counts holds */
@@ -249,6 +256,20 @@ int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len);
 void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason);
 void dcm__conn_abort(dcm__conn_t *c);
 void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline);
+
+void dcm__conn_evict(dcm__conn_t *c); /* closes with a reset: no TIME_WAIT here */
+
+/* unauth.c: unidentified connections counted per source address */
+int dcm__unauth_init(dcm_master_t *m);     /* the tables; at listen */
+void dcm__unauth_release(dcm_master_t *m); /* frees them once stopping and empty */
+/* "host:port" of t for logs, the key its address is counted under, and its name */
+void dcm__unauth_peer(uv_tcp_t *t, char *out, size_t n, unsigned char key[16], char *addr,
+                      size_t addrn);
+/* Closes the unidentified connection a newcomer from key displaces, if any. */
+void dcm__unauth_make_room(dcm_master_t *m, const unsigned char key[16], const char *name);
+int dcm__unauth_link(dcm__conn_t *c, const unsigned char key[16], const char *name);
+void dcm__unauth_unlink(dcm__conn_t *c); /* identified or gone */
+void dcm__unauth_touch(dcm__conn_t *c);  /* upgraded: counts as new again */
 
 /* session.c: protocol v1 on one identified or identifying connection */
 void dcm__session_open(dcm__conn_t *c);

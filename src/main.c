@@ -1,8 +1,8 @@
 /*
  * main.c: the discluster-master CLI, a thin shell over the library: load
  * the configuration, run one master on a private loop, map signals to stop
- * and policy reload, exit with the master's status. Nothing the library
- * needs lives here. Depends on config.h, check_policy.h and log.h.
+ * and reloads (policy, TLS certificate), exit with the master's status.
+ * Nothing the library needs lives here. Depends on config.h, check_policy.h and log.h.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +20,7 @@ typedef struct {
   dcm__log_t log;
   uv_signal_t sigs[3]; /* SIGINT, SIGTERM, SIGHUP */
   int stopping;
+  int tls; /* serving TLS: SIGHUP reloads the certificate too */
 } cli_t;
 
 static void close_signals(cli_t *cli) {
@@ -41,8 +42,10 @@ static void on_signal(uv_signal_t *h, int signum) {
   cli_t *cli = h->data;
   const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
   if (signum == SIGHUP) {
-    dcm__info(&cli->log, NULL, "SIGHUP: reloading the policy");
+    dcm__info(&cli->log, NULL, "SIGHUP: reloading the policy%s",
+              cli->tls ? " and the TLS certificate" : "");
     dcm_master_reload_policy(cli->master); /* logs and emits its outcome itself */
+    if (cli->tls) dcm_master_reload_tls(cli->master); /* logs its outcome itself */
     return;
   }
   if (cli->stopping) {
@@ -88,6 +91,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   memset(&cli, 0, sizeof cli);
+  cli.tls = cfg.opts.tls_cert != NULL;
   rc = dcm__log_init(&cli.log, cfg.opts.log_level, cfg.opts.log_format, NULL, NULL);
   if (rc == 0) rc = uv_loop_init(&loop);
   if (rc < 0) {

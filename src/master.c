@@ -41,6 +41,7 @@ static void drop_events(dcm_master_t *m) {
 
 static void free_parts(dcm_master_t *m) {
   drop_events(m);
+  if (m->tls_ctx) dcm__tls_ctx_free(m->tls_ctx); /* open connections hold their own reference */
   if (m->policy) dcm__policy_free(m->policy);
   dcm__idq_free(m->idq);
   if (m->json) lua_close(m->json);
@@ -70,8 +71,13 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
   if (r == 0 && (own(m, 0, &m->o.listen_host) || own(m, 1, &m->o.api_base) ||
                  own(m, 2, &m->o.policy) || own(m, 3, &m->o.policy_dir) ||
                  own(m, 4, &m->o.token) || own(m, 5, &m->o.auth) ||
-                 own(m, 6, &m->o.gateway_url)))
+                 own(m, 6, &m->o.gateway_url) || own(m, 7, &m->o.tls_cert) ||
+                 own(m, 8, &m->o.tls_key) || own(m, 9, &m->o.status_auth)))
     r = DCM_ENOMEM;
+  if (r == 0 && m->o.tls_cert && m->o.tls_cert[0]) {
+    r = dcm__tls_server_ctx(m->o.tls_cert, m->o.tls_key, &m->tls_ctx, err, sizeof err);
+    if (r != 0) dcm__error(&m->log, NULL, "%s", err);
+  }
   if (r == 0 && (m->json = dcm__json_new()) == NULL) r = DCM_ENOMEM;
   if (r == 0) r = dcm__fleet_init(m);
   if (r == 0) r = dcm__policy_new(m->o.policy, m->o.policy_dir, &m->log, &m->policy);
@@ -150,6 +156,15 @@ int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
            m->o.listen_host, strchr(m->o.listen_host, ':') ? "]" : "", m->port);
   dcm__info(&m->log, NULL, "listening on %s (discluster-master %s, protocol %d, policy %s)",
             where, DCM_VERSION, DCM_PROTOCOL_VERSION, dcm__policy_path(m->policy));
+  if (m->tls_ctx) {
+    char cert[256];
+    int bad = dcm__tls_ctx_describe(m->tls_ctx, cert, sizeof cert);
+    dcm__info(&m->log, NULL, "TLS: wss:// and https:// only, certificate %s", cert);
+    if (bad) dcm__warn(&m->log, NULL, "TLS: the certificate is expired or not yet valid");
+  } else if (!dcm__is_loopback(m->o.listen_host)) {
+    dcm__warn(&m->log, NULL, "no TLS on non-loopback %s (--allow-plaintext): the bot token "
+              "travels to CONTROLs in cleartext", where);
+  }
   dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where); /* on the first loop turn */
   r = dcm__coord_start(m);
   if (r != 0) {
@@ -171,6 +186,25 @@ int dcm_master_reload_policy(dcm_master_t *m) {
               dcm__policy_path(m->policy));
   dcm__emit(m, DCM_EVENT_POLICY_RELOADED, NULL, r, dcm__policy_path(m->policy));
   return r;
+}
+
+int dcm_master_reload_tls(dcm_master_t *m) {
+  char err[512], cert[256];
+  struct ssl_ctx_st *ctx = NULL;
+  if (m->tls_ctx == NULL) return DCM_ESTATE;
+  int r = dcm__tls_server_ctx(m->o.tls_cert, m->o.tls_key, &ctx, err, sizeof err);
+  if (r != 0) {
+    dcm__error(&m->log, NULL, "TLS reload failed, the previous certificate stays: %s", err);
+    return r;
+  }
+  dcm__tls_ctx_free(m->tls_ctx); /* connections made with it keep a reference */
+  m->tls_ctx = ctx;
+  int bad = dcm__tls_ctx_describe(ctx, cert, sizeof cert);
+  if (bad)
+    dcm__warn(&m->log, NULL, "TLS reloaded: certificate %s is expired or not yet valid", cert);
+  else
+    dcm__info(&m->log, NULL, "TLS reloaded: certificate %s; it applies to new connections", cert);
+  return 0;
 }
 
 /* Every handle is closed: what was still queued, then STOPPED, then the

@@ -37,7 +37,7 @@ const char *dcm_strerror(int err) {
     case DCM_EINVAL: return "invalid argument";
     case DCM_ENOMEM: return "out of memory";
     case DCM_ESTATE: return "not valid in the current state";
-    case DCM_EINSECURE: return "refusing to listen on a non-loopback address without a shared secret";
+    case DCM_EINSECURE: return "insecure configuration refused: no CONTROL secret, or plaintext off loopback";
     case DCM_EPOLICY: return "policy error";
     case DCM_EDISCORD: return "Discord request failed";
     case DCM_EAUTH: return "Discord rejected the bot token";
@@ -141,13 +141,28 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
     if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("token: contains a control character");
   for (const char *t = o->auth; t && *t; t++)
     if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("auth: contains a control character");
+  for (const char *t = o->status_auth; t && *t; t++)
+    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("status_auth: contains a control character");
+  int has_auth = o->auth && o->auth[0], has_status = o->status_auth && o->status_auth[0];
+  if (has_auth && has_status && strcmp(o->auth, o->status_auth) == 0)
+    FAIL("status_auth: must differ from auth (the read-only secret must not open sessions)");
+  if ((o->tls_cert && o->tls_cert[0]) != (o->tls_key && o->tls_key[0]))
+    FAIL("tls_cert and tls_key: set both (a certificate and its key) or neither");
   if (o->shards == 0 && (o->token == NULL || o->token[0] == '\0'))
     FAIL("token: shards = auto needs a Discord bot token (DISCORD_TOKEN or the config key token)");
-  if ((o->auth == NULL || o->auth[0] == '\0') && !dcm__is_loopback(o->listen_host)) {
-    snprintf(err, n, "listen: refusing to listen on non-loopback address %s without a shared "
-             "secret (set DISCLUSTER_AUTH or the config key auth)", o->listen_host);
-    return DCM_EINSECURE;
-  }
+#define REFUSE(...) do { snprintf(err, n, __VA_ARGS__); return DCM_EINSECURE; } while (0)
+  int loopback = dcm__is_loopback(o->listen_host);
+  if (!has_auth && !loopback)
+    REFUSE("listen: refusing to listen on non-loopback address %s without a shared secret "
+           "(set DISCLUSTER_AUTH or the config key auth)", o->listen_host);
+  if (!(o->tls_cert && o->tls_cert[0]) && !loopback && !o->allow_plaintext)
+    REFUSE("listen: refusing to listen on non-loopback address %s without TLS: the bot "
+           "token would travel in cleartext (set tls_cert and tls_key, or pass "
+           "--allow-plaintext)", o->listen_host);
+  if (!has_auth && !o->no_auth)
+    REFUSE("auth: refusing to start without a CONTROL secret (set DISCLUSTER_AUTH or the "
+           "config key auth, or pass --no-auth to let any local process join)");
+#undef REFUSE
 #undef FAIL
   return 0;
 }

@@ -3,13 +3,15 @@
  * request head (http-parser), routing (/healthz, /status, WebSocket
  * upgrade), the shared-secret check, writes with a bounded outbound queue,
  * per-connection deadlines, and closing. Protocol decisions are session.c's.
+ * With a certificate, TLS (tls.c) sits between the socket and all of that:
+ * reads are decrypted before the HTTP parser or wslay see them, writes are
+ * encrypted into the same bounded queue, and the head timeout covers the
+ * TLS handshake plus the request head.
  *
- * Unidentified connections (before `info`) are counted per source address
- * (IPv4, or IPv6 /64): past max_unauthenticated_per_address the address's
- * oldest one is closed, and at max_unauthenticated the oldest one of the
- * address holding the most. A newcomer always gets in, so held-open slow
- * heads cannot lock honest CONTROLs out. O(1) per accept: addresses sit in
- * a hash table and in lists by count.
+ * Credentials: `auth` (CONTROLs joining, POST /rebalance) and the read-only
+ * `status_auth` (GET /status), each given raw or as "Bearer <secret>" in
+ * Authorization and compared in constant time.
+ * Unidentified connections are counted per source address by unauth.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,16 +23,6 @@
 #include "wskey.h"
 
 #define CLOSE_LINGER_MS 2000
-#define ADDR_BUCKETS (sizeof(((dcm_master_t *)0)->addr_hash) / sizeof(dcm__addr_t *))
-
-struct dcm__addr_s {
-  unsigned char key[16]; /* IPv4 as ::ffff:a.b.c.d; IPv6 cut to its /64 */
-  char name[INET6_ADDRSTRLEN + 4];
-  int count;             /* its unidentified connections */
-  dcm__link_t conns;     /* those, oldest first */
-  dcm__link_t by_count;  /* in m->addr_counts[count], oldest first */
-  dcm__addr_t *hnext;
-};
 
 
 static void conn_finish(dcm__conn_t *c);
@@ -46,93 +38,11 @@ static void conn_free_cb(uv_handle_t *h) {
   dcm_master_t *m = c->m;
   if (--c->handles_open > 0) return;
   if (c->ws_ready) dcm__ws_free(&c->ws);
+  if (c->tls_on) dcm__tls_free(&c->tls);
   dcm__outq_free(&c->out);
   free(c->h);
   free(c);
   dcm__master_release(m);
-}
-
-/* ---- unidentified connections by source address ------------------------ */
-
-/* FNV-1a from a random seed, then a final mix: chains are not predictable. */
-static uint32_t addr_hash(const dcm_master_t *m, const unsigned char key[16]) {
-  uint32_t h = 2166136261u ^ m->addr_seed;
-  for (int i = 0; i < 16; i++) h = (h ^ key[i]) * 16777619u;
-  h ^= h >> 16;
-  h *= 0x85ebca6bu;
-  h ^= h >> 13;
-  return h;
-}
-
-static dcm__addr_t *addr_find(const dcm_master_t *m, const unsigned char key[16]) {
-  dcm__addr_t *a = m->addr_hash[addr_hash(m, key) % ADDR_BUCKETS];
-  while (a && memcmp(a->key, key, 16) != 0) a = a->hnext;
-  return a;
-}
-
-/* Moves a to the list of its (new) count, at the tail. */
-static void addr_recount(dcm_master_t *m, dcm__addr_t *a, int count) {
-  dcm__list_remove(&a->by_count);
-  a->count = count;
-  if (count > 0) dcm__list_push(&m->addr_counts[count], &a->by_count);
-  if (count > m->addr_top) m->addr_top = count;
-  while (m->addr_top > 0 && dcm__list_empty(&m->addr_counts[m->addr_top])) m->addr_top--;
-}
-
-/* The table outlives no connection: freed once stopping and empty. */
-static void addr_table_release(dcm_master_t *m) {
-  if (m->stopping && m->naddrs == 0) {
-    free(m->addr_counts);
-    m->addr_counts = NULL;
-  }
-}
-
-static void addr_unlink(dcm__conn_t *c) {
-  dcm_master_t *m = c->m;
-  dcm__addr_t *a = c->addr;
-  if (a == NULL) return;
-  c->addr = NULL;
-  dcm__list_remove(&c->addr_link);
-  addr_recount(m, a, a->count - 1);
-  if (a->count > 0) return;
-  dcm__addr_t **p = &m->addr_hash[addr_hash(m, a->key) % ADDR_BUCKETS];
-  while (*p != a) p = &(*p)->hnext;
-  *p = a->hnext;
-  free(a);
-  m->naddrs--;
-  addr_table_release(m);
-}
-
-static int addr_link(dcm__conn_t *c, const unsigned char key[16], const char *name) {
-  dcm_master_t *m = c->m;
-  dcm__addr_t *a = addr_find(m, key);
-  if (a && a->count >= m->addr_count_max) return DCM_ESTATE; /* make_room prevents it */
-  if (a == NULL) {
-    a = calloc(1, sizeof *a);
-    if (a == NULL) return DCM_ENOMEM;
-    memcpy(a->key, key, 16);
-    snprintf(a->name, sizeof a->name, "%s", name);
-    dcm__list_init(&a->conns);
-    dcm__list_init(&a->by_count);
-    uint32_t b = addr_hash(m, key) % ADDR_BUCKETS;
-    a->hnext = m->addr_hash[b];
-    m->addr_hash[b] = a;
-    m->naddrs++;
-  }
-  c->addr = a;
-  dcm__list_push(&a->conns, &c->addr_link);
-  addr_recount(m, a, a->count + 1);
-  return 0;
-}
-
-/* Upgraded: the connection counts as new again, last to be evicted. */
-static void addr_touch(dcm__conn_t *c) {
-  dcm__addr_t *a = c->addr;
-  if (a == NULL) return;
-  dcm__list_remove(&c->addr_link);
-  dcm__list_push(&a->conns, &c->addr_link);
-  dcm__list_remove(&a->by_count);
-  dcm__list_push(&c->m->addr_counts[a->count], &a->by_count);
 }
 
 /* Detaches the connection from the protocol exactly once. */
@@ -142,7 +52,7 @@ static void conn_detach(dcm__conn_t *c) {
     c->counted_unauth = 0;
     m->unauth--;
   }
-  addr_unlink(c);
+  dcm__unauth_unlink(c);
   if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
     dcm__session_closed(c);
 }
@@ -160,6 +70,8 @@ static void conn_drop(dcm__conn_t *c, int reset) {
 
 void dcm__conn_abort(dcm__conn_t *c) { conn_drop(c, 0); }
 
+void dcm__conn_evict(dcm__conn_t *c) { conn_drop(c, 1); }
+
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   dcm__conn_t *c = req->data;
   free(req);
@@ -174,6 +86,7 @@ static void conn_finish(dcm__conn_t *c) {
   conn_detach(c);
   c->phase = DCM_CONN_CLOSING;
   uv_read_stop((uv_stream_t *)&c->tcp);
+  if (c->tls_on) dcm__tls_close(&c->tls); /* close_notify goes before the FIN */
   uv_shutdown_t *req = malloc(sizeof *req);
   if (req) req->data = c;
   if (req == NULL || dcm__outq_shutdown(&c->out, (uv_stream_t *)&c->tcp, req, shutdown_cb) != 0) {
@@ -211,7 +124,8 @@ static void outq_drain(dcm__outq_t *q) {
   }
 }
 
-static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
+/* Bytes for the socket: ciphertext under TLS. */
+static int queue_write(dcm__conn_t *c, const void *data, size_t len) {
   int r = dcm__outq_write(&c->out, (uv_stream_t *)&c->tcp, data, len);
   if (r == 0) c->m->counters.bytes_out += len;
   if (r == UV_ENOBUFS)
@@ -219,6 +133,17 @@ static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
               "peer %s is not reading: outbound queue over %zu bytes, closing",
               c->peer, c->m->o.max_outbound);
   return r;
+}
+
+static int tls_cipher(dcm__tls_t *t, const void *data, size_t len) {
+  return queue_write(t->data, data, len);
+}
+
+/* Plaintext HTTP or WebSocket bytes. After a handshake that failed on a
+   plaintext HTTP request, the one reply saying so goes in the clear. */
+static int conn_write(dcm__conn_t *c, const void *data, size_t len) {
+  if (c->tls_on && !c->tls.plain_http) return dcm__tls_write(&c->tls, data, len);
+  return queue_write(c, data, len);
 }
 
 static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
@@ -271,8 +196,9 @@ static void timer_cb(uv_timer_t *t) {
   }
   switch (c->phase) {
     case DCM_CONN_HTTP:
-      dcm__info(&c->m->log, NULL, "peer %s: no complete request head within %.3gs, closing",
-                c->peer, c->m->o.head_timeout);
+      dcm__info(&c->m->log, NULL, "peer %s: no complete %s within %.3gs, closing", c->peer,
+                c->tls_on && !c->tls.ready ? "TLS handshake" : "request head",
+                c->m->o.head_timeout);
       dcm__conn_abort(c);
       break;
     case DCM_CONN_HELLO:
@@ -344,6 +270,14 @@ static int secret_equal(const char *cand, size_t clen, const char *secret) {
   return diff == 0;
 }
 
+/* An Authorization value, the raw secret or "Bearer <secret>", against a
+   configured secret (none configured: no match). */
+static int auth_matches(const char *v, size_t vl, const char *secret) {
+  if (secret == NULL || secret[0] == '\0') return 0;
+  if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0) v += 7, vl -= 7;
+  return secret_equal(v, vl, secret);
+}
+
 static void header_done(dcm__conn_t *c) {
   if (!c->h->in_value) return;
   c->h->in_value = 0;
@@ -363,13 +297,9 @@ static void header_done(dcm__conn_t *c) {
     c->h->hdr_has_key = !c->h->value_truncated && dcm__ws_key_valid(v, vl);
     if (c->h->hdr_has_key) memcpy(c->h->wskey, v, vl + 1);
   } else if (strcasecmp(c->h->field, "authorization") == 0) {
-    const char *secret = c->m->o.auth;
-    if (secret && secret[0] && !c->h->value_truncated) {
-      if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0)
-        c->h->hdr_auth_ok = secret_equal(v + 7, vl - 7, secret);
-      else
-        c->h->hdr_auth_ok = secret_equal(v, vl, secret);
-    }
+    int ok = !c->h->value_truncated;
+    c->h->hdr_auth_ok = ok && auth_matches(v, vl, c->m->o.auth);
+    c->h->hdr_status_ok = ok && auth_matches(v, vl, c->m->o.status_auth);
     memset(c->h->value, 0, sizeof c->h->value); /* do not keep the secret */
   }
 out:
@@ -434,9 +364,30 @@ static const http_parser_settings parser_settings = {
     .on_message_complete = on_message_complete,
 };
 
+/* May join as a CONTROL or POST /rebalance: the CONTROL secret, or none set (no_auth). */
 static int authorized(dcm__conn_t *c) {
   const char *secret = c->m->o.auth;
   return secret == NULL || secret[0] == '\0' || c->h->hdr_auth_ok;
+}
+
+/* May use read-only routes: either secret, or none set at all. */
+static int may_read(dcm__conn_t *c) {
+  const char *a = c->m->o.auth, *s = c->m->o.status_auth;
+  if ((a == NULL || a[0] == '\0') && (s == NULL || s[0] == '\0')) return 1;
+  return c->h->hdr_auth_ok || c->h->hdr_status_ok;
+}
+
+/* 401, or 403 for the read-only secret where it does not reach. */
+static void refuse_auth(dcm__conn_t *c, const char *what) {
+  if (c->h->hdr_status_ok) {
+    dcm__warn(&c->m->log, NULL, "peer %s: %s refused: the read-only status secret does not "
+              "allow it", c->peer, what);
+    http_error(c, 403, "Forbidden", NULL);
+    return;
+  }
+  dcm__warn(&c->m->log, NULL, "peer %s: %s refused: missing or wrong shared secret", c->peer,
+            what);
+  http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
 }
 
 static const dcm__ws_cbs_t ws_cbs;
@@ -452,8 +403,7 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
     return;
   }
   if (!authorized(c)) {
-    dcm__warn(&m->log, NULL, "peer %s: upgrade refused: missing or wrong shared secret", c->peer);
-    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+    refuse_auth(c, "upgrade");
     return;
   }
   dcm__ws_init_pooled(&c->ws, m->wspool, m->o.max_message, &ws_cbs, c);
@@ -469,7 +419,7 @@ static void upgrade(dcm__conn_t *c, const char *rest, size_t restlen) {
     return;
   }
   c->phase = DCM_CONN_HELLO;
-  addr_touch(c);
+  dcm__unauth_touch(c);
   dcm__session_open(c);
   if (restlen && c->phase == DCM_CONN_HELLO) {
     if (dcm__ws_feed(&c->ws, (const uint8_t *)rest, restlen) != 0 || dcm__ws_done(&c->ws))
@@ -484,7 +434,7 @@ static void rebalance(dcm__conn_t *c) {
   if (c->h->parser.method != HTTP_POST) {
     http_error(c, 405, "Method Not Allowed", "Allow: POST\r\n");
   } else if (!authorized(c)) {
-    http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+    refuse_auth(c, "POST /rebalance");
   } else {
     int r = dcm_master_rebalance(c->m);
     dcm__info(&c->m->log, NULL, "peer %s: POST /rebalance: %s", c->peer,
@@ -500,7 +450,7 @@ static void rebalance(dcm__conn_t *c) {
 /* GET /metrics: behind the same check as /status. */
 static void metrics(dcm__conn_t *c) {
   size_t len;
-  if (!authorized(c)) {
+  if (!may_read(c)) { /* either secret: a monitoring system gets the read-only one */
     http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
     return;
   }
@@ -527,7 +477,7 @@ static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   } else if (strcmp(c->h->path, "/healthz") == 0) {
     http_reply(c, 200, "OK", NULL, "text/plain", "ok\n", 3);
   } else if (strcmp(c->h->path, "/status") == 0) {
-    if (!authorized(c)) {
+    if (!may_read(c)) {
       http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
       return;
     }
@@ -577,27 +527,18 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->m->readbuf, sizeof c->m->readbuf);
 }
 
-static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  dcm__conn_t *c = s->data;
-  if (nread == 0) return;
-  if (nread > 0) c->m->counters.bytes_in += (uint64_t)nread;
-  if (nread < 0) {
-    if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
-      dcm__debug(&c->m->log, c->machine ? c->machine->id : NULL,
-                 "peer %s: connection dropped (%s)", c->peer, uv_err_name((int)nread));
-    dcm__conn_abort(c);
-    return;
-  }
+/* Plaintext from the peer (decrypted under TLS). 1 once the connection is
+   going: whatever follows is dropped. */
+static int conn_input(dcm__conn_t *c, const char *data, size_t len) {
   switch (c->phase) {
     case DCM_CONN_HTTP:
-      feed_http(c, buf->base, (size_t)nread);
+      feed_http(c, data, len);
       break;
     case DCM_CONN_HELLO:
     case DCM_CONN_ACTIVE:
     case DCM_CONN_CLOSING:
       if (!c->ws_ready) break;
-      if (dcm__ws_feed(&c->ws, (const uint8_t *)buf->base, (size_t)nread) != 0 ||
-          dcm__ws_done(&c->ws)) {
+      if (dcm__ws_feed(&c->ws, (const uint8_t *)data, len) != 0 || dcm__ws_done(&c->ws)) {
         uint16_t code = dcm__ws_close_code(&c->ws);
         if (code == DCM_CLOSE_TOO_BIG)
           dcm__warn(&c->m->log, c->machine ? c->machine->id : NULL,
@@ -619,6 +560,50 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     default:
       break; /* a plain reply is on its way; ignore what follows */
   }
+  return !live(c);
+}
+
+static int tls_plain(dcm__tls_t *t, const char *data, size_t len) {
+  return conn_input(t->data, data, len);
+}
+
+static const dcm__tls_cbs_t tls_cbs = {tls_plain, tls_cipher, NULL};
+
+/* Ciphertext: decrypted piecewise into the shared plaintext buffer. */
+static void tls_input(dcm__conn_t *c, const char *data, size_t len) {
+  static const char hint[] = "this port speaks TLS: use https:// or wss://\n";
+  if (dcm__tls_feed(&c->tls, data, len, c->m->plainbuf, sizeof c->m->plainbuf) >= 0 || !live(c))
+    return;
+  const char *id = c->machine ? c->machine->id : NULL;
+  if (c->tls.peer_closed) {
+    dcm__debug(&c->m->log, id, "peer %s closed TLS", c->peer);
+  } else if (c->tls.plain_http) {
+    dcm__info(&c->m->log, NULL, "peer %s: plaintext HTTP on the TLS port, answered 400", c->peer);
+    http_reply(c, 400, "Bad Request", NULL, "text/plain", hint, sizeof hint - 1);
+    return;
+  } else if (!c->tls.ready) {
+    dcm__info(&c->m->log, NULL, "peer %s: TLS handshake failed: %s", c->peer, c->tls.why);
+  } else {
+    dcm__info(&c->m->log, id, "peer %s: TLS error: %s, closing", c->peer, c->tls.why);
+  }
+  conn_finish(c); /* an alert may be queued: it goes first */
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__conn_t *c = s->data;
+  if (nread == 0) return;
+  if (nread > 0) c->m->counters.bytes_in += (uint64_t)nread;
+  if (nread < 0) {
+    if (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE)
+      dcm__debug(&c->m->log, c->machine ? c->machine->id : NULL,
+                 "peer %s: connection dropped (%s)", c->peer, uv_err_name((int)nread));
+    dcm__conn_abort(c);
+    return;
+  }
+  if (c->tls_on)
+    tls_input(c, buf->base, (size_t)nread);
+  else
+    conn_input(c, buf->base, (size_t)nread);
 }
 
 static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
@@ -626,7 +611,7 @@ static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   c->m->counters.packets_in++;
   if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed) {
     dcm__session_message(c, msg, len);
-    if (!c->counted_unauth) addr_unlink(c); /* identified (session.c uncounts it) */
+    if (!c->counted_unauth) dcm__unauth_unlink(c); /* identified (session.c uncounts it) */
   }
 }
 
@@ -647,90 +632,6 @@ static void refuse(dcm_master_t *m, uv_stream_t *server) {
     dcm__warn(&m->log, NULL, "out of memory: refused %lu connections so far", m->refused);
     m->last_refusal_log = now;
   }
-}
-
-/* "host:port" for logs, and the key and name its address is counted under. */
-static void peer_name(uv_tcp_t *t, char *out, size_t n, unsigned char key[16], char *addr,
-                      size_t addrn) {
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  char host[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-  memset(key, 0, 16);
-  ss.ss_family = AF_UNSPEC; /* unknown peers share one key */
-  if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) == 0) {
-    if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      uv_ip6_name(a, host, sizeof host);
-      port = ntohs(a->sin6_port);
-      memcpy(key, &a->sin6_addr, 16);
-    } else {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      uv_ip4_name(a, host, sizeof host);
-      port = ntohs(a->sin_port);
-      key[10] = key[11] = 0xff; /* as IPv4-mapped IPv6: one key for both */
-      memcpy(key + 12, &a->sin_addr, 4);
-    }
-  }
-  static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (ss.ss_family == AF_INET6 && memcmp(key, mapped, 12) != 0) {
-    /* One IPv6 host usually holds a whole /64: count the prefix. */
-    memset(key + 8, 0, 8);
-    struct sockaddr_in6 p;
-    memset(&p, 0, sizeof p);
-    p.sin6_family = AF_INET6;
-    memcpy(&p.sin6_addr, key, 16);
-    char prefix[INET6_ADDRSTRLEN] = "?";
-    uv_ip6_name(&p, prefix, sizeof prefix);
-    snprintf(addr, addrn, "%s/64", prefix);
-  } else {
-    snprintf(addr, addrn, "%s", host);
-  }
-  snprintf(out, n, "%s:%d", host, port);
-}
-
-static int rate_ok(dcm_master_t *m, int which) {
-  uint64_t now = uv_now(m->loop);
-  if (m->last_evict_log[which] && now - m->last_evict_log[which] < 10000) return 0;
-  m->last_evict_log[which] = now;
-  return 1;
-}
-
-/*
- * Room for one more unidentified connection from key: over the address's
- * limit its own oldest goes; at the global cap the oldest of the address
- * that would hold the most, the newcomer's counted (an honest CONTROL
- * holds one, briefly).
- */
-static void make_room(dcm_master_t *m, const unsigned char key[16], const char *name) {
-  dcm__addr_t *a = addr_find(m, key);
-  dcm__conn_t *victim;
-  int global = m->unauth >= m->o.max_unauthenticated;
-  if (a && (a->count >= m->o.max_unauthenticated_per_address ||
-            (global && a->count >= m->addr_top))) {
-    victim = DCM_CONTAINER(a->conns.next, dcm__conn_t, addr_link);
-    m->evicted++;
-    if (a->count < m->o.max_unauthenticated_per_address) {
-      if (rate_ok(m, 1))
-        dcm__warn(&m->log, NULL, "over %d unidentified connections: closing the oldest of %s, "
-                  "which holds %d (%lu closed so far)", m->o.max_unauthenticated, name,
-                  a->count, m->evicted);
-    } else if (rate_ok(m, 0)) {
-      dcm__warn(&m->log, NULL, "over %d unidentified connections from %s: closing its oldest "
-                "(%lu closed so far)", m->o.max_unauthenticated_per_address, name, m->evicted);
-    }
-  } else if (global && m->addr_top > 0) {
-    a = DCM_CONTAINER(m->addr_counts[m->addr_top].next, dcm__addr_t, by_count);
-    victim = DCM_CONTAINER(a->conns.next, dcm__conn_t, addr_link);
-    m->evicted++;
-    if (rate_ok(m, 1))
-      dcm__warn(&m->log, NULL, "over %d unidentified connections: closing the oldest of %s, "
-                "which holds %d (%lu closed so far)", m->o.max_unauthenticated, a->name,
-                a->count, m->evicted);
-  } else {
-    return;
-  }
-  conn_drop(victim, 1);
 }
 
 static void connection_cb(uv_stream_t *server, int status) {
@@ -764,15 +665,22 @@ static void connection_cb(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  peer_name(&c->tcp, c->peer, sizeof c->peer, key, addr, sizeof addr);
-  make_room(m, key, addr);
+  dcm__unauth_peer(&c->tcp, c->peer, sizeof c->peer, key, addr, sizeof addr);
+  dcm__unauth_make_room(m, key, addr);
   c->h = calloc(1, sizeof *c->h);
-  if (c->h == NULL || addr_link(c, key, addr) != 0) {
+  if (c->h == NULL || dcm__unauth_link(c, key, addr) != 0) {
     dcm__conn_abort(c);
     return;
   }
   c->counted_unauth = 1;
   m->unauth++;
+  if (m->tls_ctx) {
+    if (dcm__tls_init(&c->tls, m->tls_ctx, NULL, &tls_cbs, c) != 0) {
+      dcm__conn_abort(c);
+      return;
+    }
+    c->tls_on = 1;
+  }
   http_parser_init(&c->h->parser, HTTP_REQUEST);
   c->h->parser.data = c;
   dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.head_timeout));
@@ -787,15 +695,7 @@ int dcm__server_start(dcm_master_t *m) {
               : uv_ip4_addr(host, m->o.listen_port, (struct sockaddr_in *)&addr);
   if (r != 0) return r;
   if (m->wspool == NULL && (m->wspool = dcm__ws_pool_new(0)) == NULL) return UV_ENOMEM;
-  /* Counts never exceed the smaller limit: one list per possible count. */
-  int top = m->o.max_unauthenticated_per_address < m->o.max_unauthenticated
-                ? m->o.max_unauthenticated_per_address : m->o.max_unauthenticated;
-  m->addr_counts = malloc(((size_t)top + 1) * sizeof *m->addr_counts);
-  if (m->addr_counts == NULL) return UV_ENOMEM;
-  for (int i = 0; i <= top; i++) dcm__list_init(&m->addr_counts[i]);
-  m->addr_count_max = top;
-  if (uv_random(NULL, NULL, &m->addr_seed, sizeof m->addr_seed, 0, NULL) != 0)
-    m->addr_seed = (uint32_t)uv_hrtime();
+  if ((r = dcm__unauth_init(m)) != 0) return r;
   if ((r = uv_tcp_init(m->loop, &m->listener)) != 0) {
     free(m->addr_counts);
     m->addr_counts = NULL;
@@ -822,5 +722,5 @@ int dcm__server_start(dcm_master_t *m) {
 void dcm__server_stop(dcm_master_t *m) {
   if (!uv_is_closing((uv_handle_t *)&m->listener))
     uv_close((uv_handle_t *)&m->listener, dcm__handle_closed);
-  addr_table_release(m); /* now, or when the last unidentified one goes */
+  dcm__unauth_release(m); /* now, or when the last unidentified one goes */
 }

@@ -1,82 +1,34 @@
-/* wskey.c: see wskey.h. SHA-1 per FIPS 180-4 (RFC 3174 test vectors in spec). */
+/* wskey.c: see wskey.h. */
 #include "wskey.h"
 
+#include <openssl/evp.h>
 #include <string.h>
 
-#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
-
-static void sha1_block(uint32_t h[5], const uint8_t *p) {
-  uint32_t w[80];
-  for (int i = 0; i < 16; i++)
-    w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-           (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
-  for (int i = 16; i < 80; i++) w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-  uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-  for (int i = 0; i < 80; i++) {
-    uint32_t f, k;
-    if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999; }
-    else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1; }
-    else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC; }
-    else { f = b ^ c ^ d; k = 0xCA62C1D6; }
-    uint32_t t = ROL(a, 5) + f + e + k + w[i];
-    e = d; d = c; c = ROL(b, 30); b = a; a = t;
-  }
-  h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
-}
-
-void dcm__sha1(const void *data, size_t len, uint8_t digest[20]) {
-  uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-  const uint8_t *p = data;
-  size_t left = len;
-  for (; left >= 64; left -= 64, p += 64) sha1_block(h, p);
-  uint8_t tail[128] = {0};
-  memcpy(tail, p, left);
-  tail[left] = 0x80;
-  size_t tlen = left < 56 ? 64 : 128;
-  uint64_t bits = (uint64_t)len * 8;
-  for (int i = 0; i < 8; i++) tail[tlen - 1 - i] = (uint8_t)(bits >> (8 * i));
-  sha1_block(h, tail);
-  if (tlen == 128) sha1_block(h, tail + 64);
-  for (int i = 0; i < 5; i++) {
-    digest[4 * i] = (uint8_t)(h[i] >> 24);
-    digest[4 * i + 1] = (uint8_t)(h[i] >> 16);
-    digest[4 * i + 2] = (uint8_t)(h[i] >> 8);
-    digest[4 * i + 3] = (uint8_t)h[i];
-  }
-}
-
-static const char b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 size_t dcm__base64(const uint8_t *in, size_t len, char *out) {
-  size_t o = 0;
-  for (size_t i = 0; i < len; i += 3) {
-    uint32_t v = (uint32_t)in[i] << 16;
-    if (i + 1 < len) v |= (uint32_t)in[i + 1] << 8;
-    if (i + 2 < len) v |= in[i + 2];
-    out[o++] = b64[(v >> 18) & 63];
-    out[o++] = b64[(v >> 12) & 63];
-    out[o++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
-    out[o++] = i + 2 < len ? b64[v & 63] : '=';
-  }
-  out[o] = '\0';
-  return o;
+  return (size_t)EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 }
 
 void dcm__ws_accept(const char *key, size_t keylen, char out[DCM_WS_ACCEPT_LEN + 1]) {
   static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
   char buf[128 + sizeof guid];
-  uint8_t digest[20];
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int dlen = 0;
   if (keylen > 128) keylen = 128;
   memcpy(buf, key, keylen);
   memcpy(buf + keylen, guid, sizeof guid - 1);
-  dcm__sha1(buf, keylen + sizeof guid - 1, digest);
-  dcm__base64(digest, sizeof digest, out);
+  if (EVP_Digest(buf, keylen + sizeof guid - 1, digest, &dlen, EVP_sha1(), NULL) != 1 ||
+      dlen != 20) {
+    out[0] = '\0'; /* matches no peer's expectation: the handshake fails */
+    return;
+  }
+  dcm__base64(digest, 20, out);
 }
 
 int dcm__ws_key_valid(const char *key, size_t keylen) {
+  static const char b64[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   if (keylen != 24 || key[22] != '=' || key[23] != '=') return 0;
   for (size_t i = 0; i < 22; i++)
-    if (strchr(b64, key[i]) == NULL || key[i] == '\0') return 0;
+    if (key[i] == '\0' || strchr(b64, key[i]) == NULL) return 0;
   return 1;
 }

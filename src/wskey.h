@@ -1,6 +1,6 @@
 /*
- * wskey.h: the RFC 6455 opening-handshake keys: SHA-1 and base64, the only
- * crypto the protocol needs (no TLS library is a dependency). Pure, no I/O.
+ * wskey.h: the RFC 6455 opening-handshake keys (SHA-1 and base64 from
+ * OpenSSL's libcrypto). Pure, no I/O. Shared by MASTER and the agent.
  */
 #ifndef DCM_WSKEY_H
 #define DCM_WSKEY_H
@@ -9,8 +9,6 @@
 #include <stdint.h>
 
 #define DCM_WS_ACCEPT_LEN 28 /* base64 of a 20-byte digest */
-
-void dcm__sha1(const void *data, size_t len, uint8_t digest[20]);
 
 /* Writes base64 of in into out (4 * ceil(len / 3) bytes plus NUL). */
 size_t dcm__base64(const uint8_t *in, size_t len, char *out);

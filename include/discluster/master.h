@@ -36,7 +36,8 @@ enum {
   DCM_EINVAL = -30001,   /* invalid argument or option value */
   DCM_ENOMEM = -30002,   /* out of memory */
   DCM_ESTATE = -30003,   /* call not valid in the current state */
-  DCM_EINSECURE = -30004, /* non-loopback listen address without a secret */
+  DCM_EINSECURE = -30004, /* no CONTROL secret without no_auth, or plaintext
+                             off loopback without allow_plaintext */
   DCM_EPOLICY = -30005,  /* policy failed to load, validate or run */
   DCM_EDISCORD = -30006, /* Discord REST call failed */
   DCM_EAUTH = -30007,    /* Discord rejected the bot token */
@@ -88,7 +89,8 @@ typedef struct dcm_options_s {
                                  the sender's `stopped` before the receiver starts */
   int rebalance_batch;        /* 32: shards a rebalance moves at a time */
   const char *token;          /* Discord bot token; secret */
-  const char *auth;           /* shared secret for CONTROLs; secret */
+  const char *auth;           /* shared secret for CONTROLs (joining) and
+                                 POST /rebalance; secret. NULL needs no_auth */
   dcm_log_level log_level;    /* DCM_LOG_INFO */
   dcm_log_format log_format;  /* DCM_LOG_TEXT */
   dcm_log_cb log_cb;          /* NULL = one line per call on stderr */
@@ -102,6 +104,14 @@ typedef struct dcm_options_s {
   double head_timeout;        /* 5: the HTTP request head, from accept */
   int max_unauthenticated_per_address; /* 32 from one IPv4 address or IPv6 /64;
                                           its oldest goes past it */
+  /* Transport security. */
+  const char *tls_cert;       /* PEM certificate chain: serve wss:// and https:// */
+  const char *tls_key;        /* PEM private key (no passphrase); with tls_cert */
+  const char *status_auth;    /* read-only secret for GET /status; never opens a
+                                 CONTROL session or POSTs /rebalance; secret */
+  int no_auth;                /* 1: run with no CONTROL secret (loopback only) */
+  int allow_plaintext;        /* 1: listen off loopback without TLS (the token
+                                 then travels in cleartext); warned at start */
 } dcm_options_t;
 
 void dcm_options_init(dcm_options_t *opts);
@@ -146,6 +156,13 @@ int dcm_master_port(const dcm_master_t *m);
 
 /* Reloads the policy files transactionally; on error the old one stays. */
 int dcm_master_reload_policy(dcm_master_t *m);
+
+/*
+ * Reloads tls_cert and tls_key transactionally: the next connection gets the
+ * new pair, open ones keep theirs; on error (one log line) the old pair
+ * stays. DCM_ESTATE when the master serves no TLS.
+ */
+int dcm_master_reload_tls(dcm_master_t *m);
 
 /*
  * Graceful stop: sends `shutdown` to every CONTROL when send_shutdown is

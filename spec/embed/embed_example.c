@@ -52,6 +52,7 @@ int main(void) {
   dcm_options_init(&opts);
   opts.listen_port = 0; /* any free port; dcm_master_port() tells which */
   opts.shards = 4;      /* fixed: no Discord token needed */
+  opts.no_auth = 1;     /* loopback only: no CONTROL secret, on purpose */
   rc = dcm_master_new(&loop, &opts, &app.master);
   if (rc != 0) {
     fprintf(stderr, "dcm_master_new: %s\n", dcm_strerror(rc));

@@ -118,6 +118,7 @@ int main(void) {
     dcm_options_init(&o);
     o.listen_port = 0;
     o.shards = 2 + i;
+    o.no_auth = 1;
     if (dcm_master_new(&t->loop, &o, &t->m[i]) != 0 || dcm_master_start(t->m[i], NULL, NULL) != 0) {
       fprintf(stderr, "two_masters: cannot start master %d\n", i);
       return 1;

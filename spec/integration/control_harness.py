@@ -64,9 +64,10 @@ class Fleet:
         self.masters.append(m)
         return m
 
-    def agent(self, master_port, id, *args, command=None, env=None, auth=None, prefix=()):
+    def agent(self, master_port, id, *args, command=None, env=None, auth=None, prefix=(), url=None):
         a = Agent(master_port, id, *args, command=command or os.path.join(self.dir, "cluster"),
-                  env=dict({"TEST_DIR": self.dir}, **(env or {})), auth=auth, prefix=prefix)
+                  env=dict({"TEST_DIR": self.dir}, **(env or {})), auth=auth, prefix=prefix,
+                  url=url)
         self.agents.append(a)
         return a
 
@@ -145,15 +146,16 @@ def wait_for(cond, timeout, what):
 class Agent(LoggedProcess):
     """One discluster-control process; its stderr lines are collected."""
 
-    def __init__(self, port, id, *args, command, env=None, auth=None, prefix=()):
-        """prefix: argv run in front of the agent's (a shell that execs it)."""
+    def __init__(self, port, id, *args, command, env=None, auth=None, prefix=(), url=None):
+        """prefix: argv run in front of the agent's (a shell that execs it);
+        url: MASTER's URL instead of ws://127.0.0.1:port (wss://...)."""
         e = {k: v for k, v in os.environ.items() if k not in ("DISCLUSTER_AUTH", "DISCORD_TOKEN")}
         if auth is not None:
             e["DISCLUSTER_AUTH"] = auth
         e.update(env or {})
         self.id = id
         self.name = "agent " + id
-        argv = list(prefix) + [CONTROL_BIN, "--master", "ws://127.0.0.1:%d" % port, "--id", id,
+        argv = list(prefix) + [CONTROL_BIN, "--master", url or "ws://127.0.0.1:%d" % port, "--id", id,
                                "--cluster-command", command] + AGENT_FAST + list(args)
         self._spawn(argv, e)
 
@@ -161,7 +163,7 @@ class Agent(LoggedProcess):
 
 def status(master):
     auth = getattr(master, "auth", None)
-    code, body, _ = http_get(master.port, "/status", {"Authorization": auth} if auth else None)
+    code, body, _ = http_get(master, "/status", {"Authorization": auth} if auth else None)
     assert code == 200, (code, body)
     return json.loads(body)
 

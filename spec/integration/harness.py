@@ -9,11 +9,14 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -112,22 +115,32 @@ class LoggedProcess:
 
 
 class Master(LoggedProcess):
-    """One discluster-master process."""
+    """One discluster-master process. Without a secret it runs with --no-auth
+    (MASTER refuses to start without either) unless no_auth=False. With
+    tls=(cert, key) it serves wss:// and https:// (see Certs)."""
 
     name = "master"
 
-    def __init__(self, *args, env=None, token=None, auth=None, wait=True):
+    def __init__(self, *args, env=None, token=None, auth=None, wait=True, no_auth=None,
+                 tls=None, status_auth=None):
         e = {k: v for k, v in os.environ.items()
-             if k not in ("DISCORD_TOKEN", "DISCLUSTER_AUTH")}
+             if k not in ("DISCORD_TOKEN", "DISCLUSTER_AUTH", "DISCLUSTER_STATUS_AUTH")}
         if token is not None:
             e["DISCORD_TOKEN"] = token
         if auth is not None:
             e["DISCLUSTER_AUTH"] = auth
+        if status_auth is not None:
+            e["DISCLUSTER_STATUS_AUTH"] = status_auth
         if env:
             e.update(env)
         argv = [BIN] + list(args)
         if not any(a.startswith("--listen") for a in args):
             argv += ["--listen", "127.0.0.1:0"]
+        if no_auth or (no_auth is None and auth is None and "--no-auth" not in args):
+            argv.append("--no-auth")
+        self.tls = tls
+        if tls:
+            argv += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         self._spawn(argv, e)
         self.port = None
         if wait:
@@ -146,23 +159,55 @@ class Master(LoggedProcess):
                 assert bad not in log, "sanitizer report in the log:\n" + log
         return rc
 
-    def url(self, path="/"):
-        return "ws://127.0.0.1:%d%s" % (self.port, path)
+    def url(self, path="/", host="127.0.0.1"):
+        return "%s://%s:%d%s" % ("wss" if self.tls else "ws", host, self.port, path)
 
 
-def http_get(port, path, headers=None, timeout=5):
-    """(status, body text, headers) of a GET on loopback."""
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers=headers or {})
+def _target(target):
+    """(port, ssl context or None) of a Master or a bare port."""
+    if isinstance(target, Master):
+        return target.port, target.tls[2] if target.tls else None
+    return target, None
+
+
+def tcp_connect(target, timeout=5, source=None, rcvbuf=None, sndbuf=None):
+    """A socket to a Master (TLS when it serves TLS, trusting its CA, host
+    name localhost) or to a bare port on 127.0.0.1."""
+    port, ctx = _target(target)
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if sndbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    if source:
+        s.bind((source, 0))
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    if ctx:
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    return s
+
+
+def http_get(target, path, headers=None, timeout=5, tls=None, method="GET", host="127.0.0.1"):
+    """(status, body text, headers) of a request to a Master (https:// when it
+    serves TLS) or a port on loopback; tls: an ssl.SSLContext for https://."""
+    port, ctx = _target(target)
+    tls = tls or ctx
+    if tls and host == "127.0.0.1":
+        host = "localhost"
+    url = "%s://%s:%d%s" % ("https" if tls else "http", host, port, path)
+    req = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=tls) as r:
             return r.status, r.read().decode(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), dict(e.headers)
 
 
-def raw_request(port, data, read=True, timeout=5):
-    """Sends raw bytes, returns what comes back until the server closes."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def raw_request(target, data, read=True, timeout=5):
+    """Sends raw bytes (inside TLS to a TLS Master), returns what comes back
+    until the server closes."""
+    s = tcp_connect(target, timeout)
     s.sendall(data)
     out = b""
     if read:
@@ -172,13 +217,16 @@ def raw_request(port, data, read=True, timeout=5):
                 if not chunk:
                     break
                 out += chunk
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
             pass
     s.close()
     return out
 
 
 async def connect(master, headers=None, path="/", **kw):
+    """A python3-websockets client; over TLS (master.tls) it trusts master.ca."""
+    if master.tls and "ssl" not in kw:
+        kw["ssl"] = master.tls[2]
     return await websockets.connect(master.url(path), extra_headers=headers or {},
                                     open_timeout=5, close_timeout=3, ping_interval=None,
                                     max_size=None, **kw)
@@ -381,7 +429,7 @@ class Control:
 
 
 def status(master, headers=None):
-    code, body, _ = http_get(master.port, "/status", headers)
+    code, body, _ = http_get(master, "/status", headers)
     assert code == 200, (code, body)
     st = json.loads(body)
     check_invariants(st)
@@ -425,16 +473,10 @@ def ws_frame(payload, op=1, mask=True, fin=True):
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def raw_upgrade(port, rcvbuf=None, auth=None, source=None, sndbuf=None):
-    """A raw socket upgraded to WebSocket (the 101 head consumed)."""
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    if sndbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    if source:
-        s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
+def raw_upgrade(target, rcvbuf=None, auth=None, source=None, sndbuf=None):
+    """A raw socket (TLS to a TLS Master) upgraded to WebSocket (the 101
+    head consumed)."""
+    s = tcp_connect(target, None, source, rcvbuf, sndbuf)
     key = base64.b64encode(os.urandom(16)).decode()
     req = ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % key)
@@ -470,7 +512,7 @@ def read_close_code(s, timeout=5):
             data = data[hdr + n:]
         try:
             chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
             return None
         if not chunk:
             return None
@@ -484,3 +526,78 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+# ---- TLS: a throwaway CA and certificates, made with the openssl command ----
+
+OPENSSL = shutil.which("openssl")
+
+CA_CONF = """[ca]
+default_ca = d
+[d]
+database = %(dir)s/index
+new_certs_dir = %(dir)s
+serial = %(dir)s/serial
+default_md = sha256
+policy = p
+copy_extensions = copy
+unique_subject = no
+[p]
+commonName = supplied
+"""
+
+
+class Certs:
+    """A CA made at test time in a temp dir, and certificates it signs (EC
+    P-256). issue() returns (cert, key, context): the context is an
+    ssl.SSLContext a client uses to trust this CA (Master takes the tuple as
+    tls=)."""
+
+    def __init__(self, name="test CA"):
+        self.tmp = tempfile.TemporaryDirectory(prefix="dcm-tls-")
+        self.dir = self.tmp.name
+        self.ca = os.path.join(self.dir, "ca.pem")
+        self.ca_key = os.path.join(self.dir, "ca.key")
+        self.n = 0
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", self.ca_key, "-out", self.ca, "-days", "2",
+                      "-subj", "/CN=" + name)
+
+    def _openssl(self, *args):
+        r = subprocess.run([OPENSSL] + list(args), capture_output=True, text=True)
+        assert r.returncode == 0, "openssl %s failed:\n%s" % (" ".join(args), r.stderr)
+
+    def issue(self, cn="localhost", sans=("DNS:localhost", "IP:127.0.0.1"), expired=False):
+        """A certificate for cn and sans signed by the CA; with expired, its
+        whole validity lies in 2020 (openssl ca -startdate/-enddate)."""
+        self.n += 1
+        base = os.path.join(self.dir, "cert%d" % self.n)
+        key, csr, cert = base + ".key", base + ".csr", base + ".pem"
+        self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=" + cn,
+                      "-addext", "subjectAltName=" + ",".join(sans))
+        if expired:
+            db = os.path.join(self.dir, "db%d" % self.n)
+            os.mkdir(db)
+            open(os.path.join(db, "index"), "w").close()
+            with open(os.path.join(db, "serial"), "w") as f:
+                f.write("%02X\n" % (100 + self.n))
+            conf = os.path.join(db, "ca.cnf")
+            with open(conf, "w") as f:
+                f.write(CA_CONF % {"dir": db})
+            self._openssl("ca", "-batch", "-config", conf, "-cert", self.ca, "-keyfile",
+                          self.ca_key, "-in", csr, "-out", cert, "-notext",
+                          "-startdate", "20200101000000Z", "-enddate", "20200102000000Z")
+        else:
+            self._openssl("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                          "-set_serial", str(1000 + self.n), "-days", "2",
+                          "-copy_extensions", "copyall", "-out", cert)
+        return cert, key, self.client()
+
+    def client(self):
+        """An ssl.SSLContext that trusts only this CA and checks host names."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        return ctx
+
+    def close(self):
+        self.tmp.cleanup()

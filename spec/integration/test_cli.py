@@ -218,11 +218,34 @@ def test_insecure_listen_refused():
     expect_config_error(["-c", path], "non-loopback")
     # an empty secret is no secret
     expect_config_error(["-c", path], "non-loopback", env=clean_env(DISCLUSTER_AUTH=""))
-    # with a secret it starts
-    with Proc(port, "-c", path, env=clean_env(DISCLUSTER_AUTH=AUTH)) as m:
+    # --no-auth is for loopback only
+    expect_config_error(["-c", path, "--no-auth"], "non-loopback")
+    # a secret but no TLS: the token would cross the network in cleartext
+    expect_config_error(["-c", path], "non-loopback address 0.0.0.0 without TLS",
+                        env=clean_env(DISCLUSTER_AUTH=AUTH))
+    # unless plaintext is asked for explicitly: then a warning at start-up
+    with Proc(port, "-c", path, "--allow-plaintext", env=clean_env(DISCLUSTER_AUTH=AUTH)) as m:
         rc, log = m.stop()
         assert rc == 0, log
         assert "listening on 0.0.0.0:%d" % port in log, log
+        assert "warn" in log and "travels to CONTROLs in cleartext" in log, log
+    # no secret at all, even on loopback, needs --no-auth
+    line = expect_config_error(["--shards", "1"], "refusing to start without a CONTROL secret")
+    assert "--no-auth" in line, line
+    port = free_port()
+    with Proc(port, "--listen", "127.0.0.1:%d" % port, "--shards", "1", "--no-auth") as m:
+        rc, log = m.stop()
+        assert rc == 0, log
+        assert "cleartext" not in log, log
+
+
+def test_bad_tls_files():
+    bogus = write("bogus.pem", "not a certificate\n")
+    for args, want in ((["--tls-cert", bogus, "--tls-key", bogus], "tls_cert: cannot load"),
+                       (["--tls-cert", bogus], "tls_cert and tls_key: set both")):
+        rc, out, err = cli("--shards", "1", "--no-auth", *args)
+        assert rc == 2, (args, rc, err)
+        assert want in err, (args, err)
 
 
 def test_start_healthz_hup_term():
@@ -253,7 +276,8 @@ def test_port_in_use():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
         s.listen(1)
-        rc, out, err = cli("--listen", "127.0.0.1:%d" % s.getsockname()[1], "--shards", "1")
+        rc, out, err = cli("--listen", "127.0.0.1:%d" % s.getsockname()[1], "--shards", "1",
+                           "--no-auth")
     assert rc == 1, (rc, err)
     assert err.splitlines()[-1] == "discluster-master: address already in use", err
 
@@ -271,7 +295,8 @@ def test_file_flags_override_and_relative_policy():
                  "shards = tonumber(os.getenv('DCM_TEST_SHARDS'))\n"
                  "policy = 'mine.lua'\n"
                  "collect_window = 0.25 * 4\n"
-                 "log_level = 'debug'\n")
+                 "log_level = 'debug'\n"
+                 "no_auth = true\n")
     env = clean_env(DCM_TEST_PORT=str(port_file), DCM_TEST_SHARDS="3")
     with Proc(port_file, "-c", path, env=env) as m:
         rc, log = m.stop()
@@ -335,6 +360,7 @@ def test_fatal_exits_nonzero():
 
 
 TESTS = [test_help_and_version, test_bad_flags, test_bad_config_files, test_secrets_never_echoed,
+         test_bad_tls_files,
          test_insecure_listen_refused, test_start_healthz_hup_term, test_port_in_use,
          test_file_flags_override_and_relative_policy, test_secrets_not_logged,
          test_fatal_exits_nonzero]

@@ -18,7 +18,7 @@ import unittest
 
 from harness import (OP_ACK, OP_HEARTBEAT, OP_INFO, Master, connect, hello, http_get, info,
                      raw_request, raw_upgrade, read_close_code, recv, recv_op, rss_kib, run,
-                     send, ws_frame)
+                     send, tcp_connect, ws_frame)
 
 SECRET = "hardening-secret-Value"
 # Under ASan, freed memory would sit in its quarantine and count as RSS.
@@ -207,7 +207,7 @@ class Amplification(unittest.TestCase):
         cls.m.__exit__()
 
     def identified(self, id, rcvbuf=None, sndbuf=None):
-        s = raw_upgrade(self.m.port, rcvbuf=rcvbuf, sndbuf=sndbuf, auth=SECRET)
+        s = raw_upgrade(self.m, rcvbuf=rcvbuf, sndbuf=sndbuf, auth=SECRET)
         s.sendall(ws_frame(json.dumps({"o": OP_INFO, "d": info(id)}).encode()))
         return s
 
@@ -236,7 +236,7 @@ class Amplification(unittest.TestCase):
         finally:
             for s in socks:
                 s.close()
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
     def test_fragmented_message_over_the_bound_closes_1009(self):
         s = self.identified("frag-big")
@@ -284,15 +284,16 @@ class Amplification(unittest.TestCase):
         print("RSS grew by %d KiB after 3,000,000 unread pings; %d heartbeat acks" % (grown, acks))
         self.assertLess(grown, 16 * 1024, "a peer that never reads cost %d KiB" % grown)
         pinger.close()
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
 
 class Pipelining(unittest.TestCase):
     """One request head per connection; what follows it is never a second head."""
+    MASTER_KW = {}  # test_tls_protocol runs these tests again over TLS
 
     @classmethod
     def setUpClass(cls):
-        cls.m = Master(*MASTER_ARGS, auth=SECRET)
+        cls.m = Master(*MASTER_ARGS, auth=SECRET, **cls.MASTER_KW)
 
     @classmethod
     def tearDownClass(cls):
@@ -300,7 +301,7 @@ class Pipelining(unittest.TestCase):
         cls.m.__exit__()
 
     def test_second_request_is_not_merged(self):
-        out = raw_request(self.m.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        out = raw_request(self.m, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                                        b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: "
                                        + SECRET.encode() + b"\r\n\r\n")
         self.assertEqual(out.count(b"HTTP/1.1 "), 1, out)
@@ -308,7 +309,7 @@ class Pipelining(unittest.TestCase):
         self.assertTrue(out.endswith(b"\r\n\r\nok\n"), out)
 
     def test_upgrade_after_a_plain_request_is_ignored(self):
-        out = raw_request(self.m.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        out = raw_request(self.m, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
                           b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                           b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
@@ -316,9 +317,9 @@ class Pipelining(unittest.TestCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 404"), out)
 
     def test_bytes_after_an_upgrade_head_are_frames(self):
-        s = raw_upgrade(self.m.port, auth=SECRET)
+        s = raw_upgrade(self.m, auth=SECRET)
         s.close()
-        s = socket.create_connection(("127.0.0.1", self.m.port))
+        s = tcp_connect(self.m, None)
         head = ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
                 "Authorization: %s\r\n\r\n" % SECRET).encode()
@@ -335,10 +336,11 @@ class Pipelining(unittest.TestCase):
 
 class FramingErrors(unittest.TestCase):
     """A framing error is answered with close 1002 before the socket closes."""
+    MASTER_KW = {}
 
     @classmethod
     def setUpClass(cls):
-        cls.m = Master(*MASTER_ARGS, auth=SECRET)
+        cls.m = Master(*MASTER_ARGS, auth=SECRET, **cls.MASTER_KW)
 
     @classmethod
     def tearDownClass(cls):
@@ -357,11 +359,11 @@ class FramingErrors(unittest.TestCase):
             "continuation first": ws_frame(b"x", op=0),
         }
         for what, frame in cases.items():
-            s = raw_upgrade(self.m.port, auth=SECRET)
+            s = raw_upgrade(self.m, auth=SECRET)
             s.sendall(frame)
             self.assertEqual(read_close_code(s), 1002, what)
             s.close()
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import struct
 import time
 import unittest
@@ -14,13 +15,14 @@ import websockets
 
 from harness import (FAST, OP_ACK, OP_CONNECT, OP_ERROR, OP_HEARTBEAT, OP_INFO,
                      OP_INITIALISE, Master, closed_with, connect, hello, http_get, info,
-                     raw_request, raw_upgrade, recv, recv_op, run, send, ws_frame)
+                     raw_request, raw_upgrade, recv, recv_op, run, send, tcp_connect, ws_frame)
 
 SECRET = "s3cr3t-shared-Value"
 TOKEN = "Bot.T0KEN.value-never-logged"
 
 
 class ProtocolV1(unittest.TestCase):
+    MASTER_KW = {}  # test_tls_protocol runs these tests again over TLS
 
     @classmethod
     def setUpClass(cls):
@@ -28,7 +30,7 @@ class ProtocolV1(unittest.TestCase):
                        "--heartbeat-interval", "1", "--heartbeat-grace", "1",
                        "--handshake-timeout", "1.5", "--head-timeout", "1.5",
                        "--collect-window", "600",
-                       token=TOKEN, auth=SECRET)
+                       token=TOKEN, auth=SECRET, **cls.MASTER_KW)
         cls.auth = {"Authorization": SECRET}
 
     @classmethod
@@ -41,19 +43,19 @@ class ProtocolV1(unittest.TestCase):
         assert SECRET not in log, "the shared secret leaked into the log"
 
     def test_healthz_needs_no_secret(self):
-        status, body, _ = http_get(self.m.port, "/healthz")
+        status, body, _ = http_get(self.m, "/healthz")
         self.assertEqual(status, 200)
         self.assertEqual(body, "ok\n")
 
     def test_unknown_path_and_method(self):
-        self.assertEqual(http_get(self.m.port, "/nope")[0], 404)
-        out = raw_request(self.m.port, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(http_get(self.m, "/nope")[0], 404)
+        out = raw_request(self.m, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 405"), out)
 
     def test_status_needs_the_secret(self):
-        self.assertEqual(http_get(self.m.port, "/status")[0], 401)
-        self.assertEqual(http_get(self.m.port, "/status", {"Authorization": "wrong"})[0], 401)
-        status, body, hdrs = http_get(self.m.port, "/status", self.auth)
+        self.assertEqual(http_get(self.m, "/status")[0], 401)
+        self.assertEqual(http_get(self.m, "/status", {"Authorization": "wrong"})[0], 401)
+        status, body, hdrs = http_get(self.m, "/status", self.auth)
         self.assertEqual(status, 200)
         st = json.loads(body)
         self.assertEqual(st["shard_count"], 8)
@@ -131,7 +133,7 @@ class ProtocolV1(unittest.TestCase):
                 await send(ws, OP_HEARTBEAT, {} if load is None else {"loadavg": load})
                 p = await recv(ws)
                 self.assertEqual(p, {"o": OP_ACK, "d": {"o": OP_HEARTBEAT}})
-            st = json.loads(http_get(self.m.port, "/status", self.auth)[1])
+            st = json.loads(http_get(self.m, "/status", self.auth)[1])
             me = [x for x in st["machines"] if x["id"] == "hb-1"][0]
             self.assertEqual(me["loadavg"], 3)
             self.assertLess(me["last_heartbeat_age_ms"], 1000)
@@ -144,12 +146,12 @@ class ProtocolV1(unittest.TestCase):
             failed = [{"cluster": 3, "shards": [6, 7], "exit": 1, "signal": 0}]
             await send(ws, OP_HEARTBEAT, {"loadavg": 1, "failed_clusters": failed})
             self.assertEqual((await recv(ws))["o"], OP_ACK)
-            st = json.loads(http_get(self.m.port, "/status", self.auth)[1])
+            st = json.loads(http_get(self.m, "/status", self.auth)[1])
             me = [x for x in st["machines"] if x["id"] == "fc-1"][0]
             self.assertEqual(me["failed_clusters"], failed)
             await send(ws, OP_HEARTBEAT, {"failed_clusters": []})
             self.assertEqual((await recv(ws))["o"], OP_ACK)
-            st = json.loads(http_get(self.m.port, "/status", self.auth)[1])
+            st = json.loads(http_get(self.m, "/status", self.auth)[1])
             me = [x for x in st["machines"] if x["id"] == "fc-1"][0]
             self.assertNotIn("failed_clusters", me)
             # an extension field never voids a heartbeat: acknowledged, logged, ignored
@@ -228,7 +230,7 @@ class ProtocolV1(unittest.TestCase):
         run(go())
 
     def test_unmasked_frames_are_a_protocol_error(self):
-        s = raw_upgrade(self.m.port, auth=SECRET)
+        s = raw_upgrade(self.m, auth=SECRET)
         s.sendall(ws_frame(b"{}", mask=False))
         s.settimeout(5)
         data = b""
@@ -243,30 +245,30 @@ class ProtocolV1(unittest.TestCase):
 
     def test_oversized_head_is_431(self):
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
-        out = raw_request(self.m.port, head)
+        out = raw_request(self.m, head)
         self.assertTrue(out.startswith(b"HTTP/1.1 431"), out[:80])
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
     def test_malformed_head_is_400(self):
         for junk in (b"\x00\x01\x02\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
                      b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"):
-            out = raw_request(self.m.port, junk)
+            out = raw_request(self.m, junk)
             self.assertTrue(out.startswith(b"HTTP/1.1 400"), (junk, out[:80]))
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
     def test_bad_upgrades(self):
         base = ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 "Authorization: %s\r\n" % SECRET)
         key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        out = raw_request(self.m.port, (base + key + "\r\n").encode())  # no version
+        out = raw_request(self.m, (base + key + "\r\n").encode())  # no version
         self.assertTrue(out.startswith(b"HTTP/1.1 426"), out[:80])
-        out = raw_request(self.m.port, (base + "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        out = raw_request(self.m, (base + "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:80])
-        out = raw_request(self.m.port, (base + key + "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        out = raw_request(self.m, (base + key + "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         self.assertIn(b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", out)
 
     def test_slowloris_is_closed(self):
-        s = socket.create_connection(("127.0.0.1", self.m.port))
+        s = tcp_connect(self.m, None)
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         t0 = time.monotonic()
         s.settimeout(6)
@@ -276,18 +278,18 @@ class ProtocolV1(unittest.TestCase):
                 time.sleep(0.2)
                 if time.monotonic() - t0 > 5:
                     break
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # SSLError: over TLS
             pass
         elapsed = time.monotonic() - t0
         self.assertLess(elapsed, 5, "a slow head was not cut off")
         s.close()
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
     def test_garbage_after_upgrade_keeps_server_serving(self):
-        s = raw_upgrade(self.m.port, auth=SECRET)
+        s = raw_upgrade(self.m, auth=SECRET)
         s.sendall(os.urandom(4096))
         s.close()
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
     def test_unidentified_connections_per_address(self):
         # 32 from one address at once (the default); the newcomer gets in and
@@ -308,7 +310,7 @@ class ProtocolV1(unittest.TestCase):
                 if data == b"":
                     closed.append(i)
             self.assertEqual(closed, list(range(8)))
-            self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+            self.assertEqual(http_get(self.m, "/healthz")[0], 200)
         finally:
             for s in socks:
                 s.close()
@@ -320,7 +322,7 @@ class ProtocolV1(unittest.TestCase):
         # a small send buffer keeps loopback segments small: big ones overrun
         # MASTER's receive buffer while it is busy, and TCP's retransmit
         # backoff would then stall the flow for seconds
-        s = raw_upgrade(self.m.port, rcvbuf=4096, sndbuf=32768, auth=SECRET)
+        s = raw_upgrade(self.m, rcvbuf=4096, sndbuf=32768, auth=SECRET)
         s.sendall(ws_frame(json.dumps({"o": 0, "d": info("slow-reader")}).encode()))
         hb = ws_frame(json.dumps({"o": 9, "d": {}}).encode()) * 1000
         s.settimeout(10)
@@ -329,7 +331,7 @@ class ProtocolV1(unittest.TestCase):
         try:
             while time.monotonic() - t0 < 30:
                 s.sendall(hb)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # SSLError: over TLS
             cut = True
         except socket.timeout:
             pass
@@ -339,7 +341,7 @@ class ProtocolV1(unittest.TestCase):
                         5, mark)
         self.m.wait_log(r"\[slow-reader\] no heartbeat", 5, mark)
         self.assertEqual(self.m.count(r"outbound queue over"), 0)
-        self.assertEqual(http_get(self.m.port, "/healthz")[0], 200)
+        self.assertEqual(http_get(self.m, "/healthz")[0], 200)
 
 
 if __name__ == "__main__":

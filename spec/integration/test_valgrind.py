@@ -5,10 +5,11 @@ Skipped in the sanitizer build, where ASan plays this part.
 import asyncio
 import os
 import shutil
+import signal
 import unittest
 
 import harness
-from harness import Control, Master, raw_request, run, status
+from harness import Certs, Control, Master, http_get, raw_request, run, status
 
 VALGRIND = shutil.which("valgrind")
 
@@ -43,6 +44,36 @@ class Valgrind(unittest.TestCase):
                 self.assertEqual(m.stop(60), 0)
         finally:
             harness.BIN = real
+
+    def test_clean_exit_under_valgrind_with_tls(self):
+        """TLS sessions, a refused plaintext client, a failed handshake and a
+        certificate reload leave nothing behind either."""
+        real = harness.BIN
+        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
+              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
+              real]
+        harness.BIN = vg[0]
+        certs = Certs()
+        try:
+            pair = certs.issue()
+            with Master(*vg[1:], "--shards", "2", "--expected-machines", "1",
+                        "--collect-window", "30", "--heartbeat-interval", "1",
+                        "--heartbeat-grace", "2", "--head-timeout", "5", tls=pair) as m:
+                async def go():
+                    a = Control(m, "a")
+                    await a.start()
+                    await a.next_connect(20)
+                    await a.close()
+                run(go())
+                self.assertEqual(http_get(m.port, "/healthz", timeout=20)[0], 400)  # plaintext
+                raw_request(m.port, b"\x16\x03\x01\x00\x05hello", timeout=20)  # not TLS
+                m.signal(signal.SIGHUP)
+                m.wait_log(r"TLS reloaded", 20)
+                self.assertEqual(status(m)["state"], "running")
+                self.assertEqual(m.stop(60), 0)
+        finally:
+            harness.BIN = real
+            certs.close()
 
 
 if __name__ == "__main__":

@@ -26,12 +26,15 @@ static char err[512];
 static char tmpdir[64];
 static char outbuf[8192];
 
-/* Loads argv (NULL-terminated, without argv[0]) into cfg; output to outbuf. */
+/* Loads argv (NULL-terminated, without argv[0]) into cfg; output to outbuf.
+   Unless strict is set, --no-auth comes first: most tests run without a secret. */
+static int strict;
 static int loadv(dcm__config_t *cfg, const char *const *args) {
   char *argv[64];
   int argc = 0;
   FILE *out = fmemopen(outbuf, sizeof outbuf, "w");
   argv[argc++] = "discluster-master";
+  if (!strict) argv[argc++] = "--no-auth";
   for (; *args; args++) argv[argc++] = (char *)*args;
   argv[argc] = NULL;
   memset(outbuf, 0, sizeof outbuf);
@@ -92,6 +95,7 @@ static void expect_error(int line, int rc, int want_rc, const char *want) {
 static void clear_env(void) {
   unsetenv("DISCORD_TOKEN");
   unsetenv("DISCLUSTER_AUTH");
+  unsetenv("DISCLUSTER_STATUS_AUTH");
 }
 
 static void test_defaults(void) {
@@ -368,10 +372,18 @@ static void test_secrets(void) {
   /* environment */
   setenv("DISCORD_TOKEN", "env-token-0123", 1);
   setenv("DISCLUSTER_AUTH", "env-auth-4567", 1);
-  CHECK(LOAD(&c, "--listen", "0.0.0.0:0") == DCM_CONFIG_RUN, "%s", err);
+  setenv("DISCLUSTER_STATUS_AUTH", "env-status-1357", 1);
+  CHECK(LOAD(&c, "--listen", "0.0.0.0:0", "--allow-plaintext") == DCM_CONFIG_RUN, "%s", err);
   CHECK(c.opts.shards == 0 && strcmp(c.opts.token, "env-token-0123") == 0 &&
-        strcmp(c.opts.auth, "env-auth-4567") == 0, "env secrets");
+        strcmp(c.opts.auth, "env-auth-4567") == 0 &&
+        strcmp(c.opts.status_auth, "env-status-1357") == 0, "env secrets");
   dcm__config_free(&c);
+  /* the read-only secret must differ from the CONTROL one */
+  setenv("DISCLUSTER_STATUS_AUTH", "env-auth-4567", 1);
+  BAD("status_auth: must differ from auth", "--shards", "1");
+  CHECK(strstr(err, "env-auth-4567") == NULL, "%s", err);
+  BAD_FILE("%s:1: status_auth: must not contain control characters", "status_auth = 'a\\tb'\n");
+  unsetenv("DISCLUSTER_STATUS_AUTH");
 
   /* the file overrides the environment, and may read it */
   setenv("MY_AUTH", "from-getenv", 1);
@@ -414,6 +426,29 @@ static void test_secrets(void) {
 static void test_validation(void) {
   dcm__config_t c;
   clear_env();
+  /* no secret needs --no-auth, said explicitly */
+  strict = 1;
+  expect_error(__LINE__, LOAD(&c, "--shards", "2"), DCM_EINSECURE,
+               "auth: refusing to start without a CONTROL secret");
+  dcm__config_free(&c);
+  CHECK(LOAD(&c, "--shards", "2", "--no-auth") == DCM_CONFIG_RUN && c.opts.no_auth == 1, "%s", err);
+  dcm__config_free(&c);
+  const char *path = write_file("noauth.lua", "no_auth = true\nallow_plaintext = false\n");
+  CHECK(LOAD(&c, "-c", path, "--shards", "2") == DCM_CONFIG_RUN && c.opts.no_auth == 1 &&
+        c.opts.allow_plaintext == 0, "%s", err);
+  dcm__config_free(&c);
+  strict = 0;
+  BAD("--no-auth: takes no value", "--no-auth=1", "--shards", "2");
+  BAD_FILE("%s:1: no_auth: expected a boolean, got number", "no_auth = 1\n");
+  BAD_FILE("%s:1: allow_plaintext: expected a boolean, got string", "allow_plaintext = 'yes'\n");
+  /* TLS: both files or neither; readable */
+  const char *cert = write_file("cert.pem", "x"), *key = write_file("key.pem", "x");
+  BAD("tls_cert and tls_key: set both", "--shards", "2", "--tls-cert", cert);
+  BAD("--tls-key: cannot read '/nonexistent/key.pem'", "--shards", "2", "--tls-key",
+      "/nonexistent/key.pem");
+  CHECK(LOAD(&c, "--shards", "2", "--tls-cert", cert, "--tls-key", key) == DCM_CONFIG_RUN &&
+        strcmp(c.opts.tls_cert, cert) == 0 && strcmp(c.opts.tls_key, key) == 0, "%s", err);
+  dcm__config_free(&c);
   /* non-loopback without a secret */
   expect_error(__LINE__, LOAD(&c, "--listen", "0.0.0.0:8642", "--shards", "2"), DCM_EINSECURE,
                "listen: refusing to listen on non-loopback address 0.0.0.0");
@@ -425,7 +460,15 @@ static void test_validation(void) {
   CHECK(LOAD(&c, "--listen", "127.9.9.9:0", "--shards", "2") == DCM_CONFIG_RUN, "%s", err);
   dcm__config_free(&c);
   setenv("DISCLUSTER_AUTH", "s3cr3t-value", 1);
-  CHECK(LOAD(&c, "--listen", "0.0.0.0:8642", "--shards", "2") == DCM_CONFIG_RUN, "%s", err);
+  /* off loopback: TLS, or plaintext said explicitly */
+  expect_error(__LINE__, LOAD(&c, "--listen", "0.0.0.0:8642", "--shards", "2"), DCM_EINSECURE,
+               "listen: refusing to listen on non-loopback address 0.0.0.0 without TLS");
+  dcm__config_free(&c);
+  CHECK(LOAD(&c, "--listen", "0.0.0.0:8642", "--shards", "2", "--allow-plaintext") ==
+        DCM_CONFIG_RUN && c.opts.allow_plaintext == 1, "%s", err);
+  dcm__config_free(&c);
+  CHECK(LOAD(&c, "--listen", "0.0.0.0:8642", "--shards", "2", "--tls-cert", cert, "--tls-key",
+             key) == DCM_CONFIG_RUN, "%s", err);
   dcm__config_free(&c);
   clear_env();
   /* shards = auto needs a token */
@@ -439,7 +482,8 @@ static void test_help_version(void) {
                          "--heartbeat-interval", "--heartbeat-grace", "--reconnect-grace",
                          "--connect-timeout", "--handshake-timeout", "--log-format",
                          "--log-level", "--head-timeout", "--max-unauthenticated-per-address",
-                         "--help", "--version", "DISCORD_TOKEN",
+                         "--tls-cert FILE", "--tls-key FILE", "--no-auth ", "--allow-plaintext ",
+                         "--help", "--version", "DISCORD_TOKEN", "DISCLUSTER_STATUS_AUTH",
                          "DISCLUSTER_AUTH", "(127.0.0.1:8642)", "(45)", "(600)", NULL};
   CHECK(LOAD(&c, "--bogus-ignored-after?", "--help") == DCM_EINVAL, "bad flag first wins");
   dcm__config_free(&c);

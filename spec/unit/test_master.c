@@ -13,6 +13,7 @@ static void init(dcm_options_t *o) {
   dcm_options_init(o);
   o->listen_port = 0;
   o->shards = 2;
+  o->no_auth = 1; /* loopback, no CONTROL secret: said explicitly */
   o->log_cb = quiet;
 }
 
@@ -68,11 +69,27 @@ static void bad_options_are_refused(void) {
   o.heartbeat_interval = -1;
   CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINVAL);
   init(&o);
-  o.listen_host = "0.0.0.0";
+  o.no_auth = 0; /* no secret needs no_auth */
   CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINSECURE);
   o.auth = "secret";
   CHECK_EQ(dcm_master_new(&loop, &o, &m), 0);
+  CHECK_EQ(dcm_master_reload_tls(m), DCM_ESTATE); /* no TLS to reload */
   dcm_master_free(m);
+  o.status_auth = "secret"; /* the read-only secret must differ */
+  CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINVAL);
+  init(&o);
+  o.listen_host = "0.0.0.0";
+  CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINSECURE); /* no_auth: loopback only */
+  o.auth = "secret";
+  CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINSECURE); /* no TLS off loopback */
+  o.allow_plaintext = 1;
+  CHECK_EQ(dcm_master_new(&loop, &o, &m), 0);
+  dcm_master_free(m);
+  init(&o);
+  o.tls_cert = "/nonexistent/cert.pem"; /* without its key */
+  CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINVAL);
+  o.tls_key = "/nonexistent/key.pem"; /* unreadable */
+  CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINVAL);
   init(&o);
   o.shards = 0; /* auto without a token */
   CHECK_EQ(dcm_master_new(&loop, &o, &m), DCM_EINVAL);

@@ -607,8 +607,8 @@ static uint64_t next_retry(dcm__agent_t *a) {
 
 static void connect_now(dcm__agent_t *a) {
   if (a->client || a->mode == DCM_AGENT_STOPPING) return;
-  dcm__debug(&a->log, me(a), "connecting to ws://%s%s", a->cfg.master.hostport,
-             a->cfg.master.path);
+  dcm__debug(&a->log, me(a), "connecting to %s://%s%s", a->cfg.master.tls ? "wss" : "ws",
+             a->cfg.master.hostport, a->cfg.master.path);
   int r = dcm__client_start(a, &a->client);
   if (r != 0) {
     uint64_t wait = next_retry(a);
@@ -878,9 +878,9 @@ void dcm__agent_start(dcm__agent_t *a) {
   }
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
   uv_signal_start(&a->sigint, on_signal, SIGINT);
-  dcm__info(&a->log, me(a), "discluster-control %s: MASTER ws://%s%s, %d cores%s; identify "
+  dcm__info(&a->log, me(a), "discluster-control %s: MASTER %s://%s%s, %d cores%s; identify "
             "endpoint on 127.0.0.1:%d; at most %zu clusters", DCM_VERSION,
-            a->cfg.master.hostport, a->cfg.master.path, dcm__ctl_cores(),
+            a->cfg.master.tls ? "wss" : "ws", a->cfg.master.hostport, a->cfg.master.path, dcm__ctl_cores(),
             a->cfg.standby ? ", standby" : "", a->ident.port, a->cfg.max_clusters);
   a->last_fast_retry = uv_now(a->loop) - ms(a->cfg.retry) - 1;
   a->sessions_last = uv_now(a->loop) - SESSIONS_EVERY_MS;

@@ -23,6 +23,7 @@
 #include "protocol.h"
 #include "outq.h"
 #include "sessions.h"
+#include "tls.h"
 #include "ws.h"
 
 #define DCM_CTL_MAX_MESSAGE (1u << 20) /* protocol v1's bound */
@@ -44,6 +45,7 @@ typedef struct {
   int port;
   char path[256];
   char hostport[300]; /* for the Host header and logs */
+  int tls;            /* wss:// */
 } dcm__ctl_url_t;
 
 typedef struct {
@@ -62,6 +64,7 @@ typedef struct {
   int identify_port;         /* the identify endpoint's port on 127.0.0.1; 0 = any */
   int metrics_port;          /* GET /metrics on 127.0.0.1; 0 = any, -1 = off */
   const char *auth;          /* shared secret or NULL; never logged */
+  struct ssl_ctx_st *tls_ctx; /* wss://: verifies MASTER (--ca-file or the system store) */
 } dcm__ctl_config_t;
 
 /* ---- the WebSocket client (client.c) ------------------------------------ */
@@ -69,6 +72,7 @@ typedef struct {
 typedef enum {
   DCM_CLIENT_RESOLVING,
   DCM_CLIENT_CONNECTING,
+  DCM_CLIENT_HANDSHAKE, /* TLS */
   DCM_CLIENT_UPGRADING,
   DCM_CLIENT_OPEN,
   DCM_CLIENT_CLOSING
@@ -87,11 +91,14 @@ struct dcm__client_s {
   char accept[32]; /* the Sec-WebSocket-Accept we expect */
   dcm__ws_t ws;
   int ws_ready;
-  dcm__outq_t out;
+  dcm__tls_t tls; /* wss:// only */
+  int tls_on;
+  dcm__outq_t out; /* ciphertext under TLS */
   uint64_t idle_ms; /* 0 = no idle deadline */
   uint64_t last_rx;
   char why[400]; /* why it closed, for the log */
   char rbuf[65536];
+  char pbuf[16384]; /* one TLS record's plaintext */
 };
 
 /* Starts one connection attempt; on_closed always follows, exactly once. */

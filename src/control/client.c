@@ -2,8 +2,13 @@
  * client.c: one WebSocket client connection to MASTER: resolve, TCP
  * connect, the HTTP/1.1 upgrade (its 101 response checked with http-parser
  * and Sec-WebSocket-Accept), then a client-side wslay session (masked
- * frames). Writes are queued with a bound; every phase has a deadline.
- * Protocol decisions are agent.c's; this file only moves messages.
+ * frames). With wss:// a TLS handshake (tls.c) comes first: MASTER's chain
+ * is verified (system store or --ca-file) with its host name, and every
+ * byte after it is encrypted; a failure is one reason for the agent's log
+ * line and the usual retry, never a fallback to plaintext. Writes are
+ * queued with a bound; every phase has a deadline (connect_timeout covers
+ * TCP, TLS, the upgrade and initialise). Protocol decisions are agent.c's;
+ * this file only moves messages.
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -30,6 +35,7 @@ static void maybe_done(dcm__client_t *c) {
   char why[sizeof c->why];
   memcpy(why, c->why, sizeof why);
   if (c->ws_ready) dcm__ws_free(&c->ws);
+  if (c->tls_on) dcm__tls_free(&c->tls);
   dcm__outq_free(&c->out);
   free(c);
   dcm__agent_on_closed(a, established, why);
@@ -68,10 +74,16 @@ static void outq_drain(dcm__outq_t *q) {
     dcm__client_abort(c, "write to MASTER failed");
 }
 
-/* The upgrade head carries the secret: queued copies are wiped (out.wipe). */
-static int raw_write(dcm__client_t *c, const void *data, size_t len) {
+/* Bytes for the socket (ciphertext under TLS). The upgrade head carries
+   the secret: queued copies are wiped (out.wipe). */
+static int sock_write(dcm__client_t *c, const void *data, size_t len) {
   if (!c->tcp_open) return UV_EPIPE;
   return dcm__outq_write(&c->out, (uv_stream_t *)&c->tcp, data, len);
+}
+
+static int raw_write(dcm__client_t *c, const void *data, size_t len) {
+  if (c->tls_on) return dcm__tls_write(&c->tls, data, len);
+  return sock_write(c, data, len);
 }
 
 static int ws_write(dcm__ws_t *ws, const uint8_t *data, size_t len) {
@@ -114,7 +126,8 @@ static void deadline_cb(uv_timer_t *t) {
       dcm__client_abort(c, why);
     }
   } else {
-    dcm__client_abort(c, "timed out before initialise");
+    dcm__client_abort(c, c->phase == DCM_CLIENT_HANDSHAKE ? "timed out in the TLS handshake"
+                                                          : "timed out before initialise");
   }
 }
 
@@ -213,8 +226,14 @@ static int check_head(dcm__client_t *c, size_t len) {
              "MASTER refused the upgrade: HTTP 401 (DISCLUSTER_AUTH missing or wrong)");
     return -1;
   }
+  if (p.status_code == 403) {
+    snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP 403 (DISCLUSTER_AUTH "
+             "holds the read-only status secret, not the CONTROL one)");
+    return -1;
+  }
   if (p.status_code != 101) {
-    snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP %d", p.status_code);
+    snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP %d%s", p.status_code,
+             p.status_code == 400 && !c->tls_on ? " (if MASTER serves TLS, use wss://)" : "");
     return -1;
   }
   if (!h.upgrade_ok || !h.connection_ok || !h.accept_ok) {
@@ -286,34 +305,21 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
 }
 
-static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  dcm__client_t *c = s->data;
-  if (nread < 0) {
-    if (c->why[0] == '\0')
-      snprintf(c->why, sizeof c->why, "%s",
-               nread == UV_EOF ? "MASTER closed the connection" : uv_strerror((int)nread));
-    dcm__client_abort(c, NULL);
-  } else if (nread > 0 && !uv_is_closing((uv_handle_t *)&c->tcp)) {
-    if (c->phase == DCM_CLIENT_UPGRADING)
-      upgrading(c, buf->base, (size_t)nread);
-    else if (c->ws_ready)
-      feed(c, buf->base, (size_t)nread);
-  }
+/* Bytes from MASTER (decrypted under TLS); 1 once the connection is going. */
+static int client_input(dcm__client_t *c, const char *data, size_t n) {
+  if (c->phase == DCM_CLIENT_UPGRADING)
+    upgrading(c, data, n);
+  else if (c->ws_ready)
+    feed(c, data, n);
+  return uv_is_closing((uv_handle_t *)&c->tcp);
 }
 
-static void connect_cb(uv_connect_t *req, int status) {
-  dcm__client_t *c = req->data;
+/* The request head, which carries the secret; the plain copy is wiped. */
+static void send_upgrade(dcm__client_t *c) {
   dcm__agent_t *a = c->a;
   uint8_t raw[16];
   char key[32];
   char head[1536];
-  if (status == UV_ECANCELED || c->phase == DCM_CLIENT_CLOSING) return;
-  if (status < 0) {
-    snprintf(c->why, sizeof c->why, "connect to %s: %s", a->cfg.master.hostport,
-             uv_strerror(status));
-    dcm__client_abort(c, NULL);
-    return;
-  }
   if (uv_random(NULL, NULL, raw, sizeof raw, 0, NULL) != 0) {
     for (size_t i = 0; i < sizeof raw; i++) raw[i] = (uint8_t)rand();
   }
@@ -327,15 +333,96 @@ static void connect_cb(uv_connect_t *req, int status) {
                    a->cfg.auth ? "Authorization: " : "", a->cfg.auth ? a->cfg.auth : "",
                    a->cfg.auth ? "\r\n" : "");
   int r = n > 0 && (size_t)n < sizeof head ? raw_write(c, head, (size_t)n) : UV_E2BIG;
-  memset(head, 0, sizeof head);
-  if (r == 0) r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  explicit_bzero(head, sizeof head);
   if (r != 0) {
-    snprintf(c->why, sizeof c->why, "upgrade request: %s", uv_strerror(r));
+    snprintf(c->why, sizeof c->why, "upgrade request: %s",
+             r == DCM_ESTATE || r == DCM_EINVAL ? "TLS write failed" : uv_strerror(r));
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  c->phase = DCM_CLIENT_UPGRADING;
+}
+
+static int tls_plain(dcm__tls_t *t, const char *data, size_t len) {
+  return client_input(t->data, data, len);
+}
+
+static int tls_cipher(dcm__tls_t *t, const void *data, size_t len) {
+  return sock_write(t->data, data, len);
+}
+
+static int tls_ready(dcm__tls_t *t) {
+  dcm__client_t *c = t->data;
+  send_upgrade(c);
+  return uv_is_closing((uv_handle_t *)&c->tcp);
+}
+
+static const dcm__tls_cbs_t tls_cbs = {tls_plain, tls_cipher, tls_ready};
+
+/* The reason a TLS session failed, with a hint where one helps. */
+static void tls_failed(dcm__client_t *c) {
+  const char *why = c->tls.why, *hint = "";
+  if (strstr(why, "wrong version number") || strstr(why, "packet length too long"))
+    hint = " (is MASTER serving TLS? it needs --tls-cert and --tls-key)";
+  else if (strstr(why, "certificate verify failed"))
+    hint = " (check --ca-file and the host name in --master)";
+  if (c->tls.peer_closed)
+    snprintf(c->why, sizeof c->why, "MASTER closed TLS");
+  else if (!c->tls.ready)
+    snprintf(c->why, sizeof c->why, "TLS handshake with %.120s failed: %.170s%s",
+             c->a->cfg.master.hostport, why, hint);
+  else
+    snprintf(c->why, sizeof c->why, "TLS error: %s", why);
+  dcm__client_abort(c, NULL);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  dcm__client_t *c = s->data;
+  if (nread < 0) {
+    if (c->why[0] == '\0')
+      snprintf(c->why, sizeof c->why, "%s%s",
+               nread == UV_EOF ? "MASTER closed the connection" : uv_strerror((int)nread),
+               c->phase == DCM_CLIENT_HANDSHAKE ? " during the TLS handshake" : "");
+    dcm__client_abort(c, NULL);
+  } else if (nread > 0 && !uv_is_closing((uv_handle_t *)&c->tcp)) {
+    if (!c->tls_on)
+      client_input(c, buf->base, (size_t)nread);
+    else if (dcm__tls_feed(&c->tls, buf->base, (size_t)nread, c->pbuf, sizeof c->pbuf) < 0 &&
+             !uv_is_closing((uv_handle_t *)&c->tcp))
+      tls_failed(c);
+  }
+}
+
+static void connect_cb(uv_connect_t *req, int status) {
+  dcm__client_t *c = req->data;
+  dcm__agent_t *a = c->a;
+  if (status == UV_ECANCELED || c->phase == DCM_CLIENT_CLOSING) return;
+  if (status < 0) {
+    snprintf(c->why, sizeof c->why, "connect to %s: %s", a->cfg.master.hostport,
+             uv_strerror(status));
     dcm__client_abort(c, NULL);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  c->phase = DCM_CLIENT_UPGRADING;
+  int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  if (r != 0) {
+    snprintf(c->why, sizeof c->why, "read from %s: %s", a->cfg.master.hostport, uv_strerror(r));
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  if (!a->cfg.master.tls) {
+    send_upgrade(c);
+    return;
+  }
+  r = dcm__tls_init(&c->tls, a->cfg.tls_ctx, a->cfg.master.host, &tls_cbs, c);
+  if (r != 0) {
+    snprintf(c->why, sizeof c->why, "TLS setup for %s: %s", a->cfg.master.host, dcm_strerror(r));
+    dcm__client_abort(c, NULL);
+    return;
+  }
+  c->tls_on = 1;
+  c->phase = DCM_CLIENT_HANDSHAKE;
+  if (dcm__tls_start(&c->tls) < 0) tls_failed(c);
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {

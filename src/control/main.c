@@ -14,14 +14,18 @@
 #include "agent.h"
 #include "discluster/master.h"
 #include "protocol.h"
+#include "tls.h"
 
 static const char usage[] =
-    "Usage: discluster-control --master ws://HOST[:PORT][/PATH] --cluster-command CMD [OPTION...]\n"
+    "Usage: discluster-control --master wss://HOST[:PORT][/PATH] --cluster-command CMD [OPTION...]\n"
     "\n"
     "The CONTROL agent of one bot machine: connects to a discluster MASTER\n"
     "(protocol v1) and runs the shards it assigns as cluster processes.\n"
     "\n"
-    "      --master URL              MASTER's address, ws:// only (env DISCLUSTER_MASTER)\n"
+    "      --master URL              MASTER's address, wss:// (TLS) or ws:// (env\n"
+    "                                DISCLUSTER_MASTER); the port defaults to 8642\n"
+    "      --ca-file FILE            with wss://: trust the CAs in FILE (PEM) instead\n"
+    "                                of the system store (env DISCLUSTER_CA_FILE)\n"
     "      --id ID                   machine id, [A-Za-z0-9._:-]{1,128} (the hostname)\n"
     "      --standby                 a spare: no shards unless another machine fails\n"
     "      --cluster-command CMD     run with /bin/sh -c for each cluster\n"
@@ -55,7 +59,9 @@ static const char usage[] =
     "  -V, --version                 print the version and exit\n"
     "\n"
     "Times are seconds and may be fractions (0.25). The shared secret comes from\n"
-    "DISCLUSTER_AUTH and goes in the upgrade's Authorization header.\n"
+    "DISCLUSTER_AUTH and goes in the upgrade's Authorization header. With wss://\n"
+    "MASTER's certificate chain and host name are verified; a failure is logged\n"
+    "and retried, never answered by falling back to plaintext.\n"
     "Clusters get SHARD_IDS (comma-separated), SHARD_COUNT, CLUSTER_ID,\n"
     "DISCORD_TOKEN, MAX_CONCURRENCY, DISCORD_GATEWAY_URL,\n"
     "DISCLUSTER_IDENTIFY_URL and, when sessions of their shards are known,\n"
@@ -74,11 +80,12 @@ static const char usage[] =
 enum {
   OPT_MASTER = 256, OPT_ID, OPT_STANDBY, OPT_COMMAND, OPT_PER, OPT_MAXCL, OPT_RETRY, OPT_DRAIN,
   OPT_STOP, OPT_BACKOFF, OPT_CONNECT, OPT_IPORT, OPT_LFORMAT, OPT_LLEVEL, OPT_LEASE,
-  OPT_MPORT
+  OPT_MPORT, OPT_CAFILE
 };
 
 static const struct option longopts[] = {
     {"master", required_argument, NULL, OPT_MASTER},
+    {"ca-file", required_argument, NULL, OPT_CAFILE},
     {"id", required_argument, NULL, OPT_ID},
     {"standby", no_argument, NULL, OPT_STANDBY},
     {"cluster-command", required_argument, NULL, OPT_COMMAND},
@@ -115,14 +122,17 @@ static int parse_seconds(const char *flag, const char *v, double min, double *ou
   return 0;
 }
 
-/* ws://HOST[:PORT][/PATH]; HOST may be [IPv6]. */
+/* wss:// or ws://HOST[:PORT][/PATH]; HOST may be [IPv6]. */
 static int parse_url(const char *url, dcm__ctl_url_t *u) {
   const char *p = url, *host, *hend, *rest;
-  if (strncasecmp(p, "wss://", 6) == 0)
-    return fail("--master %s: wss:// is not supported (no TLS here); "
-                "put a TLS terminator in front of MASTER or use a private network%s", url, "");
-  if (strncasecmp(p, "ws://", 5) != 0) return fail("--master %s: must start with ws://%s", url, "");
-  p += 5;
+  if (strncasecmp(p, "wss://", 6) == 0) {
+    u->tls = 1;
+    p += 6;
+  } else if (strncasecmp(p, "ws://", 5) == 0) {
+    p += 5;
+  } else {
+    return fail("--master %s: must start with wss:// or ws://%s", url, "");
+  }
   if (*p == '[') {
     host = p + 1;
     hend = strchr(host, ']');
@@ -171,12 +181,14 @@ typedef struct {
   dcm__ctl_config_t cfg;
   dcm_log_level level;
   dcm_log_format format;
+  const char *ca_file;
 } args_t;
 
 /* Returns 0 to run, 1 to exit 0 (help, version), -1 on bad usage. */
 static int parse_args(int argc, char **argv, args_t *a) {
   const char *master = getenv("DISCLUSTER_MASTER");
   const char *command = getenv("DISCLUSTER_CLUSTER_COMMAND");
+  const char *ca_file = getenv("DISCLUSTER_CA_FILE");
   dcm__ctl_config_t *c = &a->cfg;
   int opt;
   long per;
@@ -204,6 +216,7 @@ static int parse_args(int argc, char **argv, args_t *a) {
         printf("discluster-control %s (protocol %d)\n", DCM_VERSION, DCM_PROTOCOL_VERSION);
         return 1;
       case OPT_MASTER: master = v; break;
+      case OPT_CAFILE: ca_file = v; break;
       case OPT_ID:
         if (!dcm__valid_id(v, strlen(v)))
           return fail("--id '%s': must be 1-128 characters of [A-Za-z0-9._:-]%s", v, "");
@@ -277,6 +290,9 @@ static int parse_args(int argc, char **argv, args_t *a) {
   if (command == NULL || *command == '\0')
     return fail("--cluster-command is required (see --help)%s%s", "", "");
   if (parse_url(master, &c->master) != 0) return -1;
+  if (ca_file && *ca_file && !c->master.tls)
+    return fail("--ca-file %s: only used with a wss:// --master%s", ca_file, "");
+  a->ca_file = ca_file && *ca_file ? ca_file : NULL;
   c->cluster_command = command;
   return 0;
 }
@@ -305,6 +321,17 @@ int main(int argc, char **argv) {
     if (auth == NULL) return 1;
     args.cfg.auth = auth;
   }
+  if (args.cfg.master.tls) {
+    char err[512];
+    if (dcm__tls_client_ctx(args.ca_file, &args.cfg.tls_ctx, err, sizeof err) != 0) {
+      fprintf(stderr, "discluster-control: %s\n", err);
+      if (auth) {
+        explicit_bzero(auth, strlen(auth));
+        free(auth);
+      }
+      return 2;
+    }
+  }
   if (uv_loop_init(&loop) != 0) return 1;
   r = dcm__agent_init(&agent, &loop, &args.cfg, args.level, args.format);
   if (r != 0) {
@@ -321,6 +348,7 @@ int main(int argc, char **argv) {
     if (status == 0) status = 1;
   }
   dcm__agent_free(&agent);
+  if (args.cfg.tls_ctx) dcm__tls_ctx_free(args.cfg.tls_ctx);
   if (auth) {
     memset(auth, 0, strlen(auth));
     free(auth);
