@@ -144,7 +144,9 @@ static double req_time(lua_State *L, int i) {
   return t;
 }
 
-static int free_port(void) {
+/* A loopback port bound (not listening, so connects are refused) until the
+   caller closes *held. */
+static int free_port_held(int *held) {
   int s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a;
   socklen_t len = sizeof a;
@@ -153,9 +155,11 @@ static int free_port(void) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   CHECK(bind(s, (struct sockaddr *)&a, sizeof a) == 0);
   CHECK(getsockname(s, (struct sockaddr *)&a, &len) == 0);
-  close(s);
+  *held = s;
   return ntohs(a.sin_port);
 }
+
+static int g_held = -1; /* the port test_network_error keeps until its fake starts */
 
 /* ---- one test case's world ---------------------------------------------- */
 
@@ -404,13 +408,15 @@ static void test_oversize(void) {
 
 static void start_fake_later(uv_timer_t *timer) {
   T *t = timer->data;
+  close(g_held); /* held so far: no other test's socket could take the port */
+  g_held = -1;
   fake_start(&t->fake, "200:shards=3", t->fake.port);
 }
 
 static void test_network_error(void) {
   T t;
   setup(&t, "network error then success", NULL);
-  t.fake.port = free_port(); /* nothing listens there yet */
+  t.fake.port = free_port_held(&g_held); /* bound, not listening: refused */
   new_discord(&t, BASE, t.fake.port, 0.05, 0.1);
   uv_timer_start(&t.aside, start_fake_later, 300, 0);
   fetch_and_run(&t);
