@@ -252,6 +252,10 @@ struct dcm_master_s {
 /* server.c */
 int dcm__server_start(dcm_master_t *m);
 void dcm__server_stop(dcm_master_t *m); /* closes the listener */
+/* Serves a connected stream socket as if accepted (the fuzz harness feeds
+   requests through a socketpair). 0: fd is the connection's (closed with
+   it); an error: fd is still the caller's. */
+int dcm__server_adopt(dcm_master_t *m, uv_os_sock_t fd);
 int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len);
 void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason);
 void dcm__conn_abort(dcm__conn_t *c);

@@ -634,19 +634,15 @@ static void refuse(dcm_master_t *m, uv_stream_t *server) {
   }
 }
 
-static void connection_cb(uv_stream_t *server, int status) {
-  dcm_master_t *m = server->data;
+/* A new connection: accepted from server, or (server NULL) over fd.
+   0 once it owns the socket, even if it is already closing. */
+static int conn_open(dcm_master_t *m, uv_stream_t *server, uv_os_sock_t fd) {
   unsigned char key[16];
   char addr[INET6_ADDRSTRLEN + 4];
-  if (status < 0) {
-    dcm__warn(&m->log, NULL, "accept failed: %s", uv_strerror(status));
-    return;
-  }
-  if (m->stopping) return;
   dcm__conn_t *c = calloc(1, sizeof *c);
   if (c == NULL) {
-    refuse(m, server);
-    return;
+    if (server) refuse(m, server);
+    return DCM_ENOMEM;
   }
   c->m = m;
   uv_tcp_init(m->loop, &c->tcp);
@@ -660,9 +656,10 @@ static void connection_cb(uv_stream_t *server, int status) {
   m->open_handles++; /* released in conn_free_cb */
   dcm__list_push(&m->conns, &c->link);
   c->phase = DCM_CONN_HTTP;
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+  int r = server ? uv_accept(server, (uv_stream_t *)&c->tcp) : uv_tcp_open(&c->tcp, fd);
+  if (r != 0) {
     dcm__conn_abort(c);
-    return;
+    return r;
   }
   uv_tcp_nodelay(&c->tcp, 1);
   dcm__unauth_peer(&c->tcp, c->peer, sizeof c->peer, key, addr, sizeof addr);
@@ -670,14 +667,14 @@ static void connection_cb(uv_stream_t *server, int status) {
   c->h = calloc(1, sizeof *c->h);
   if (c->h == NULL || dcm__unauth_link(c, key, addr) != 0) {
     dcm__conn_abort(c);
-    return;
+    return 0; /* from here on fd is the connection's, closed with it */
   }
   c->counted_unauth = 1;
   m->unauth++;
   if (m->tls_ctx) {
     if (dcm__tls_init(&c->tls, m->tls_ctx, NULL, &tls_cbs, c) != 0) {
       dcm__conn_abort(c);
-      return;
+      return 0;
     }
     c->tls_on = 1;
   }
@@ -685,6 +682,22 @@ static void connection_cb(uv_stream_t *server, int status) {
   c->h->parser.data = c;
   dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.head_timeout));
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) dcm__conn_abort(c);
+  return 0;
+}
+
+static void connection_cb(uv_stream_t *server, int status) {
+  dcm_master_t *m = server->data;
+  if (status < 0) {
+    dcm__warn(&m->log, NULL, "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  if (m->stopping) return;
+  conn_open(m, server, -1);
+}
+
+int dcm__server_adopt(dcm_master_t *m, uv_os_sock_t fd) {
+  if (!m->started || m->stopping) return DCM_ESTATE;
+  return conn_open(m, NULL, fd);
 }
 
 int dcm__server_start(dcm_master_t *m) {

@@ -120,7 +120,7 @@ void dcm__unauth_peer(uv_tcp_t *t, char *out, size_t n, unsigned char key[16], c
       uv_ip6_name(a, host, sizeof host);
       port = ntohs(a->sin6_port);
       memcpy(key, &a->sin6_addr, 16);
-    } else {
+    } else if (ss.ss_family == AF_INET) { /* a socketpair (AF_UNIX) has no address */
       struct sockaddr_in *a = (struct sockaddr_in *)&ss;
       uv_ip4_name(a, host, sizeof host);
       port = ntohs(a->sin_port);

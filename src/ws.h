@@ -21,6 +21,9 @@
  * busy (idle() says 0) a pong is held back and a later ping replaces it
  * (RFC 6455 5.5.3); dcm__ws_drained sends it. A framing error wslay
  * rejects is answered with close 1002 before the transport closes.
+ * wslay (1.1.1, upstream too) checks a peer's close reason for UTF-8 per
+ * read, so a close split inside a character may be answered 1007 rather
+ * than echoed; the session ends either way.
  * Depends on wslay.
  */
 #ifndef DCM_WS_H

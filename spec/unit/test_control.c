@@ -188,6 +188,34 @@ static void test_line_splitter(void) {
   CHECK_EQ(s.n, 6);
 }
 
+/* Found by fuzz_ctl_plan: a line of exactly the bound whose newline comes
+   in a later read was reported cut; in one read it was whole. */
+static void test_line_at_bound_split(void) {
+  static dcm__ctl_lines_t ls;
+  static lines_seen_t s;
+  static char line[DCM_CTL_LINE_MAX];
+  memset(&ls, 0, sizeof ls);
+  memset(&s, 0, sizeof s);
+  memset(line, 'y', sizeof line);
+  dcm__ctl_lines_feed(&ls, line, sizeof line, collect, &s);
+  CHECK_EQ(s.n, 0);
+  dcm__ctl_lines_feed(&ls, "\nREADY\n", 7, collect, &s);
+  CHECK_EQ(s.n, 2);
+  CHECK(!s.cut[0] && s.len[0] == DCM_CTL_LINE_MAX && s.got[0][DCM_CTL_LINE_MAX - 1] == 'y');
+  CHECK_STR(s.got[1], "READY");
+  /* one byte more is over the bound, split or not */
+  dcm__ctl_lines_feed(&ls, line, sizeof line, collect, &s);
+  dcm__ctl_lines_feed(&ls, "z\nok\n", 5, collect, &s);
+  CHECK_EQ(s.n, 4);
+  CHECK(s.cut[2] && s.len[2] == DCM_CTL_LINE_MAX);
+  CHECK_STR(s.got[3], "ok");
+  /* and a last line of exactly the bound, unterminated, is whole at EOF */
+  dcm__ctl_lines_feed(&ls, line, sizeof line, collect, &s);
+  dcm__ctl_lines_flush(&ls, collect, &s);
+  CHECK_EQ(s.n, 5);
+  CHECK(!s.cut[4] && s.len[4] == DCM_CTL_LINE_MAX);
+}
+
 static int decode(lua_State *L, const char *text, dcm__ctl_packet_t *p) {
   char err[160];
   return dcm__ctl_decode(L, text, strlen(text), 16, p, err, sizeof err);
@@ -736,6 +764,7 @@ int main(void) {
   RUN(test_line_kinds);
   RUN(test_session_lines);
   RUN(test_line_splitter);
+  RUN(test_line_at_bound_split);
   RUN(test_decode);
   RUN(test_decode_extensions);
   RUN(test_identify_target);

@@ -196,7 +196,9 @@ void dcm__ctl_lines_feed(dcm__ctl_lines_t *ls, const char *data, size_t n,
       size_t k = take < room ? take : room;
       memcpy(ls->buf + ls->len, data, k);
       ls->len += k;
-      if (take > k || (!nl && ls->len == sizeof ls->buf)) {
+      /* A full buffer waits for the next byte: a newline there makes it a
+         whole line of exactly the bound, however the reads split it. */
+      if (take > k) {
         /* Over the bound: hand over what fits, drop the rest of the line. */
         cb(arg, ls->buf, ls->len, 1);
         ls->len = 0;
