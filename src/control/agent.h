@@ -283,6 +283,10 @@ typedef struct {
 
 /* Listens on 127.0.0.1:port (0 = any free port); 0 or a libuv error. */
 int dcm__ident_start(dcm__ident_t *s, dcm__agent_t *a, int port);
+/* Binds tcp to 127.0.0.1:port (0: any) and listens; *bound_port is the port.
+   On error *listening tells the caller's stop to close the handle. */
+int dcm__ctl_listen_loopback(uv_loop_t *loop, uv_tcp_t *tcp, void *data, int port, int backlog,
+                             uv_connection_cb cb, int *listening, int *bound_port);
 /* Closes the listener and every connection (the agent is exiting). */
 void dcm__ident_stop(dcm__ident_t *s);
 /* A fresh run key (uv_random); 0 or a libuv error. */

@@ -359,22 +359,28 @@ static void connection_cb(uv_stream_t *server, int status) {
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) conn_abort(c);
 }
 
-int dcm__ident_start(dcm__ident_t *s, dcm__agent_t *a, int port) {
+int dcm__ctl_listen_loopback(uv_loop_t *loop, uv_tcp_t *tcp, void *data, int port, int backlog,
+                             uv_connection_cb cb, int *listening, int *bound_port) {
   struct sockaddr_in addr;
   struct sockaddr_storage bound;
   int len = sizeof bound;
-  s->a = a;
   int r = uv_ip4_addr("127.0.0.1", port, &addr);
   if (r != 0) return r;
-  if ((r = uv_tcp_init(a->loop, &s->tcp)) != 0) return r;
-  s->tcp.data = s;
-  s->listening = 1;
-  if ((r = uv_tcp_bind(&s->tcp, (const struct sockaddr *)&addr, 0)) != 0 ||
-      (r = uv_listen((uv_stream_t *)&s->tcp, 128, connection_cb)) != 0 ||
-      (r = uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&bound, &len)) != 0)
-    return r; /* dcm__ident_stop closes the handle */
-  s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+  if ((r = uv_tcp_init(loop, tcp)) != 0) return r;
+  tcp->data = data;
+  *listening = 1;
+  if ((r = uv_tcp_bind(tcp, (const struct sockaddr *)&addr, 0)) != 0 ||
+      (r = uv_listen((uv_stream_t *)tcp, backlog, cb)) != 0 ||
+      (r = uv_tcp_getsockname(tcp, (struct sockaddr *)&bound, &len)) != 0)
+    return r; /* the caller's stop closes the handle */
+  *bound_port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
   return 0;
+}
+
+int dcm__ident_start(dcm__ident_t *s, dcm__agent_t *a, int port) {
+  s->a = a;
+  return dcm__ctl_listen_loopback(a->loop, &s->tcp, s, port, 128, connection_cb, &s->listening,
+                                  &s->port);
 }
 
 void dcm__ident_stop(dcm__ident_t *s) {

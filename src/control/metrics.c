@@ -251,21 +251,9 @@ static void connection_cb(uv_stream_t *server, int status) {
 }
 
 int dcm__ctl_metrics_start(dcm__ctl_metrics_t *s, dcm__agent_t *a, int port) {
-  struct sockaddr_in addr;
-  struct sockaddr_storage bound;
-  int len = sizeof bound;
   s->a = a;
-  int r = uv_ip4_addr("127.0.0.1", port, &addr);
-  if (r != 0) return r;
-  if ((r = uv_tcp_init(a->loop, &s->tcp)) != 0) return r;
-  s->tcp.data = s;
-  s->listening = 1;
-  if ((r = uv_tcp_bind(&s->tcp, (const struct sockaddr *)&addr, 0)) != 0 ||
-      (r = uv_listen((uv_stream_t *)&s->tcp, 16, connection_cb)) != 0 ||
-      (r = uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&bound, &len)) != 0)
-    return r; /* dcm__ctl_metrics_stop closes the handle */
-  s->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-  return 0;
+  return dcm__ctl_listen_loopback(a->loop, &s->tcp, s, port, 16, connection_cb, &s->listening,
+                                  &s->port);
 }
 
 void dcm__ctl_metrics_stop(dcm__ctl_metrics_t *s) {
