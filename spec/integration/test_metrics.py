@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import prom  # noqa: E402
+from control_harness import wait_for  # noqa: E402
 from fake_discord import FakeDiscord  # noqa: E402
 from harness import BIN, OP_CONNECT, OP_OFFLOAD, Control, Master, run, send, status  # noqa: E402
 
@@ -24,17 +24,6 @@ SECRET = "metrics-test-secret"
 AUTH = {"Authorization": "Bearer " + SECRET}
 TIMING = ["--heartbeat-interval", "1", "--heartbeat-grace", "1", "--handshake-timeout", "2",
           "--collect-window", "30", "--reconnect-grace", "0.3"]
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.05)
 
 
 class Parser(unittest.TestCase):

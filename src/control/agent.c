@@ -383,6 +383,17 @@ static void stop_all_clusters(dcm__agent_t *a) {
   for (dcm__cluster_t *cl = a->clusters; cl; cl = cl->next) dcm__cluster_stop(cl);
 }
 
+/* Stops every cluster and forgets the assignment: MASTER gives a new one. */
+static void stop_all(dcm__agent_t *a) {
+  stop_all_clusters(a);
+  free(a->assigned);
+  a->assigned = NULL;
+  a->nassigned = 0;
+  free(a->over);
+  a->over = NULL;
+  a->nover = 0;
+}
+
 /* Takes want (sorted, unique, malloc'd). Linear but for sorting: the kept
  * groups are found with a binary search each, the rest by marks. */
 static void apply(dcm__agent_t *a, int *want, size_t n) {
@@ -501,13 +512,7 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   if (changed && a->clusters) {
     dcm__warn(&a->log, me(a), "MASTER's shard count or bot token changed; stopping every "
                               "cluster until it assigns shards again");
-    stop_all_clusters(a);
-    free(a->assigned);
-    a->assigned = NULL;
-    a->nassigned = 0;
-    free(a->over);
-    a->over = NULL;
-    a->nover = 0;
+    stop_all(a);
   }
   if (changed || a->sessions.nslots != (size_t)p->shard_count) {
     /* Sessions belong to one bot and shard count: a change voids them. */
@@ -631,13 +636,7 @@ static void lease_cb(uv_timer_t *t) {
   dcm__warn(&a->log, me(a), "no session with MASTER for %.3gs (--lease-timeout): stopping all "
             "%zu clusters; their sessions are reported when MASTER is back", a->cfg.lease_timeout,
             n);
-  stop_all_clusters(a);
-  free(a->assigned);
-  a->assigned = NULL;
-  a->nassigned = 0;
-  free(a->over);
-  a->over = NULL;
-  a->nover = 0;
+  stop_all(a);
   a->ready_pending = 0;
 }
 
