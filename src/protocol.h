@@ -142,11 +142,13 @@ const char *dcm__enc_info_request(lua_State *L, size_t *len);
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
                                 int max_concurrency, const char *gateway_url,
-                                size_t *len);
+                                uint64_t epoch, size_t *len);
 /* sess: NULL, or one entry per shard (NULL = no session to hand over). */
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
                              int redundant, const dcm__session_t *const *sess,
-                             size_t *len);
+                             uint64_t epoch, size_t *len);
+/* epoch: the leader's term (HA), 0 when running alone (no field). */
+const char *dcm__enc_grant(lua_State *L, int shard, uint64_t epoch, size_t *len);
 /* shard < 0: no d.shard. */
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
                            int shard, size_t *len);

@@ -49,7 +49,8 @@ void dcm__session_initialise(dcm__conn_t *c) {
   size_t n;
   const char *s = dcm__enc_initialise(m->json, m->o.token,
                                       (long long)dcm__ms(m->o.heartbeat_interval),
-                                      m->shard_count, m->max_concurrency, m->gateway_url, &n);
+                                      m->shard_count, m->max_concurrency, m->gateway_url,
+                                      dcm__ha_epoch(m), &n);
   send_text(c, s, n);
 }
 
@@ -215,6 +216,7 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
 
 void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
   dcm_master_t *m = c->m;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   dcm__packet_t p;
   char err[192];
   /* Not shard_count: info.shards may name shards of an older, larger fleet
@@ -242,6 +244,7 @@ void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
 
 void dcm__session_deadline(dcm__conn_t *c) {
   dcm_master_t *m = c->m;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   if (c->phase == DCM_CONN_HELLO) {
     dcm__info(&m->log, NULL, "peer %s: no info within %.3gs, closing (4002)", c->peer,
               m->o.handshake_timeout);

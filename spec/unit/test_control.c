@@ -701,7 +701,7 @@ static void test_connect_sessions(void) {
   dcm__session_t x = mk(6, "zz", 99, "wss://resume.example");
   const dcm__session_t *sess[] = {NULL, &x};
   size_t len;
-  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, &len);
+  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, 0, &len);
   char copy[512];
   snprintf(copy, sizeof copy, "%s", s);
   lua_settop(L, 0);
