@@ -397,6 +397,20 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
   }
   lua_setfield(L, -2, "machines");
   if (m->idq) push_identify(m, now);
+  if (m->o.etcd) { /* the leader's view of its term (a follower answers ha.c's body) */
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, dcm__ha_role(m));
+    lua_setfield(L, -2, "role");
+    lua_pushinteger(L, (lua_Integer)dcm__ha_epoch(m));
+    lua_setfield(L, -2, "epoch");
+    lua_pushstring(L, m->ha_self);
+    lua_setfield(L, -2, "leader");
+    lua_pushstring(L, m->o.cluster);
+    lua_setfield(L, -2, "cluster");
+    lua_pushnumber(L, m->o.lease_ttl);
+    lua_setfield(L, -2, "lease_ttl");
+    lua_setfield(L, -2, "ha");
+  }
   size_t known = 0;
   for (int s = 0; m->session && s < m->shard_count; s++) known += m->session[s] != NULL;
   lua_pushinteger(L, (lua_Integer)known);
