@@ -225,6 +225,7 @@ void dcm__coord_pump(dcm_master_t *m) {
     send_connect(m, x);
   }
   maybe_running(m);
+  dcm__ha_fleet_persist(m);
 }
 
 /* ---- allocation -------------------------------------------------------- */
@@ -590,6 +591,8 @@ void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed) {
     } else if (!m->window_over && m->o.expected_machines > 0 &&
                m->nmachines >= (size_t)m->o.expected_machines) {
       end_window(m, "expected machines joined");
+    } else if (!m->window_over && dcm__ha_fleet_back(m)) {
+      end_window(m, "the last leader's machines are back");
     }
     return;
   }

@@ -8,6 +8,7 @@
 
 #include "clock.h"
 #include "election.h"
+#include "fleet.h"
 #include "internal.h"
 #include "json.h"
 
@@ -197,13 +198,80 @@ void dcm__ha_persist(dcm_master_t *m) {
 
 /* ---- election events -------------------------------------------------- */
 
-static void got_record(void *arg, const char *value, size_t len) {
+/* ---- the fleet record: who the next leader should wait for ------------ */
+
+static void free_expect(dcm_master_t *m) {
+  for (size_t i = 0; i < m->ha_nexpect; i++) free(m->ha_expect[i]);
+  free(m->ha_expect);
+  m->ha_expect = NULL;
+  m->ha_nexpect = 0;
+}
+
+void dcm__ha_fleet_persist(dcm_master_t *m) {
+  if (m->o.etcd == NULL || !m->ha_leading || m->ha_closed || !m->allocated) return;
+  lua_State *L = m->json;
+  size_t len, n = 0;
+  int top = lua_gettop(L);
+  lua_createtable(L, 0, 0);
+  for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
+    dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, link);
+    if (x->state == DCM_MACHINE_DEAD || x->nshards == 0) continue;
+    lua_pushstring(L, x->id);
+    lua_rawseti(L, -2, (lua_Integer)++n);
+  }
+  if (n == 0) {
+    lua_pop(L, 1);
+    dcm__json_push_empty_array(L);
+  }
+  const char *s = dcm__json_encode(L, -1, &len);
+  if (s && (m->ha_fleet_last == NULL || strcmp(s, m->ha_fleet_last) != 0)) {
+    char *copy = strdup(s);
+    if (copy && dcm__elect_put(m->elect, "fleet", s, len) == 0) {
+      free(m->ha_fleet_last);
+      m->ha_fleet_last = copy;
+    } else {
+      free(copy);
+    }
+  }
+  lua_settop(L, top);
+}
+
+static void parse_fleet(dcm_master_t *m, const char *s, size_t len) {
+  lua_State *L = m->json;
+  size_t n = 0;
+  free_expect(m);
+  if (s == NULL || dcm__json_decode(L, s, len) != 0) return;
+  if (dcm__json_isarray(L, -1, &n) && n > 0 && n <= 1000000 &&
+      (m->ha_expect = calloc(n, sizeof *m->ha_expect)) != NULL) {
+    for (size_t i = 1; i <= n; i++) {
+      size_t idlen;
+      lua_rawgeti(L, -1, (lua_Integer)i);
+      const char *id = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &idlen) : NULL;
+      if (id && dcm__valid_id(id, idlen) && (m->ha_expect[m->ha_nexpect] = strdup(id)))
+        m->ha_nexpect++;
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, 0);
+}
+
+int dcm__ha_fleet_back(dcm_master_t *m) {
+  if (m->ha_nexpect == 0) return 0;
+  for (size_t i = 0; i < m->ha_nexpect; i++) {
+    dcm__machine_t *x = dcm__fleet_find(m, m->ha_expect[i]);
+    if (x == NULL || x->state != DCM_MACHINE_LIVE) return 0;
+  }
+  return 1;
+}
+
+static void got_fleet(void *arg, const char *value, size_t len) {
   dcm_master_t *m = arg;
   m->ha_reading = 0;
   if (m->stopping || m->ha_closed || m->ha_leading || !dcm__elect_leading(m->elect)) return;
-  free_record(m);
-  m->ha_rec = calloc(1, sizeof *m->ha_rec);
-  if (m->ha_rec) parse_record(m, value, len, m->ha_rec);
+  parse_fleet(m, value, len);
+  if (m->ha_nexpect)
+    dcm__info(&m->log, NULL, "the last leader's fleet ran on %zu machines; the collection ends "
+              "as soon as they are all back", m->ha_nexpect);
   m->ha_leading = 1;
   int r = dcm__coord_start(m);
   if (r != 0) {
@@ -211,6 +279,18 @@ static void got_record(void *arg, const char *value, size_t len) {
     m->exit_status = 1;
     dcm_master_stop(m, 0, NULL, NULL);
   }
+}
+
+static void got_record(void *arg, const char *value, size_t len) {
+  dcm_master_t *m = arg;
+  if (m->stopping || m->ha_closed || !dcm__elect_leading(m->elect)) {
+    m->ha_reading = 0;
+    return;
+  }
+  free_record(m);
+  m->ha_rec = calloc(1, sizeof *m->ha_rec);
+  if (m->ha_rec) parse_record(m, value, len, m->ha_rec);
+  if (dcm__elect_get(m->elect, "fleet", got_fleet, m) != 0) got_fleet(m, NULL, 0);
 }
 
 static void on_elect(void *arg, dcm__elect_event ev) {
@@ -273,6 +353,9 @@ int dcm__ha_close(dcm_master_t *m) {
 
 void dcm__ha_free(dcm_master_t *m) {
   free_record(m);
+  free_expect(m);
+  free(m->ha_fleet_last);
+  m->ha_fleet_last = NULL;
   free(m->ha_last);
   m->ha_last = NULL;
   m->ha_nlast = 0;

@@ -40,6 +40,12 @@ void dcm__ha_identify_start(dcm_master_t *m);
 void dcm__ha_granted(dcm_master_t *m, int bucket); /* after each grant */
 void dcm__ha_persist(dcm_master_t *m); /* writes what changed since the last call */
 
+/* Records the machines that run shards when that set changed (after a
+   decision: dcm__coord_pump), so the next leader knows whom to wait for. */
+void dcm__ha_fleet_persist(dcm_master_t *m);
+/* 1 when every machine of the last leader's fleet is connected again. */
+int dcm__ha_fleet_back(dcm_master_t *m);
+
 /* From dcm_master_stop: revokes the lease when leading. 1: a close is under
    way and dcm__master_release follows; 0: nothing to close. */
 int dcm__ha_close(dcm_master_t *m);

@@ -252,6 +252,9 @@ struct dcm_master_s {
   struct dcm__ha_record_s *ha_rec; /* the last leader's identify record */
   long long *ha_last;       /* per bucket: wall ms of our last grant */
   int ha_nlast, ha_dirty;
+  char **ha_expect;         /* the last leader's machines: the window ends when back */
+  size_t ha_nexpect;
+  char *ha_fleet_last;      /* the fleet record last written */
   /* stop */
   int started, stopping, start_failed, free_pending;
   int open_handles;
