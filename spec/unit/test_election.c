@@ -45,6 +45,7 @@ static void dump_logs(void);
 typedef struct {
   pid_t pid;
   int port, peer;
+  int tls; /* https with client certificates, from make_certs() in dir */
   char dir[64];
   char url[64];
 } etcd_t;
@@ -79,15 +80,18 @@ static void etcd_spawn(etcd_t *x, int port) {
     CHECK(mkdtemp(x->dir) != NULL);
     x->port = port ? port : free_port();
     x->peer = free_port();
-    snprintf(x->url, sizeof x->url, "http://127.0.0.1:%d", x->port);
+    snprintf(x->url, sizeof x->url, "%s://127.0.0.1:%d", x->tls ? "https" : "http", x->port);
     for (int i = 0; i < MAX_ETCD; i++)
       if (g_etcd[i] == NULL) {
         g_etcd[i] = x;
         break;
       }
   }
-  char data[128], logf[128], peer[64], cluster[96];
+  char data[128], logf[128], peer[64], cluster[96], cert[128], key[128], ca[128];
   snprintf(data, sizeof data, "%s/data", x->dir);
+  snprintf(cert, sizeof cert, "%s/server.pem", x->dir);
+  snprintf(key, sizeof key, "%s/server.key", x->dir);
+  snprintf(ca, sizeof ca, "%s/ca.pem", x->dir);
   snprintf(logf, sizeof logf, "%s/etcd.log", x->dir);
   snprintf(peer, sizeof peer, "http://127.0.0.1:%d", x->peer);
   snprintf(cluster, sizeof cluster, "t=%s", peer);
@@ -99,10 +103,13 @@ static void etcd_spawn(etcd_t *x, int port) {
       dup2(fd, 1);
       dup2(fd, 2);
     }
-    execl(etcd_bin(), "etcd", "--name", "t", "--data-dir", data, "--listen-client-urls",
-          x->url, "--advertise-client-urls", x->url, "--listen-peer-urls", peer,
-          "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
-          (char *)NULL);
+    char *argv[] = {"etcd", "--name", "t", "--data-dir", data, "--listen-client-urls",
+                    x->url, "--advertise-client-urls", x->url, "--listen-peer-urls", peer,
+                    "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
+                    "--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                    "--client-cert-auth", NULL};
+    if (!x->tls) argv[15] = NULL; /* no --cert-file and after */
+    execv(etcd_bin(), argv);
     _exit(127);
   }
   x->pid = pid;
@@ -257,8 +264,8 @@ static void on_event(void *arg, dcm__elect_event ev) {
   if (ev == DCM_ELECT_FOLLOWING) CHECK(!dcm__elect_leading(x->e));
 }
 
-static E *elector(T *t, const char *name, const char *endpoints, const char *cluster,
-                  double ttl) {
+static E *elector_tls(T *t, const char *name, const char *endpoints, const char *cluster,
+                      double ttl, const char *cacert, const char *cert, const char *key) {
   E *x = calloc(1, sizeof *x);
   CHECK(x != NULL);
   x->t = t;
@@ -266,13 +273,19 @@ static E *elector(T *t, const char *name, const char *endpoints, const char *clu
   x->cluster = cluster;
   snprintf(x->url, sizeof x->url, "ws://%s.example:7000", name);
   CHECK(dcm__log_init(&x->log, DCM_LOG_DEBUG, DCM_LOG_TEXT, log_cb, x) == 0);
-  dcm__elect_opts_t o = {endpoints, cluster, x->url, ttl, NULL, NULL, NULL};
+  dcm__elect_opts_t o = {endpoints, cluster, x->url, ttl, cacert, cert, key};
   CHECK(dcm__elect_new(&t->loop, &x->log, &o, on_event, x, &x->e) == 0);
   CHECK(dcm__elect_start(x->e) == 0);
   CHECK(dcm__elect_start(x->e) == DCM_ESTATE);
   CHECK(x->nev == 0 && !dcm__elect_leading(x->e)); /* nothing inside the call */
+  CHECK(t->nelectors < sizeof t->electors / sizeof t->electors[0]);
   t->electors[t->nelectors++] = x;
   return x;
+}
+
+static E *elector(T *t, const char *name, const char *endpoints, const char *cluster,
+                  double ttl) {
+  return elector_tls(t, name, endpoints, cluster, ttl, NULL, NULL, NULL);
 }
 
 static int g_done;
@@ -371,9 +384,11 @@ static void on_sync(void *arg, const dcm__etcd_result_t *r) {
 static int g_raw_closed;
 static void on_raw_closed(void *arg) { g_raw_closed = *(int *)arg; }
 
+static const char *g_cacert, *g_cert, *g_key; /* TLS of raw clients */
+
 static dcm__etcd_t *raw_client(T *t, const char *endpoints, dcm__log_t *log) {
   dcm__etcd_t *c;
-  dcm__etcd_opts_t o = {endpoints, NULL, NULL, NULL, 2};
+  dcm__etcd_opts_t o = {endpoints, g_cacert, g_cert, g_key, 2};
   CHECK(dcm__etcd_new(&t->loop, log, &o, &c) == 0);
   return c;
 }
@@ -860,6 +875,77 @@ static void test_http(void) {
   teardown(&t);
 }
 
+/* A CA, a server certificate for 127.0.0.1 and a client certificate, with
+ * the openssl tool, into dir. etcd's gateway dials etcd itself with the
+ * server certificate: it must be good for client auth too. */
+static void make_certs(const char *dir) {
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "set -e; cd '%s'; "
+           "K='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes'; "
+           "exec 2>/dev/null >/dev/null; openssl req -x509 $K -keyout ca.key -out ca.pem -days 2 -subj /CN=dcm-test-ca; "
+           "printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > s.ext; "
+           "printf 'extendedKeyUsage=clientAuth\n' > c.ext; "
+           "for n in server client; do "
+           "openssl req $K -keyout $n.key -out $n.csr -subj /CN=$n; "
+           "openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+           "-out $n.pem -days 2 -extfile $(echo $n | cut -c1).ext; done",
+           dir);
+  int rc = system(cmd);
+  if (rc != 0) fprintf(stderr, "openssl failed (%d): %s\n", rc, cmd);
+  CHECK(rc == 0);
+}
+
+static int wait_ready(etcd_t *x);
+
+/* etcd over https with client certificates: the TLS options reach curl. */
+static void test_tls(void) {
+  etcd_t x;
+  memset(&x, 0, sizeof x);
+  x.tls = 1;
+  snprintf(x.dir, sizeof x.dir, "/tmp/dcm-etcd-XXXXXX");
+  CHECK(mkdtemp(x.dir) != NULL);
+  x.port = free_port();
+  x.peer = free_port();
+  snprintf(x.url, sizeof x.url, "https://127.0.0.1:%d", x.port);
+  for (int i = 0; i < MAX_ETCD; i++)
+    if (g_etcd[i] == NULL) {
+      g_etcd[i] = &x;
+      break;
+    }
+  make_certs(x.dir);
+  etcd_spawn(&x, 0);
+  char ca[128], cert[128], key[128];
+  snprintf(ca, sizeof ca, "%s/ca.pem", x.dir);
+  snprintf(cert, sizeof cert, "%s/client.pem", x.dir);
+  snprintf(key, sizeof key, "%s/client.key", x.dir);
+  g_cacert = ca;
+  g_cert = cert;
+  g_key = key;
+  if (!wait_ready(&x)) {
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "tail -n 20 '%s/etcd.log' >&2", x.dir);
+    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
+    CHECK(!"etcd over TLS did not answer");
+  }
+  g_cacert = g_cert = g_key = NULL;
+
+  T t;
+  setup(&t, "etcd over TLS with client certificates", 2);
+  E *a = elector_tls(&t, "a", x.url, "tls", 2, ca, cert, key);
+  E *b = elector_tls(&t, "b", x.url, "tls", 2, NULL, NULL, NULL); /* the system store */
+  E *c = elector_tls(&t, "c", x.url, "tls", 2, ca, NULL, NULL);   /* no client certificate */
+  RUN_UNTIL(&t, last_ev(a, DCM_ELECT_LEADING) && last_ev(b, DCM_ELECT_UNAVAILABLE) &&
+                    last_ev(c, DCM_ELECT_UNAVAILABLE), 15000);
+  CHECK(dcm__elect_put(a->e, "identify", "tls", 3) == 0);
+  wait_value(&t, a, "identify", "tls", 3);
+  CHECK(strstr(b->logs, "SSL certificate problem") != NULL);
+  CHECK(count_log(b, "unreachable") == 1 && count_log(c, "unreachable") == 1);
+  CHECK(strstr(c->logs, x.url) != NULL);
+  teardown(&t);
+  etcd_remove(&x);
+}
+
 static int wait_ready(etcd_t *x) {
   T t;
   setup(&t, "etcd starts", 2);
@@ -893,20 +979,26 @@ int main(void) {
   }
   etcd_spawn(&g_main, 0);
   if (!wait_ready(&g_main)) {
-    fprintf(stderr, "FAIL: etcd did not answer at %s; its log is %s/etcd.log\n", g_main.url,
-            g_main.dir);
+    char cmd[160];
+    fprintf(stderr, "FAIL: etcd did not answer at %s; its log:\n", g_main.url);
+    snprintf(cmd, sizeof cmd, "tail -n 20 '%s/etcd.log' >&2", g_main.dir);
+    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
     return 1;
   }
-  test_bad_options();
-  test_http();
-  test_etcd_client();
-  test_two_electors();
-  test_clusters_apart();
-  test_records();
-  test_fenced();
-  test_failover();
-  test_etcd_late();
-  test_etcd_stopped();
+  /* DCM_TEST_ONLY=word runs the cases whose function name holds it. */
+#define CASE(fn) \
+  if (getenv("DCM_TEST_ONLY") == NULL || strstr(#fn, getenv("DCM_TEST_ONLY"))) fn()
+  CASE(test_bad_options);
+  CASE(test_http);
+  CASE(test_etcd_client);
+  CASE(test_two_electors);
+  CASE(test_clusters_apart);
+  CASE(test_records);
+  CASE(test_fenced);
+  CASE(test_failover);
+  CASE(test_etcd_late);
+  CASE(test_etcd_stopped);
+  CASE(test_tls);
   etcd_remove(&g_main);
   fprintf(stderr, "all election tests passed\n");
   return 0;
