@@ -255,7 +255,9 @@ static void on_valid_timer(uv_timer_t *t) {
 }
 
 static void arm_validity(dcm__elect_t *e) {
-  e->valid_until = e->lease_sent + e->lease_ms - e->margin_ms;
+  /* lease_ms >= ttl >= 2 s unless etcd shortened the lease: then no trust */
+  e->valid_until = e->lease_ms > e->margin_ms ? e->lease_sent + e->lease_ms - e->margin_ms
+                                              : e->lease_sent;
   uint64_t now = uv_now(e->loop);
   uv_timer_start(&e->valid_timer, on_valid_timer,
                  e->valid_until > now ? e->valid_until - now : 0, 0);
