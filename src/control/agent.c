@@ -546,6 +546,8 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
               a->cfg.masters[a->cur].hostport, a->cfg.masters[a->session_master].hostport);
   }
   a->session_master = (long)a->cur;
+  a->pass_tried = 0; /* the next attempt starts a new pass */
+  a->pass_follower = 0;
   uv_timer_stop(&a->lease_timer);
   dcm__client_set_idle(a->client, 2 * a->heartbeat_ms + IDLE_GRACE_MS);
   uv_timer_start(&a->heartbeat_timer, heartbeat_cb, a->heartbeat_ms, a->heartbeat_ms);
