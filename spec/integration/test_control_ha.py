@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -154,7 +155,8 @@ class ControlHA(unittest.TestCase):
                           "connection refused); trying ws://127.0.0.1:%d/ in 0s"
                           % (dead, dead, dead2), b.log())
             await log(b, r"every MASTER tried; trying .* in ([1-2](\.\d+)?)s$", 5)
-            b.kill()
+            b.signal(signal.SIGTERM)  # no session: it stops at once, cleanly
+            self.assertEqual(await asyncio.to_thread(b.wait, 10), 0, b.log())
             peer.release()
             await fm.stop()
 
@@ -223,6 +225,11 @@ class ControlHA(unittest.TestCase):
             await leader.start(f2.port)
             f1.answer = follower_answer(ws(f2.port))
             peer = await session(leader, [0])
+            self.assertEqual(outsider.hits, 0)
+            a.signal(signal.SIGTERM)  # drains: offload, then MASTER never answers
+            await log(a, r"SIGTERM: offloading 1 shards")
+            a.signal(signal.SIGTERM)  # a second signal stops at once
+            self.assertEqual(await asyncio.to_thread(a.wait, 10), 0, a.log())
             peer.release()
             await leader.stop()
             await f1.stop()
@@ -239,7 +246,7 @@ class ControlHA(unittest.TestCase):
             await b_m.start()
             skipped = await Responder(PLAIN_500).start()
             ag = f.agent(0, "mover", "--retry", "30", "--shards-per-cluster", "2",
-                         "--metrics-port", "0",
+                         "--metrics-port", "0", "--lease-timeout", "20",
                          url=[ws(a_m.port), ws(skipped.port), ws(b_m.port)])
             pa = await session(a_m, [0, 1, 2, 3])
             await log(ag, r"ready: all 4")
@@ -260,7 +267,8 @@ class ControlHA(unittest.TestCase):
             hello = await pb.recv(OP_INFO)
             self.assertEqual(hello["d"]["shards"], [0, 1, 2, 3])  # still running
             line = await log(ag, r"lost MASTER ws://127\.0\.0\.1:%d/" % a_m.port, 5, mark)
-            self.assertIn("MASTER at 127.0.0.1:%d stepped down (close 4020); the leader is %s)"
+            self.assertIn("MASTER at 127.0.0.1:%d stepped down (close 4020); the leader is %s); "
+                          "clusters keep running for up to 20s (--lease-timeout)"
                           % (a_m.port, ws(b_m.port)), line)
             self.assertTrue(line.endswith("trying ws://127.0.0.1:%d/ in 0s" % b_m.port), line)
             await pb.send(OP_INITIALISE, initialise(4))
@@ -337,21 +345,32 @@ class ControlHA(unittest.TestCase):
             self.assertEqual(pb.ws.close_code, 4021)
             await log(ag, r"grant from MASTER at 127\.0\.0\.1:%d carries epoch 7, below epoch 8"
                       % b_m.port, 5, mark)
-            # A MASTER without etcd sends no epoch: accepted; the clusters stay.
-            pa2 = await session(a_m, [0, 1])
+            # A (next at once) comes back with an initialise of an old term: refused.
+            pa2 = await a_m.accept()
+            await pa2.recv(OP_INFO)
+            await pa2.send(OP_INITIALISE, dict(initialise(4), epoch=5))
+            await asyncio.wait_for(pa2.ws.wait_closed(), 10)
+            self.assertEqual(pa2.ws.close_code, 4021)
+            await log(ag, r"initialise from MASTER at 127\.0\.0\.1:%d carries epoch 5, below "
+                      r"epoch 8" % a_m.port, 5, mark)
+            # Both tried: the backoff; then B without etcd sends no epoch: accepted,
+            # and the clusters stayed all along.
+            await log(ag, r"every MASTER tried; trying ws://127\.0\.0\.1:%d/" % b_m.port, 5, mark)
+            pb2 = await session(b_m, [0, 1])
             line = await log(ag, r"connect: 2 shards", 5, mark)
             self.assertIn("1 clusters kept, 0 started, 0 stopped", line)
             self.assertEqual(len(f.starts()), 1)
             fams = await scrape(ag)
             self.assertEqual(prom.value(fams, "discluster_control_master_epoch"), 8)
             # A malformed epoch is a malformed packet: ignored, the session stays.
-            await pa2.send(OP_CONNECT, {"shards": [0, 1], "redundant": False, "epoch": "9"})
+            await pb2.send(OP_CONNECT, {"shards": [0, 1], "redundant": False, "epoch": "9"})
             await log(ag, r"ignoring a bad packet from MASTER: connect: d\.epoch must be an "
                       r"integer from 0 to 2\^53", 5, mark)
-            await pa2.send(OP_CONNECT, {"shards": [0, 1], "redundant": False, "epoch": 9})
-            await pa2.recv(OP_ACK, where=lambda d: d["o"] == OP_CONNECT)
-            self.assertEqual(pa2.ws.close_code, None)
-            for p in (pa, pb, pa2):
+            await pb2.send(OP_CONNECT, {"shards": [0, 1], "redundant": False, "epoch": 9})
+            await pb2.recv(OP_ACK, where=lambda d: d["o"] == OP_CONNECT)
+            self.assertEqual(pb2.ws.close_code, None)
+            self.assertEqual(ag.count(r"carries epoch"), 3)
+            for p in (pa, pb, pa2, pb2):
                 p.release()
             await a_m.stop()
             await b_m.stop()
@@ -407,6 +426,8 @@ class ControlHA(unittest.TestCase):
             await until(lambda: rs[0].hits == 2, 5, "the walk going on")
             peer2 = await good.accept(timeout=10)
             await peer2.recv(OP_INFO)
+            ag.signal(signal.SIGTERM)  # no shards: it stops at once, cleanly
+            self.assertEqual(await asyncio.to_thread(ag.wait, 10), 0, ag.log())
             peer.release()
             peer2.release()
             await good.stop()
