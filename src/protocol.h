@@ -37,7 +37,10 @@ enum {
   DCM_CLOSE_TOO_BIG = 1009,
   DCM_CLOSE_DEAD = 4001,
   DCM_CLOSE_BAD_INFO = 4002,
-  DCM_CLOSE_DUPLICATE = 4003
+  DCM_CLOSE_DUPLICATE = 4003,
+  /* high availability (docs/protocol.md) */
+  DCM_CLOSE_NOT_LEADER = 4020,  /* M->C: stepped down; the reason names the new leader */
+  DCM_CLOSE_STALE_EPOCH = 4021  /* C->M: a packet's epoch is below one already seen */
 };
 
 enum {
