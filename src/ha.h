@@ -21,9 +21,6 @@
 
 #include "discluster/master.h"
 
-/* Close code of a leader that steps down; the reason names the new leader. */
-#define DCM_CLOSE_NOT_LEADER 4020
-
 int dcm__ha_start(dcm_master_t *m);  /* standalone: starts the coordinator */
 /* 1: this master may decide now. 0: not the leader; when it was, the step
    down has begun and the caller returns without acting. */

@@ -20,7 +20,7 @@ typedef struct {
   dcm__log_t log;
   uv_signal_t sigs[3]; /* SIGINT, SIGTERM, SIGHUP */
   uv_timer_t again;    /* HA: a master that stepped down is replaced by a fresh one */
-  const dcm_options_t *opts;
+  dcm_options_t opts;  /* the configuration, for a fresh master after a step down */
   int stopping;
   int status;
   int tls; /* serving TLS: SIGHUP reloads the certificate too */
@@ -42,9 +42,11 @@ static void on_event(dcm_master_t *m, const dcm_event_t *ev, void *arg);
    (timers, machines, queue) survives a lost leadership. */
 static void again_cb(uv_timer_t *t) {
   cli_t *cli = t->data;
+  if (cli->opts.listen_port == 0) /* keep the port agents and peers know */
+    cli->opts.listen_port = dcm_master_port(cli->master);
   dcm_master_free(cli->master);
   cli->master = NULL;
-  int rc = dcm_master_new(t->loop, cli->opts, &cli->master);
+  int rc = dcm_master_new(t->loop, &cli->opts, &cli->master);
   if (rc == 0) rc = dcm_master_start(cli->master, on_event, cli);
   if (rc < 0) {
     dcm__error(&cli->log, NULL, "cannot start again after stepping down: %s", dcm_strerror(rc));
@@ -132,7 +134,7 @@ int main(int argc, char **argv) {
   }
   memset(&cli, 0, sizeof cli);
   cli.tls = cfg.opts.tls_cert != NULL;
-  cli.opts = &cfg.opts;
+  cli.opts = cfg.opts;
   rc = dcm__log_init(&cli.log, cfg.opts.log_level, cfg.opts.log_format, NULL, NULL);
   if (rc == 0) rc = uv_loop_init(&loop);
   if (rc < 0) {
