@@ -60,8 +60,12 @@ class HA(FleetCase):
         self.etcd = Etcd()
 
     def tearDown(self):
+        logs = [m.log() for m in self.fleet.masters]
         super().tearDown()
         self.etcd.close()
+        for log in logs:  # stepping down and starting again under ASan/UBSan
+            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                self.assertNotIn(bad, log)
 
     def master(self, *extra, etcd=None):
         return self.fleet.master("--api-base", self.gw.api_base, "--expected-machines", "3",
