@@ -344,6 +344,12 @@ static void on_campaign(void *arg, const dcm__etcd_result_t *r) {
     lead(e, (uint64_t)r->create_revision);
     return;
   }
+  if (r->found && r->lease == e->lease && r->create_revision > 0) {
+    /* Our own earlier txn went through though its answer was lost (a
+     * timeout): the key is ours, bound to the lease we keep alive. */
+    lead(e, (uint64_t)r->create_revision);
+    return;
+  }
   if (!r->found || (e->stale_lease && r->lease == e->stale_lease)) {
     set_leader(e, NULL, 0); /* none, or our own term that just ended */
   } else if (r->value_len == 0 || r->value_len > DCM_ELECT_MAX_URL ||
