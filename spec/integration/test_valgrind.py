@@ -12,6 +12,9 @@ import harness
 from harness import Certs, Control, Master, http_get, raw_request, run, status
 
 VALGRIND = shutil.which("valgrind")
+VG = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
+      "--show-leak-kinds=definite,indirect,possible",
+      "--errors-for-leak-kinds=definite,indirect,possible"]
 
 
 @unittest.skipIf(os.environ.get("DCM_SANITIZED") == "1" or not VALGRIND,
@@ -20,9 +23,7 @@ class Valgrind(unittest.TestCase):
 
     def test_clean_exit_under_valgrind(self):
         real = harness.BIN
-        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
-              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
-              real]
+        vg = VG + [real]
         harness.BIN = vg[0]
         try:
             with Master(*vg[1:], "--shards", "4", "--expected-machines", "2",
@@ -50,9 +51,7 @@ class Valgrind(unittest.TestCase):
         fresh master following, then a stop: nothing left behind either."""
         from etcd_harness import Etcd
         real = harness.BIN
-        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
-              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
-              real]
+        vg = VG + [real]
         harness.BIN = vg[0]
         etcd = Etcd()
         try:
@@ -86,9 +85,7 @@ class Valgrind(unittest.TestCase):
         """TLS sessions, a refused plaintext client, a failed handshake and a
         certificate reload leave nothing behind either."""
         real = harness.BIN
-        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
-              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
-              real]
+        vg = VG + [real]
         harness.BIN = vg[0]
         certs = Certs()
         try:
