@@ -220,6 +220,41 @@ class HA(FleetCase):
         st = self.check_sessions()
         self.assertEqual(st["identify_count"], 24)
 
+    def test_the_identify_record_survives_a_leader_change(self):
+        """A new leader never grants faster than the last one's record allows,
+        nor spends more of the budget than it left; and a leader writes it."""
+        self.gw = FakeGateway(token=TOKEN, shards=8, max_concurrency=2,
+                              identify_interval=GW_INTERVAL, remaining=1000,
+                              dispatch_interval=0.5).start()
+        # What a previous leader left: both buckets granted a moment ago, 900 left.
+        now_ms = int(time.time() * 1000)
+        self.etcd.put("/discluster/bot/identify", json.dumps(
+            {"epoch": 1, "max_concurrency": 2, "interval_ms": 3000,
+             "buckets": {"0": now_ms, "1": now_ms}, "remaining": 900, "total": 1000,
+             "reset_at": now_ms + 3600 * 1000}))
+        written = time.monotonic()
+        m = self.fleet.master("--api-base", self.gw.api_base, "--expected-machines", "1",
+                              "--collect-window", "20", *MASTER_FAST,
+                              "--identify-interval", "3", "--etcd", self.etcd.url,
+                              "--lease-ttl", str(TTL), "--cluster", "bot", token=TOKEN)
+        m.wait_log(r"identify: 900 left in the budget as the last leader counted", 15)
+        m.wait_log(r"identify: the last leader's grants hold buckets for up to", 5)
+        self.m = m
+        self.agents = {"m0": self.fleet.agent(m.port, "m0", command=CLUSTER)}
+        self.wait_open(range(8), 60)
+        st = self.check_sessions()
+        self.assertEqual(st["identify_count"], 8)
+        first = min(i["t"] for i in st["identifies"])
+        # The record's grants hold each bucket for the interval (3 s) from when
+        # they were made; the fake's clock and ours are both monotonic here.
+        self.assertGreaterEqual(first - written, 2.5)
+        # It spent from the record's 900, not from Discord's 1000.
+        self.assertEqual(status(m)["session_start_limit"]["remaining"], 900 - 8)
+        rec = json.loads(self.etcd.get("/discluster/bot/identify"))
+        self.assertEqual(rec["remaining"], 900 - 8)
+        self.assertEqual(rec["epoch"], status(m)["ha"]["epoch"])
+        self.assertEqual(rec["max_concurrency"], 2)
+
     def test_bad_ha_options_are_refused(self):
         from harness import Master
         for args, want in [(("--etcd", "ftp://x"), "etcd:"),
