@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "etcd.h"
 #include "json.h"
+#include "options.h"
 
 #define FIRST_BACKOFF_MS 500
 #define MAX_BACKOFF_MS 5000
@@ -138,6 +139,18 @@ static void on_step_timer(uv_timer_t *t) { step(t->data); }
 
 static void schedule(dcm__elect_t *e, uint64_t ms) {
   uv_timer_start(&e->step_timer, on_step_timer, ms, 0);
+}
+
+/* The leader's URL goes into headers, JSON and close reasons as it is: a
+   ws[s]:// URL of printable characters without quotes, backslashes or blanks. */
+static int usable_url(const char *v, size_t len) {
+  char buf[DCM_ELECT_MAX_URL + 1];
+  if (len == 0 || len > DCM_ELECT_MAX_URL) return 0;
+  for (size_t i = 0; i < len; i++)
+    if (v[i] <= 0x20 || v[i] >= 0x7f || v[i] == '"' || v[i] == '\\') return 0;
+  memcpy(buf, v, len);
+  buf[len] = '\0';
+  return dcm__url_ok(buf, 1);
 }
 
 static void set_leader(dcm__elect_t *e, const char *url, size_t len) {
@@ -352,8 +365,7 @@ static void on_campaign(void *arg, const dcm__etcd_result_t *r) {
   }
   if (!r->found || (e->stale_lease && r->lease == e->stale_lease)) {
     set_leader(e, NULL, 0); /* none, or our own term that just ended */
-  } else if (r->value_len == 0 || r->value_len > DCM_ELECT_MAX_URL ||
-             !dcm__json_plain_text(r->value, r->value_len)) {
+  } else if (!usable_url(r->value, r->value_len)) {
     if (e->leader_url || !e->following_sent)
       dcm__warn(e->log, NULL, "election: the leader key holds no usable URL (%zu bytes)",
                 r->value_len);

@@ -24,7 +24,7 @@
 #include "log.h"
 
 #define DCM_ELECT_MAX_NAME 64     /* cluster and record names: [A-Za-z0-9._-]{1,64} */
-#define DCM_ELECT_MAX_URL 1024    /* bytes of self_url */
+#define DCM_ELECT_MAX_URL 120     /* bytes of self_url: fits a close reason (123) */
 #define DCM_ELECT_MAX_PUTS 16     /* records waiting to be written (distinct names) */
 #define DCM_ELECT_MAX_GETS 16     /* reads in flight */
 

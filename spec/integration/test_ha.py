@@ -255,6 +255,23 @@ class HA(FleetCase):
         self.assertEqual(rec["epoch"], status(m)["ha"]["epoch"])
         self.assertEqual(rec["max_concurrency"], 2)
 
+    def test_a_leader_key_that_is_no_url_is_not_repeated(self):
+        """Whatever sits in the leader key never reaches a header, JSON or a
+        close reason unless it is a plain ws[s]:// URL; the key's removal lets
+        the master lead."""
+        self.gw = FakeGateway(token=TOKEN, shards=2, max_concurrency=1).start()
+        self.etcd.put("/discluster/bot/leader", 'ws://x"\r\nEvil: 1')
+        m = self.master()
+        m.wait_log(r"leader key holds no usable URL", 15)
+        self.assertEqual(role(m), ("follower", None))
+        head = raw_upgrade_reply(m.port).partition("\r\n\r\n")[0]
+        self.assertTrue(head.startswith("HTTP/1.1 503 "), head)
+        self.assertNotIn("Evil", head)
+        self.assertNotIn("Discluster-Leader", head)
+        self.etcd.delete("/discluster/bot/leader")
+        wait_for(lambda: role(m)[0] == "leader", 15, "the master to lead")
+        m.stop()
+
     def test_bad_ha_options_are_refused(self):
         from harness import Master
         for args, want in [(("--etcd", "ftp://x"), "etcd:"),
