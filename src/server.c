@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
 #include "internal.h"
 #include "outq.h"
 #include "wskey.h"
@@ -28,8 +29,6 @@
 static void conn_finish(dcm__conn_t *c);
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
-
-static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
 /* ---- lifetime --------------------------------------------------------- */
 
@@ -709,7 +708,7 @@ static int conn_open(dcm_master_t *m, uv_stream_t *server, uv_os_sock_t fd) {
   }
   http_parser_init(&c->h->parser, HTTP_REQUEST);
   c->h->parser.data = c;
-  dcm__conn_set_deadline(c, uv_now(m->loop) + ms(m->o.head_timeout));
+  dcm__conn_set_deadline(c, uv_now(m->loop) + dcm__ms(m->o.head_timeout));
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) dcm__conn_abort(c);
   return 0;
 }

@@ -317,7 +317,7 @@ static void push_identify(dcm_master_t *m, uint64_t now) {
   lua_State *L = m->json;
   const dcm__idq_t *q = m->idq;
   lua_createtable(L, 0, 8);
-  lua_pushinteger(L, (lua_Integer)(m->o.identify_interval * 1000.0 + 0.5));
+  lua_pushinteger(L, (lua_Integer)dcm__ms(m->o.identify_interval));
   lua_setfield(L, -2, "interval_ms");
   lua_pushinteger(L, dcm__idq_reserve(q));
   lua_setfield(L, -2, "reserve");

@@ -3,13 +3,15 @@
  * stdout line contract (READY, FATAL, SESSION, bounded lines), the identify
  * endpoint's request target and keys, the reconnect backoff, the /proc
  * readers, the CONTROL-side packet codec with the bounded failed_clusters,
- * sessions, stopped and connect.sessions, and the session store. The
+ * sessions, stopped and connect.sessions, the session store, and the
+ * walk over several MASTERs (masters.c). The
  * agent is its own executable, not part of the library, so its pure
  * sources are compiled in here.
  */
 #include "check.h"
 #include "json.h"
 
+#include "control/masters.c"
 #include "control/packets.c"
 #include "control/plan.c"
 #include "control/sessions.c"
@@ -874,6 +876,102 @@ static void test_session_store(void) {
   dcm__ctl_sessions_free(&st);
 }
 
+static int unlisted_logs;
+
+static void count_unlisted(dcm_log_level level, const char *line, size_t len, void *arg) {
+  (void)level, (void)len, (void)arg;
+  if (strstr(line, "not one of this agent's MASTERs")) unlisted_logs++;
+}
+
+/* The walk over three MASTERs (docs/protocol.md, High availability):
+ * u = 0 makes each wait the lowest of its range. */
+static void test_masters_walk(void) {
+  dcm__ctl_url_t urls[3];
+  char err[96];
+  const char *text[] = {"ws://a", "ws://b", "ws://c"};
+  for (int i = 0; i < 3; i++)
+    CHECK_EQ(dcm__ctl_parse_url(text[i], strlen(text[i]), &urls[i], err, sizeof err), 0);
+  dcm__log_t lg;
+  CHECK_EQ(dcm__log_init(&lg, DCM_LOG_DEBUG, DCM_LOG_TEXT, count_unlisted, NULL), 0);
+  dcm__ctl_masters_t m;
+  dcm__ctl_ending_t failed = {0}, refused = {0}, named = {0}, stranger = {0};
+  uint64_t now = 1000000;
+  refused.follower = 1;
+  named.follower = named.has_leader = 1;
+  named.leader = urls[2];
+  snprintf(named.leader_text, sizeof named.leader_text, "ws://c");
+  stranger = named;
+  CHECK_EQ(dcm__ctl_parse_url("ws://d", 6, &stranger.leader, err, sizeof err), 0);
+  snprintf(stranger.leader_text, sizeof stranger.leader_text, "ws://d");
+  dcm__ctl_masters_init(&m, urls, 3, 30000, now, &lg, "t");
+  CHECK(dcm__ctl_masters_current(&m) == &urls[0] && m.session_master == -1);
+  /* failed attempts: the next MASTER at once, then the backoff after a pass */
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 0, "", "", now, 0), 0u);
+  CHECK_EQ(m.cur, 1u);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 0, "", "", now, 0), 0u);
+  CHECK_EQ(m.cur, 2u);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 0, "", "", now, 0), 500u);
+  CHECK_EQ(m.cur, 0u);
+  CHECK(m.pass_tried == 0 && m.retry_attempt == 1);
+  /* a follower names a listed leader: there at once; a pass in which a
+   * follower answered ends in the election wait, not the backoff */
+  CHECK_EQ(dcm__ctl_masters_next(&m, &named, 0, "", "", now, 0), 0u);
+  CHECK_EQ(m.cur, 2u);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 0, "", "", now, 0), 0u);
+  CHECK_EQ(m.cur, 1u);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &refused, 0, "", "", now, 0), DCM_CTL_ELECTION_MIN_MS);
+  CHECK(m.cur == 2 && m.pass_tried == 0 && m.retry_attempt == 1);
+  /* a leader tried in this pass is not tried again in it */
+  CHECK_EQ(dcm__ctl_masters_next(&m, &named, 0, "", "", now, 0), 0u);
+  CHECK_EQ(m.cur, 0u);
+  /* an unlisted leader is never followed, and logged once per name */
+  CHECK_EQ(dcm__ctl_masters_next(&m, &stranger, 0, "", "", now, 0), 0u);
+  CHECK(m.cur == 1 && unlisted_logs == 1);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &stranger, 0, "", "", now, 0), DCM_CTL_ELECTION_MIN_MS);
+  CHECK(m.cur == 2 && unlisted_logs == 1);
+  /* a session resets the backoff and the pass; a lost session retries the
+   * next MASTER after 0.1 s, at most once per --retry */
+  dcm__ctl_masters_session(&m);
+  CHECK(m.session_master == 2 && m.switches == 0 && m.retry_attempt == 0);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 1, "", "kept", now, 0), 100u);
+  CHECK_EQ(m.cur, 0u);
+  dcm__ctl_masters_session(&m);
+  CHECK(m.session_master == 0 && m.switches == 1);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 1, "", "kept", now + 1000, 0), 500u);
+  CHECK_EQ(m.cur, 1u);
+  dcm__ctl_masters_session(&m);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &refused, 1, "", "kept", now + 2000, 0),
+           DCM_CTL_ELECTION_MIN_MS);
+  CHECK_EQ(m.cur, 2u);
+  /* after --retry: a 4020 naming a listed leader goes there at once */
+  dcm__ctl_masters_session(&m);
+  named.leader = urls[0];
+  snprintf(named.leader_text, sizeof named.leader_text, "ws://a");
+  CHECK_EQ(dcm__ctl_masters_next(&m, &named, 1, "", "kept", now + 31000, 0), 0u);
+  CHECK_EQ(m.cur, 0u);
+  /* epochs: the highest is kept; a lower one is stale, and that
+   * connection's end counts as a failed attempt, not a lost session */
+  dcm__ctl_packet_t p;
+  memset(&p, 0, sizeof p);
+  p.op = DCM_OP_CONNECT;
+  CHECK_EQ(dcm__ctl_masters_stale(&m, &p), 0);
+  p.has_epoch = 1;
+  p.epoch = 8;
+  CHECK(dcm__ctl_masters_stale(&m, &p) == 0 && m.epoch == 8);
+  CHECK_EQ(dcm__ctl_masters_stale(&m, &p), 0);
+  p.epoch = 5;
+  CHECK(dcm__ctl_masters_stale(&m, &p) == 1 && m.epoch == 8);
+  dcm__ctl_masters_session(&m);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 1, "", "kept", now + 62000, 0), 0u);
+  CHECK(m.cur == 1 && m.stale == 0);
+  /* one MASTER: every failure ends a pass */
+  dcm__ctl_masters_init(&m, urls, 1, 30000, now, &lg, "t");
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 0, "", "", now, 0), 500u);
+  CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 0, "", "", now, 1), 2000u);
+  CHECK_EQ(m.cur, 0u);
+  dcm__log_close(&lg);
+}
+
 int main(void) {
   RUN(test_groups);
   RUN(test_line_kinds);
@@ -891,6 +989,7 @@ int main(void) {
   RUN(test_backoff);
   RUN(test_decode_epoch);
   RUN(test_master_urls);
+  RUN(test_masters_walk);
   RUN(test_proc_readers);
   RUN(test_rest_is_linear);
   return 0;

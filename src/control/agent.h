@@ -3,8 +3,8 @@
  * parts: the WebSocket client transport (client.c), the cluster processes
  * (clusters.c), the processes that escape a cluster's process group
  * (reaper.c), the identify endpoint (identify.c), the store of the shards'
- * Discord sessions (sessions.c) and the protocol and lifecycle state
- * machine (agent.c).
+ * Discord sessions (sessions.c), the walk over the MASTERs (masters.c) and
+ * the protocol and lifecycle state machine (agent.c).
  * Ownership: the agent owns at most one client connection at a time and
  * every cluster; each is freed only in its handles' close callbacks.
  * Depends on libuv, http-parser and the core's ws.h, log.h and json.h.
@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "masters.h"
 #include "packets.h"
 #include "plan.h"
 #include "protocol.h"
@@ -71,16 +72,6 @@ typedef enum {
   DCM_CLIENT_OPEN,
   DCM_CLIENT_CLOSING
 } dcm__client_phase;
-
-/* How an attempt ended, for the agent's choice of the next MASTER. */
-typedef struct {
-  int established; /* the WebSocket opened */
-  int follower;    /* a follower refused it (503 Discluster-Role: follower) or
-                      the leader stepped down (close 4020) */
-  int has_leader;  /* the refusal or the close named a leader: leader */
-  dcm__ctl_url_t leader;
-  char leader_text[DCM_CTL_URL_MAX + 1]; /* as named (a valid URL: printable) */
-} dcm__ctl_ending_t;
 
 struct dcm__client_s {
   dcm__agent_t *a;
@@ -358,7 +349,6 @@ struct dcm__agent_s {
   int session;           /* initialise received on the current connection */
   int had_session;       /* the last connection got as far as initialise */
   int shutdown_received;
-  uint64_t last_fast_retry;
   uv_timer_t retry_timer;
   uv_timer_t heartbeat_timer;
   uv_timer_t drain_timer;
@@ -366,16 +356,8 @@ struct dcm__agent_s {
   uv_timer_t sessions_timer; /* the next coalesced `sessions` packet */
   uv_timer_t lease_timer;    /* --lease-timeout: MASTER unreachable this long */
   uv_signal_t sigterm, sigint;
-  unsigned retry_attempt;  /* failed attempts since the last session: the backoff */
   /* the walk over cfg.masters (high availability) */
-  size_t cur;              /* index of the MASTER of the current (or last) attempt */
-  uint32_t pass_tried;     /* bit i: cfg.masters[i] tried since the last wait or session */
-  int pass_follower;       /* a follower answered in this pass: an election, not an outage */
-  int stale;               /* this connection was closed for a stale epoch (4021) */
-  uint64_t master_epoch;   /* the highest `epoch` seen (process lifetime); 0 none */
-  long session_master;     /* index of the last session's MASTER, -1 before one */
-  uint64_t master_switches; /* sessions with another MASTER than the one before */
-  char unlisted[DCM_CTL_URL_MAX + 1]; /* the last leader logged as not in the list */
+  dcm__ctl_masters_t masters;
   /* from initialise */
   char *token;
   int shard_count;

@@ -20,14 +20,12 @@
 #include <strings.h>
 
 #include "agent.h"
+#include "clock.h"
 #include "discluster/master.h"
 #include "outq.h"
 #include "wskey.h"
 
 #define CLOSE_LINGER_MS 2000
-
-
-static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
 /* ---- lifetime ------------------------------------------------------------ */
 
@@ -564,6 +562,6 @@ int dcm__client_start(dcm__agent_t *a, const dcm__ctl_url_t *url, dcm__client_t 
     return 0;
   }
   c->gai_pending = 1;
-  uv_timer_start(&c->timer, deadline_cb, ms(a->cfg.connect_timeout), 0);
+  uv_timer_start(&c->timer, deadline_cb, dcm__ms(a->cfg.connect_timeout), 0);
   return 0;
 }

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "clock.h"
 
 #define DRAIN_MS 500        /* stdout kept open this long after a run ends */
 #define STABLE_MS 60000     /* READY this long: the restart budget is whole again */
@@ -32,8 +33,6 @@ static const char *const state_names[] = {"waiting", "starting", "ready",
                                           "backoff", "failed",   "stopping"};
 
 const char *dcm__cluster_state_name(dcm__cluster_state s) { return state_names[s]; }
-
-static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
 static const char *me(const dcm__cluster_t *cl) { return cl->a->cfg.id; }
 
@@ -379,7 +378,7 @@ static void after_exit(dcm__cluster_t *cl) {
   if (cl->state == DCM_CLUSTER_READY && uv_now(a->loop) - cl->ready_at >= STABLE_MS)
     cl->restarts = 0;
   if (cl->restarts < DCM_CTL_RESTARTS) {
-    uint64_t wait = ms(a->cfg.restart_backoff) << cl->restarts;
+    uint64_t wait = dcm__ms(a->cfg.restart_backoff) << cl->restarts;
     cl->restarts++;
     a->restarts_total++;
     cl->state = DCM_CLUSTER_BACKOFF;
@@ -570,7 +569,7 @@ void dcm__cluster_stop(dcm__cluster_t *cl) {
                 "what it left)", cl->id);
     signal_run(cl, 1); /* nothing new if a FATAL restart sent SIGTERM already */
     close_run_handle(cl, (uv_handle_t *)&cl->in);
-    uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
+    uv_timer_start(&cl->timer, kill_cb, dcm__ms(cl->a->cfg.stop_timeout), 0);
   } else if (cl->exited && !cl->out_eof) {
     cl->state = DCM_CLUSTER_STOPPING; /* after_exit finishes it */
     cl->destroying = 1;
@@ -599,7 +598,7 @@ static void fatal_grace_cb(uv_timer_t *t) {
   dcm__warn(&cl->a->log, me(cl), "cluster %d still runs %.3gs after its FATAL; SIGTERM so it "
             "restarts", cl->id, FATAL_GRACE_MS / 1000.0);
   signal_run(cl, 1);
-  uv_timer_start(&cl->timer, kill_cb, ms(cl->a->cfg.stop_timeout), 0);
+  uv_timer_start(&cl->timer, kill_cb, dcm__ms(cl->a->cfg.stop_timeout), 0);
 }
 
 void dcm__cluster_restart_soon(dcm__cluster_t *cl) {

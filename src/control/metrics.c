@@ -90,14 +90,14 @@ static char *page(dcm__agent_t *a, size_t *len) {
     dcm__ctl_url_format(&a->cfg.masters[i], url, sizeof url);
     const char *labels[] = {"index", index, "url", url, NULL};
     dcm__prom_int(&p, "discluster_control_master", labels,
-                  a->session && a->session_master == (long)i);
+                  a->session && a->masters.session_master == (long)i);
   }
   dcm__prom_family(&p, "discluster_control_master_switches_total", "counter",
                    "Sessions begun with another MASTER than the session before.");
-  dcm__prom_int(&p, "discluster_control_master_switches_total", NULL, a->master_switches);
+  dcm__prom_int(&p, "discluster_control_master_switches_total", NULL, a->masters.switches);
   dcm__prom_family(&p, "discluster_control_master_epoch", "gauge",
                    "The highest leader epoch seen from MASTER (high availability); 0 if none.");
-  dcm__prom_int(&p, "discluster_control_master_epoch", NULL, a->master_epoch);
+  dcm__prom_int(&p, "discluster_control_master_epoch", NULL, a->masters.epoch);
   dcm__prom_family(&p, "discluster_control_draining", "gauge",
                    "1 after SIGTERM sent offload, until the agent stops.");
   dcm__prom_int(&p, "discluster_control_draining", NULL, a->mode == DCM_AGENT_DRAINING);

@@ -20,11 +20,10 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "clock.h"
 
 #define POLL_FAST_MS 100  /* a run being stopped lingers, or a process awaits SIGKILL */
 #define POLL_SLOW_MS 1000 /* a run lingers while it works (its leader exited) */
-
-static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
 
 static const char *me(const dcm__reaper_t *r) { return r->a->cfg.id; }
 
@@ -156,7 +155,7 @@ static void adopt(dcm__reaper_t *r, pid_t pid, long pgid) {
   } else {
     dcm__warn(&a->log, me(r), "pid %d was started by a cluster but belongs to no running "
               "cluster; stopping it (SIGTERM, SIGKILL in %.3gs)", (int)pid, a->cfg.stop_timeout);
-    o->kill_at = uv_now(a->loop) + ms(a->cfg.stop_timeout);
+    o->kill_at = uv_now(a->loop) + dcm__ms(a->cfg.stop_timeout);
     signal_orphan(o, 1);
   }
 }
