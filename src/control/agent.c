@@ -533,7 +533,6 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   memcpy(a->gateway_url, p->gateway_url, sizeof a->gateway_url);
   a->heartbeat_ms = p->heartbeat_ms < MIN_HEARTBEAT_MS ? MIN_HEARTBEAT_MS : (uint64_t)p->heartbeat_ms;
   a->session = 1;
-  a->had_session = 1;
   dcm__ctl_masters_session(&a->masters);
   uv_timer_stop(&a->lease_timer);
   dcm__client_set_idle(a->client, 2 * a->heartbeat_ms + IDLE_GRACE_MS);

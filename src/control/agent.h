@@ -347,7 +347,6 @@ struct dcm__agent_s {
   /* connection */
   dcm__client_t *client; /* NULL between attempts */
   int session;           /* initialise received on the current connection */
-  int had_session;       /* the last connection got as far as initialise */
   int shutdown_received;
   uv_timer_t retry_timer;
   uv_timer_t heartbeat_timer;
