@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
   dcm__log_t lg;
   dcm__log_init(&lg, DCM_LOG_INFO, DCM_LOG_TEXT, quiet, NULL);
   dcm__policy_t *p;
-  int rc = dcm__policy_new(path, dir, &lg, &p);
+  int rc = dcm__policy_new(path, dir, 0, &lg, &p);
   if (rc != 0) {
     fprintf(stderr, "bench_policy: cannot load the policy: %s\n", dcm_strerror(rc));
     return 1;
@@ -113,18 +113,18 @@ int main(int argc, char **argv) {
 
   for (int r = 0; r < RUNS; r++) {
     double t0 = now_ms();
-    rc = dcm__policy_reload(p);
+    rc = dcm__policy_reload(p, NULL, 0, NULL);
     ms[r] = now_ms() - t0;
     if (rc != 0) return 1;
   }
   report(path ? "reload (user policy + default.lua)" : "reload (default.lua)", ms, RUNS, 10);
   dcm__policy_free(p);
   if (path == NULL) {
-    rc = dcm__policy_new(user, dir, &lg, &p);
+    rc = dcm__policy_new(user, dir, 0, &lg, &p);
     if (rc != 0) return 1;
     for (int r = 0; r < RUNS; r++) {
       double t0 = now_ms();
-      rc = dcm__policy_reload(p);
+      rc = dcm__policy_reload(p, NULL, 0, NULL);
       ms[r] = now_ms() - t0;
       if (rc != 0) return 1;
     }
