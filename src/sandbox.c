@@ -46,13 +46,24 @@
  *   error), string.dump, string.match/gmatch/gsub (pattern backtracking);
  *   no io, package, debug, coroutine, rest of os.
  *
- * What no hook or wrapper sees, bounded by the caps instead: one VM
- * instruction comparing strings (<, ==) or converting a numeric string
- * (bitwise operators, for-loop bounds) works in time linear in the string,
- * at most DCM_SANDBOX_STRING_MAX bytes (strcoll: the C locale, which
- * discluster-master keeps); VARARG copies at most DCM_SANDBOX_VARARG_MAX
- * values. Unbounded: a table lookup walks the keys colliding in its hash
- * part, and integer keys can be chosen to collide.
+ * What no hook or wrapper sees, bounded by the caps and the time budget
+ * instead: one VM instruction comparing strings (<, ==) or converting a
+ * numeric string (for-loop bounds) works in time linear in the string, at
+ * most DCM_SANDBOX_STRING_MAX bytes (strcoll: the C locale, which
+ * discluster-master keeps; piece by piece between NUL bytes, so 4 KiB of
+ * NULs take about 50 us); VARARG copies at most DCM_SANDBOX_VARARG_MAX
+ * values; a table lookup walks the keys colliding in its hash part
+ * (integer keys can be chosen to collide; building a chain is quadratic,
+ * so a run builds a long one only as fast as the clock allows). The count
+ * hook reads the clock every HOOK_EVERY instructions: such a run ends
+ * within one stretch of them past its time budget.
+ *
+ * Unbounded in one VM step, so left to the job's thread (dcm__sandbox_run
+ * abandons it): a rehash reinserting keys that all collide at the new size
+ * (quadratic: seconds to minutes at the memory cap), a collection of a
+ * weak-keyed table whose entries chain into each other (the collector
+ * marks one link per pass), and the parser's table of a chunk's constants
+ * when they collide (a 700 KB file of them parses for seconds).
  */
 #define _GNU_SOURCE /* memmem */
 #include "sandbox.h"
@@ -71,9 +82,9 @@
 #include "discluster/master.h"
 
 /* Instructions between two budget and clock checks: the hook costs about
- * 2% over 1000 on a bare instruction loop, and bounds how long the
- * costliest single instructions (4 KiB string comparisons, conversions)
- * run past the time budget to about 20 ms (README "The sandbox"). */
+ * 2% more than with 1000 on a bare instruction loop, and a run ends at
+ * most one stretch of the costliest instructions (about 10-30 ms, see
+ * DCM_SANDBOX_GRACE_MS) past its time budget. */
 #define HOOK_EVERY 250
 /* Units for work done in C, measured against a plain VM instruction: */
 #define ALLOC_BYTES 16   /* bytes allocated */
