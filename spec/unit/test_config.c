@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "sandbox.h"
 
 static int failures, checks;
 
@@ -359,6 +360,14 @@ static void test_bad_files(void) {
   BAD_FILE("%s:3: time budget exceeded",
            "local m, t = (1 << 13) - 1, {}\nfor i = 1, (1 << 12) + 1 do t[i * m] = true end\n"
            "while true do local _ = t[3 * m] end\n");
+  /* one VM step no hook interrupts (a rehash over 65,536 colliding keys,
+   * seconds): refused at the time budget plus the grace; its thread frees
+   * the sandbox, wiped, when the step ends (at most a minute here) */
+  BAD_FILE("%s: still running 250 ms past its time budget of 1000 ms; abandoned",
+           "local m, t = (1 << 17) - 1, {}\nfor i = 1, 1 << 16 do t[i * m] = true end\n"
+           "t[((1 << 16) + 1) * m] = true\n");
+  for (int i = 0; i < 6000 && dcm__sandbox_abandoned() > 0; i++) usleep(10000);
+  CHECK(dcm__sandbox_abandoned() == 0, "the abandoned config run has not ended");
   BAD_FILE("%s:1: more than 64 extra arguments",
            "local t = {} for i = 1, 100 do t[i] = i end (function(...) end)(table.unpack(t))\n");
   /* no finalizers: Lua runs them with hooks off, beyond the instruction limit */
