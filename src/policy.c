@@ -384,10 +384,18 @@ static int vm_run(dcm__pvm_t **slot, call_t *c) {
 static int build_vm(dcm__policy_t *p, const char *user, const live_t *lv, dcm__pvm_t **out,
                     char *err, size_t n);
 
+/* " (file:line)" of the function a call ran, or nothing when unknown (an
+ * abandoned call's). */
+static const char *where_of(const call_t *c, char *buf, size_t n) {
+  snprintf(buf, n, c->where[0] ? " (%s)" : "%s", c->where);
+  return buf;
+}
+
 /* Runs op in the user's VM, then in the default one if that fails. */
 static int decide(dcm__policy_t *p, call_t *c) {
   gen_t *g = p->gen;
   const char *what = op_names[c->op];
+  char wh[sizeof c->where + 4];
   int tried_user = g->user != NULL;
   p->stats.calls++;
   if (tried_user) {
@@ -400,13 +408,13 @@ static int decide(dcm__policy_t *p, call_t *c) {
                 "ends, and decisions use the default policy until the next reload",
                 p->path, what, c->err);
     if (p->strict) {
-      dcm__error(p->log, NULL, "policy %s: %s (%s) rejected: %s", p->path,
-                 what, c->where, c->err);
+      dcm__error(p->log, NULL, "policy %s: %s%s rejected: %s", p->path, what,
+                 where_of(c, wh, sizeof wh), c->err);
       return DCM_EPOLICY;
     }
     dcm__warn(p->log, NULL,
-              "policy %s: %s (%s) rejected: %s; this decision uses the default policy",
-              p->path, what, c->where, c->err);
+              "policy %s: %s%s rejected: %s; this decision uses the default policy",
+              p->path, what, where_of(c, wh, sizeof wh), c->err);
   }
   int rc = 0;
   if (g->def == NULL) { /* abandoned by an earlier call: load it again */
@@ -417,8 +425,8 @@ static int decide(dcm__policy_t *p, call_t *c) {
   if (rc == ABANDONED) rc = DCM_EPOLICY;
   if (rc == DCM_EPOLICY && !tried_user) p->stats.errors++; /* else counted once above */
   if (rc == DCM_EPOLICY)
-    dcm__error(p->log, NULL, "default policy %s: %s (%s) failed: %s",
-               p->default_path, what, c->where, c->err);
+    dcm__error(p->log, NULL, "default policy %s: %s%s failed: %s", p->default_path, what,
+               where_of(c, wh, sizeof wh), c->err);
   return rc;
 }
 
@@ -635,7 +643,7 @@ static build_job_t *build_copy(const char *default_path, const char *user, const
   if (user) chars += strlen(user) + 1;
   for (size_t i = 0; i < n; i++) {
     ints += lv->machines[i].nshards;
-    chars += strlen(lv->machines[i].id) + 1;
+    chars += lv->machines[i].id ? strlen(lv->machines[i].id) + 1 : 0;
   }
   build_job_t *j = malloc(sizeof *j + n * sizeof(dcm__pmachine_t) + ints * sizeof(int) + chars);
   if (j == NULL) return NULL;
@@ -656,8 +664,10 @@ static build_job_t *build_copy(const char *default_path, const char *user, const
     for (size_t i = 0; i < n; i++) {
       const dcm__pmachine_t *m = &lv->machines[i];
       ms[i] = *m;
-      ms[i].id = strcpy(cp, m->id);
-      cp += strlen(cp) + 1;
+      if (m->id) {
+        ms[i].id = strcpy(cp, m->id);
+        cp += strlen(cp) + 1;
+      }
       if (m->nshards) ms[i].shards = memcpy(ip, m->shards, m->nshards * sizeof(int));
       ip += m->nshards;
     }
