@@ -278,6 +278,9 @@ static const char *bytecode_file(void) {
 }
 
 static void test_bad_loads(void) {
+  /* a time budget no attack here reaches first, even where sanitizers
+   * intercept strcmp: each is stopped by what it attacks */
+  policy_time = 60;
   for (size_t i = 0; i < sizeof bad_loads / sizeof bad_loads[0]; i++) {
     dcm__policy_t *p = NULL;
     log_clear();
@@ -298,6 +301,7 @@ static void test_bad_loads(void) {
   /* default.lua found without a policy_dir */
   CHECK(try_open(NULL, NULL, &p) == 0);
   dcm__policy_free(p);
+  policy_time = 0;
 }
 
 /* The sandbox from inside: what must be there and what must not. */
