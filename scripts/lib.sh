@@ -9,7 +9,7 @@ DCM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
 
 DCM_PACKAGES="build-essential cmake pkg-config libuv1-dev libwslay-dev libhttp-parser-dev
 libcurl4-openssl-dev libssl-dev openssl liblua5.4-dev lua5.4 lua-cjson-dev lua-busted
-python3 python3-websockets curl procps"
+python3 python3-websockets curl procps etcd-server"
 
 dcm__installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]

@@ -29,6 +29,7 @@
 
 typedef enum {
   K_LISTEN, K_SHARDS, K_COUNT, K_URL, K_PATH, K_TIME, K_FORMAT, K_LEVEL, K_SECRET,
+  K_TEXT, /* a string options.c validates */
   K_BOOL /* a flag without a value; true or false in the file */
 } kind_t;
 
@@ -94,6 +95,17 @@ static const ckey_t keys[] = {
    "run without a CONTROL secret (loopback only)"},
   {"allow_plaintext", "--allow-plaintext", K_BOOL, OFF(allow_plaintext), 0, NULL,
    "listen off loopback without TLS (token in cleartext)"},
+  {"etcd", "--etcd", K_TEXT, OFF(etcd), 0, "URL[,URL]",
+   "etcd endpoints: one of several MASTERs, one leads"},
+  {"cluster", "--cluster", K_TEXT, OFF(cluster), 0, "NAME",
+   "etcd key prefix, so one etcd serves several bots"},
+  {"lease_ttl", "--lease-ttl", K_TIME, OFF(lease_ttl), 1, "S",
+   "leader lease: a dead leader is replaced after this"},
+  {"advertise", "--advertise", K_URL, OFF(advertise_url), 1, "URL",
+   "ws[s]:// URL agents reach this MASTER at (HA)"},
+  {"etcd_cacert", "--etcd-cacert", K_PATH, OFF(etcd_cacert), 0, "FILE", "CA bundle for https etcd"},
+  {"etcd_cert", "--etcd-cert", K_PATH, OFF(etcd_cert), 0, "FILE", "client certificate for etcd"},
+  {"etcd_key", "--etcd-key", K_PATH, OFF(etcd_key), 0, "FILE", "private key of --etcd-cert"},
   {"token", NULL, K_SECRET, OFF(token), 0, NULL, NULL},
   {"auth", NULL, K_SECRET, OFF(auth), 0, NULL, NULL},
   {"status_auth", NULL, K_SECRET, OFF(status_auth), 0, NULL, NULL},
@@ -326,6 +338,10 @@ static int apply_string(dcm__config_t *cfg, const ckey_t *k, const char *name, c
     }
     case K_BOOL:
       return fail(err, n, "%s: expected a boolean, got string", name);
+    case K_TEXT:
+      if (*s == '\0' || has_ctl(s) || strlen(s) > 4096)
+        return fail(err, n, "%s: must be 1-4096 printable bytes", name);
+      return set_str(cfg, str_field(o, k), s, strlen(s));
     case K_SECRET:
       /* Never echoed: the value is a secret. Control bytes would break headers. */
       if (has_ctl(s)) return fail(err, n, "%s: must not contain control characters", name);
@@ -345,6 +361,7 @@ static int copy_key(dcm__config_t *to, const dcm__config_t *from, const ckey_t *
       return set_str(to, &t->listen_host, f->listen_host, strlen(f->listen_host));
     case K_URL:
     case K_PATH:
+    case K_TEXT:
     case K_SECRET:
       return set_str(to, str_field(t, k), *str_field(f, k), strlen(*str_field(f, k)));
     case K_TIME:
@@ -707,7 +724,8 @@ static void usage(FILE *out) {
       case K_LISTEN: snprintf(def, sizeof def, "%s:%d", d.listen_host, d.listen_port); break;
       case K_SHARDS: snprintf(def, sizeof def, "auto"); break;
       case K_COUNT: snprintf(def, sizeof def, "%d", *int_field(&d, k)); break;
-      case K_URL: snprintf(def, sizeof def, "%s", *str_field(&d, k) ? *str_field(&d, k) : ""); break;
+      case K_URL:
+      case K_TEXT: snprintf(def, sizeof def, "%s", *str_field(&d, k) ? *str_field(&d, k) : ""); break;
       case K_TIME: snprintf(def, sizeof def, "%g", *time_field(&d, k)); break;
       case K_FORMAT: snprintf(def, sizeof def, "%s", format_names[d.log_format]); break;
       case K_LEVEL: snprintf(def, sizeof def, "%s", level_names[d.log_level]); break;

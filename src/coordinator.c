@@ -162,6 +162,7 @@ static void maybe_running(dcm_master_t *m) {
 static void connect_timeout_cb(uv_timer_t *t) {
   dcm__machine_t *x = t->data;
   dcm_master_t *m = x->m;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   if (x->connect != DCM_CONNECT_SENT && x->connect != DCM_CONNECT_ACKED) return;
   dcm__warn(&m->log, x->id, "not ready within the connect timeout (%.3gs); it holds no other "
             "machine back", m->o.connect_timeout);
@@ -196,7 +197,7 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
   x->sent = copy;
   x->nsent = x->nshards;
   const char *s = dcm__enc_connect(m->json, x->shards, x->nshards, x->nshards == 0,
-                                   handed ? sess : NULL, &len);
+                                   handed ? sess : NULL, dcm__ha_epoch(m), &len);
   free(sess);
   if (s) dcm__conn_send(x->conn, s, len);
   lua_settop(m->json, 0);
@@ -224,6 +225,7 @@ void dcm__coord_pump(dcm_master_t *m) {
     send_connect(m, x);
   }
   maybe_running(m);
+  dcm__ha_fleet_persist(m);
 }
 
 /* ---- allocation -------------------------------------------------------- */
@@ -332,6 +334,7 @@ static void allocate(dcm_master_t *m) {
 
 static void refresh_timer_cb(uv_timer_t *t) {
   dcm_master_t *m = t->data;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   dcm__info(&m->log, NULL, "%d machines did not answer the info request in time; allocating anyway",
             m->info_waiting);
   allocate(m);
@@ -362,7 +365,11 @@ static void end_window(dcm_master_t *m, const char *why) {
   uv_timer_start(&m->timer, refresh_timer_cb, wait < REFRESH_WAIT_MS ? wait : REFRESH_WAIT_MS, 0);
 }
 
-static void window_timer_cb(uv_timer_t *t) { end_window(t->data, "window elapsed"); }
+static void window_timer_cb(uv_timer_t *t) {
+  dcm_master_t *m = t->data;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
+  end_window(m, "window elapsed");
+}
 
 static void begin_collecting(dcm_master_t *m) {
   set_state(m, DCM_STATE_COLLECTING);
@@ -393,6 +400,7 @@ void dcm__coord_running_count(dcm_master_t *m, dcm__machine_t *x, int count) {
   m->idq = q;
   dcm__idq_set_budget(m->idq, m->have_gw ? m->gw.remaining : -1, m->have_gw ? m->gw.total : 0,
                       m->o.identify_reserve);
+  dcm__ha_identify_start(m);
   /* Machines initialised with the old count (none of them runs shards yet)
      hear the kept one. */
   for (dcm__link_t *l = m->machines.next; l != &m->machines; l = l->next) {
@@ -424,6 +432,7 @@ static void release_held(dcm_master_t *m) {
 static void on_gateway(dcm__discord_t *d, int status, const dcm__gateway_t *gw, void *arg) {
   dcm_master_t *m = arg;
   (void)d;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   if (status != 0 && m->state == DCM_STATE_FETCHING) {
     const char *msg = status == DCM_EAUTH ? "Discord rejected the bot token"
                                           : "Discord's /gateway/bot failed permanently";
@@ -535,6 +544,7 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
 static void grace_timer_cb(uv_timer_t *t) {
   dcm__machine_t *x = t->data;
   char why[64];
+  if (!dcm__ha_leading(x->m)) return; /* lost leadership: the step down has begun */
   snprintf(why, sizeof why, "no reconnect within %.3gs", x->m->o.reconnect_grace);
   failover(x->m, x, why);
 }
@@ -581,6 +591,8 @@ void dcm__coord_joined(dcm_master_t *m, dcm__machine_t *x, int resumed) {
     } else if (!m->window_over && m->o.expected_machines > 0 &&
                m->nmachines >= (size_t)m->o.expected_machines) {
       end_window(m, "expected machines joined");
+    } else if (!m->window_over && dcm__ha_fleet_back(m)) {
+      end_window(m, "the last leader's machines are back");
     }
     return;
   }

@@ -1,16 +1,14 @@
-/* discord.c: see discord.h. Follows the shape of curl's multi-uv example:
- * curl tells us which sockets to watch and when to wake it; we drive it with
- * curl_multi_socket_action from libuv callbacks and never block. */
+/* discord.c: see discord.h. The request itself goes through http.c (libcurl
+ * on the loop); this file owns the retry policy and the parsing. */
 #include "discord.h"
 
-#include <curl/curl.h>
 #include <lauxlib.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "http.h"
 #include "json.h"
 
 #define PATH "/gateway/bot"
@@ -19,29 +17,19 @@
 #define MAX_BODY (64 * 1024)    /* a real answer is a few hundred bytes */
 #define MAX_API_BASE 1024
 #define MAX_TOKEN 512
-#define CONNECT_TIMEOUT_MS 10000L
-#define TOTAL_TIMEOUT_MS 30000L
+#define CONNECT_TIMEOUT_MS 10000
+#define TOTAL_TIMEOUT_MS 30000
 #define MAX_RETRY_AFTER 3600.0 /* a longer 429 wait is capped, and said so */
 #define MIN_RETRY_AFTER 0.05   /* a 429 saying 0 must not become a hot loop */
-
-/* One per socket curl asks us to watch; freed in its close callback. */
-typedef struct sock_s {
-  uv_poll_t poll;
-  curl_socket_t fd;
-  dcm__discord_t *d;
-  struct sock_s *prev, *next;
-} sock_t;
 
 struct dcm__discord_s {
   uv_loop_t *loop;
   dcm__log_t *log;
-  CURLM *multi;
-  CURL *easy;                  /* the attempt in flight, or NULL */
-  struct curl_slist *headers;  /* holds the token: wiped before free */
-  uv_timer_t curl_timer;       /* curl's own timeout */
+  dcm__http_t *http;
+  dcm__http_req_t *req;        /* the attempt in flight, or NULL */
+  char *auth;                  /* the Authorization header: wiped before free */
   uv_timer_t retry_timer;      /* backoff between attempts */
-  sock_t *socks;               /* watched sockets */
-  int open_handles;            /* uv handles not yet through their close cb */
+  int open_handles;            /* the timer and http, until their close cbs */
   char *url;
   int plain_http;
   double backoff_first, backoff_cap;
@@ -53,32 +41,20 @@ struct dcm__discord_s {
   void (*done)(void *arg);
   void *done_arg;
   lua_State *json;
-  char *body;                  /* MAX_BODY + 1 bytes */
-  size_t body_len;
-  int body_overflow;
-  double header_retry_after;   /* Retry-After header, seconds; -1 if none */
-  char errbuf[CURL_ERROR_SIZE];
 };
 
-/* curl_global_init is not thread-safe: this once-flag is the one piece of
- * process-wide state the module keeps. */
-static uv_once_t curl_once = UV_ONCE_INIT;
-static CURLcode curl_once_rc = CURLE_FAILED_INIT;
-static void curl_init_once(void) { curl_once_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
-
 static void start_attempt(dcm__discord_t *d);
-static void check_multi_info(dcm__discord_t *d);
 
 /* ---- handle bookkeeping ---------------------------------------------- */
 
 static void free_discord(dcm__discord_t *d) {
   void (*done)(void *) = d->done;
   void *arg = d->done_arg;
-  for (struct curl_slist *h = d->headers; h; h = h->next)
-    if (h->data) memset(h->data, 0, strlen(h->data));
-  curl_slist_free_all(d->headers);
+  if (d->auth) {
+    memset(d->auth, 0, strlen(d->auth));
+    free(d->auth);
+  }
   if (d->json) lua_close(d->json);
-  free(d->body);
   free(d->url);
   free(d);
   if (done) done(arg);
@@ -90,116 +66,21 @@ static void handle_closed(dcm__discord_t *d) {
 
 static void timer_close_cb(uv_handle_t *h) { handle_closed(h->data); }
 
-static void sock_close_cb(uv_handle_t *h) {
-  sock_t *s = h->data;
-  dcm__discord_t *d = s->d;
-  free(s);
-  handle_closed(d);
-}
+static void http_closed(void *arg) { handle_closed(arg); }
 
-static void sock_destroy(sock_t *s) {
-  dcm__discord_t *d = s->d;
-  if (s->prev) s->prev->next = s->next; else d->socks = s->next;
-  if (s->next) s->next->prev = s->prev;
-  s->prev = s->next = NULL;
-  uv_close((uv_handle_t *)&s->poll, sock_close_cb);
-}
-
-/* ---- curl <-> libuv glue --------------------------------------------- */
-
-static void on_poll(uv_poll_t *p, int status, int events) {
-  sock_t *s = p->data;
-  dcm__discord_t *d = s->d;
-  int flags = 0, running;
-  if (status < 0) flags = CURL_CSELECT_ERR;
-  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
-  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(d->multi, s->fd, flags, &running);
-  check_multi_info(d);
-}
-
-static void on_curl_timer(uv_timer_t *t) {
-  dcm__discord_t *d = t->data;
-  int running;
-  curl_multi_socket_action(d->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_multi_info(d);
-}
-
-static int socket_fn(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
-  dcm__discord_t *d = userp;
-  sock_t *s = socketp;
-  (void)easy;
-  if (what == CURL_POLL_REMOVE) {
-    if (s) {
-      curl_multi_assign(d->multi, fd, NULL);
-      sock_destroy(s);
-    }
-    return 0;
-  }
-  if (d->closing) return 0;
-  if (s == NULL) {
-    s = calloc(1, sizeof(*s));
-    if (s == NULL) return -1;
-    if (uv_poll_init_socket(d->loop, &s->poll, fd) != 0) {
-      free(s);
-      return -1;
-    }
-    s->fd = fd;
-    s->d = d;
-    s->poll.data = s;
-    s->next = d->socks;
-    if (d->socks) d->socks->prev = s;
-    d->socks = s;
-    d->open_handles++;
-    curl_multi_assign(d->multi, fd, s);
-  }
-  int events = 0;
-  if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
-  if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
-  return uv_poll_start(&s->poll, events, on_poll) == 0 ? 0 : -1;
-}
-
-static int timer_fn(CURLM *multi, long timeout_ms, void *userp) {
-  dcm__discord_t *d = userp;
-  (void)multi;
-  if (d->closing) return 0;
-  if (timeout_ms < 0) {
-    uv_timer_stop(&d->curl_timer);
-    return 0;
-  }
-  /* A zero timeout still goes through the loop: curl must not be
-   * re-entered from inside its own callback. */
-  return uv_timer_start(&d->curl_timer, on_curl_timer, (uint64_t)timeout_ms, 0) == 0 ? 0 : -1;
-}
-
-static size_t write_fn(char *ptr, size_t size, size_t n, void *userp) {
-  dcm__discord_t *d = userp;
-  size_t len = size * n;
-  if (len > MAX_BODY - d->body_len) {
-    d->body_overflow = 1;
-    return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-  }
-  memcpy(d->body + d->body_len, ptr, len);
-  d->body_len += len;
-  return len;
-}
-
-static size_t header_fn(char *buf, size_t size, size_t n, void *userp) {
-  dcm__discord_t *d = userp;
-  size_t len = size * n;
-  static const char name[] = "retry-after:";
-  if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) d->header_retry_after = -1; /* new response */
-  if (len > sizeof(name) - 1 && len < 64 && strncasecmp(buf, name, sizeof(name) - 1) == 0) {
-    char v[64];
-    memcpy(v, buf + sizeof(name) - 1, len - (sizeof(name) - 1));
-    v[len - (sizeof(name) - 1)] = '\0';
-    char *end;
-    double secs = strtod(v, &end);
-    while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') end++;
-    /* An HTTP-date form is ignored: backoff applies instead. */
-    if (end != v && *end == '\0' && isfinite(secs) && secs >= 0) d->header_retry_after = secs;
-  }
-  return len;
+/* Retry-After header, seconds; -1 if none. An HTTP-date form is ignored:
+ * backoff applies instead. */
+static double header_retry_after(const dcm__http_resp_t *r) {
+  size_t len;
+  const char *v = dcm__http_header(r, "retry-after", &len);
+  char buf[64];
+  if (v == NULL || len == 0 || len >= sizeof buf) return -1;
+  memcpy(buf, v, len);
+  buf[len] = '\0';
+  char *end;
+  double secs = strtod(buf, &end);
+  if (end == buf || *end != '\0' || !isfinite(secs) || secs < 0) return -1;
+  return secs;
 }
 
 /* ---- parsing ----------------------------------------------------------- */
@@ -262,11 +143,11 @@ static int parse_gateway(lua_State *L, dcm__gateway_t *gw, char *why, size_t n) 
 }
 
 /* retry_after from a 429 body, seconds; -1 when absent or not JSON. */
-static double body_retry_after(dcm__discord_t *d) {
+static double body_retry_after(dcm__discord_t *d, const dcm__http_resp_t *r) {
   lua_State *L = d->json;
   double v = -1;
   lua_settop(L, 0);
-  if (d->body_len > 0 && dcm__json_decode(L, d->body, d->body_len) == 0 &&
+  if (r->len > 0 && dcm__json_decode(L, r->body, r->len) == 0 &&
       dcm__json_field(L, 1, "retry_after") == LUA_TNUMBER) {
     double s = lua_tonumber(L, -1);
     if (isfinite(s) && s >= 0) v = s;
@@ -304,73 +185,50 @@ static void finish(dcm__discord_t *d, int status, const dcm__gateway_t *gw) {
   cb(d, status, gw, arg);
 }
 
+static void attempt_done(void *arg, const dcm__http_resp_t *r);
+
 static void start_attempt(dcm__discord_t *d) {
-  CURL *e = curl_easy_init();
+  const char *headers[] = {d->auth, "Accept: application/json"};
+  dcm__http_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.url = d->url;
+  o.protocols = d->plain_http ? "http,https" : "https";
+  o.headers = headers;
+  o.nheaders = 2;
+  o.user_agent = USER_AGENT;
+  o.timeout_ms = TOTAL_TIMEOUT_MS;
+  o.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  o.max_body = MAX_BODY;
+  /* One request now and then: a fresh connection each time, nothing
+   * lingers in curl's cache. */
+  o.reuse = 0;
   d->attempt++;
-  d->body_len = 0;
-  d->body_overflow = 0;
-  d->header_retry_after = -1;
-  d->errbuf[0] = '\0';
-  if (e == NULL) goto fail;
-  const char *protos = d->plain_http ? "http,https" : "https";
-  int bad = 0;
-  bad |= curl_easy_setopt(e, CURLOPT_URL, d->url) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, protos) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "https") != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_USERAGENT, USER_AGENT) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, CONNECT_TIMEOUT_MS) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, TOTAL_TIMEOUT_MS) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)MAX_BODY) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK;
-  /* One request now and then: a fresh connection each time keeps socket
-   * bookkeeping simple and nothing lingers in curl's cache. */
-  bad |= curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) != CURLE_OK;
-  /* Closing must not wait for a slow DNS resolver thread. */
-  bad |= curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_fn) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, d) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_fn) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, d) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, d->errbuf) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, d) != CURLE_OK;
-  if (bad || curl_multi_add_handle(d->multi, e) != CURLM_OK) goto fail;
-  d->easy = e;
+  if (dcm__http_request(d->http, &o, attempt_done, d, &d->req) != 0) {
+    d->req = NULL;
+    fail_retry(d, "could not set up the request (out of memory?)");
+    return;
+  }
   dcm__log(d->log, d->attempt == 1 ? DCM_LOG_INFO : DCM_LOG_DEBUG, NULL,
            "discord: GET %s (attempt %d)", d->url, d->attempt);
-  return;
-fail:
-  if (e) curl_easy_cleanup(e);
-  fail_retry(d, "could not set up the request (out of memory?)");
 }
 
 /* Classifies a finished attempt: success, permanent error, or a retry. */
-static void attempt_done(dcm__discord_t *d, CURLcode rc) {
-  long status = 0;
+static void attempt_done(void *arg, const dcm__http_resp_t *r) {
+  dcm__discord_t *d = arg;
+  long status = r->status;
   char why[512];
-  curl_easy_getinfo(d->easy, CURLINFO_RESPONSE_CODE, &status);
-  char *location = NULL;
-  curl_easy_getinfo(d->easy, CURLINFO_REDIRECT_URL, &location);
-  char loc[256];
-  snprintf(loc, sizeof loc, "%s", location ? location : "(none)");
-  curl_multi_remove_handle(d->multi, d->easy);
-  curl_easy_cleanup(d->easy);
-  d->easy = NULL;
+  d->req = NULL;
 
-  if (rc != CURLE_OK) {
-    if (d->body_overflow || rc == CURLE_FILESIZE_EXCEEDED) {
+  if (r->status < 0) {
+    if (r->status == DCM_HTTP_ETOOBIG) {
       snprintf(why, sizeof why, "malformed answer: body larger than %d bytes", MAX_BODY);
-    } else if (rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_URL_MALFORMAT) {
-      dcm__error(d->log, NULL, "discord: GET %s failed: %s (%s); check api_base, not retrying",
-                 d->url, curl_easy_strerror(rc), d->errbuf);
+    } else if (r->status == DCM_HTTP_EURL) {
+      dcm__error(d->log, NULL, "discord: GET %s failed: %s; check api_base, not retrying",
+                 d->url, r->error);
       finish(d, DCM_EDISCORD, NULL);
       return;
     } else {
-      snprintf(why, sizeof why, "%s (%s)", curl_easy_strerror(rc),
-               d->errbuf[0] ? d->errbuf : "no detail");
+      snprintf(why, sizeof why, "%s", r->error);
     }
     fail_retry(d, why);
     return;
@@ -382,10 +240,10 @@ static void attempt_done(dcm__discord_t *d, CURLcode rc) {
     return;
   }
   if (status == 429) {
-    double body = body_retry_after(d), wait = body;
+    double wait = body_retry_after(d, r);
     const char *from = "retry_after in the body";
     if (wait < 0) {
-      wait = d->header_retry_after;
+      wait = header_retry_after(r);
       from = "Retry-After header";
     }
     if (wait < 0) {
@@ -409,6 +267,8 @@ static void attempt_done(dcm__discord_t *d, CURLcode rc) {
     return;
   }
   if (status >= 300 && status <= 399) {
+    char loc[256];
+    snprintf(loc, sizeof loc, "%s", r->location ? r->location : "(none)");
     dcm__error(d->log, NULL, "discord: GET %s answered HTTP %ld redirecting to %s; redirects "
                "are not followed (check api_base), not retrying", d->url, status, loc);
     finish(d, DCM_EDISCORD, NULL);
@@ -425,12 +285,12 @@ static void attempt_done(dcm__discord_t *d, CURLcode rc) {
   lua_State *L = d->json;
   lua_settop(L, 0);
   char detail[160];
-  int bad = dcm__json_decode(L, d->body, d->body_len) != 0;
+  int bad = dcm__json_decode(L, r->body, r->len) != 0;
   if (bad) snprintf(detail, sizeof detail, "not JSON");
   else bad = parse_gateway(L, &gw, detail, sizeof detail) != 0;
   lua_settop(L, 0);
-  if (bad) snprintf(why, sizeof why, "malformed answer: %s", detail);
   if (bad) {
+    snprintf(why, sizeof why, "malformed answer: %s", detail);
     fail_retry(d, why);
     return;
   }
@@ -438,15 +298,6 @@ static void attempt_done(dcm__discord_t *d, CURLcode rc) {
             "(resets in %.1f s), max concurrency %d", gw.url, gw.shards, gw.remaining, gw.total,
             gw.reset_after, gw.max_concurrency);
   finish(d, 0, &gw);
-}
-
-static void check_multi_info(dcm__discord_t *d) {
-  CURLMsg *m;
-  int left;
-  /* d->multi goes NULL if a callback closed d. */
-  while (d->multi && (m = curl_multi_info_read(d->multi, &left)) != NULL) {
-    if (m->msg == CURLMSG_DONE && m->easy_handle == d->easy) attempt_done(d, m->data.result);
-  }
 }
 
 /* ---- public ------------------------------------------------------------ */
@@ -464,9 +315,6 @@ int dcm__discord_new(uv_loop_t *loop, const char *api_base, const char *token,
     if ((unsigned char)token[i] < 0x20 || token[i] == 0x7f) return DCM_EINVAL;
   while (blen > 0 && api_base[blen - 1] == '/') blen--;
 
-  uv_once(&curl_once, curl_init_once);
-  if (curl_once_rc != CURLE_OK) return DCM_ENOMEM;
-
   dcm__discord_t *d = calloc(1, sizeof(*d));
   if (d == NULL) return DCM_ENOMEM;
   d->loop = loop;
@@ -475,30 +323,14 @@ int dcm__discord_new(uv_loop_t *loop, const char *api_base, const char *token,
   d->backoff_first = 1;
   d->backoff_cap = 60;
   d->url = malloc(blen + sizeof(PATH));
-  d->body = malloc(MAX_BODY + 1);
   d->json = dcm__json_new();
-  char *auth = malloc(tlen + 32);
-  if (d->url == NULL || d->body == NULL || d->json == NULL || auth == NULL) goto oom;
+  d->auth = malloc(tlen + 32);
+  if (d->url == NULL || d->json == NULL || d->auth == NULL) goto oom;
   memcpy(d->url, api_base, blen);
   memcpy(d->url + blen, PATH, sizeof(PATH));
-  snprintf(auth, tlen + 32, "Authorization: Bot %s", token);
-  struct curl_slist *h = curl_slist_append(NULL, auth);
-  memset(auth, 0, tlen + 32);
-  free(auth);
-  auth = NULL;
-  if (h == NULL) goto oom;
-  d->headers = h;
-  h = curl_slist_append(d->headers, "Accept: application/json");
-  if (h == NULL) goto oom;
-  d->multi = curl_multi_init();
-  if (d->multi == NULL) goto oom;
-  curl_multi_setopt(d->multi, CURLMOPT_SOCKETFUNCTION, socket_fn);
-  curl_multi_setopt(d->multi, CURLMOPT_SOCKETDATA, d);
-  curl_multi_setopt(d->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
-  curl_multi_setopt(d->multi, CURLMOPT_TIMERDATA, d);
-  uv_timer_init(loop, &d->curl_timer);
+  snprintf(d->auth, tlen + 32, "Authorization: Bot %s", token);
+  if (dcm__http_new(loop, &d->http) != 0) goto oom;
   uv_timer_init(loop, &d->retry_timer);
-  d->curl_timer.data = d;
   d->retry_timer.data = d;
   d->open_handles = 2;
   if (plain)
@@ -507,7 +339,6 @@ int dcm__discord_new(uv_loop_t *loop, const char *api_base, const char *token,
   *out = d;
   return 0;
 oom:
-  free(auth);
   d->done = NULL;
   free_discord(d);
   return DCM_ENOMEM;
@@ -540,14 +371,8 @@ void dcm__discord_close(dcm__discord_t *d, void (*done)(void *arg), void *arg) {
   d->cb = NULL;
   d->done = done;
   d->done_arg = arg;
-  if (d->easy) {
-    curl_multi_remove_handle(d->multi, d->easy);
-    curl_easy_cleanup(d->easy);
-    d->easy = NULL;
-  }
-  curl_multi_cleanup(d->multi);
-  d->multi = NULL;
-  while (d->socks) sock_destroy(d->socks); /* any curl did not hand back */
-  uv_close((uv_handle_t *)&d->curl_timer, timer_close_cb);
+  dcm__http_cancel(d->req);
+  d->req = NULL;
+  dcm__http_close(d->http, http_closed, d);
   uv_close((uv_handle_t *)&d->retry_timer, timer_close_cb);
 }

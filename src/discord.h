@@ -1,6 +1,6 @@
 /*
- * discord.h: GET {api_base}/gateway/bot through libcurl's multi-socket API
- * on the caller's libuv loop (one uv_poll_t per socket, one uv_timer_t).
+ * discord.h: GET {api_base}/gateway/bot on the caller's libuv loop through
+ * http.c (libcurl's multi-socket API); a 64 KiB bound on the answer.
  * Retries 429 (after retry_after), 5xx, network errors and malformed bodies
  * with capped exponential backoff; a 401/403 ends the fetch with DCM_EAUTH.
  * The token is sent only in the Authorization header and is never logged.

@@ -14,6 +14,7 @@ static void idq_timer_cb(uv_timer_t *t);
 
 static void budget_timer_cb(uv_timer_t *t) {
   dcm_master_t *m = t->data;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   dcm__info(&m->log, NULL, "asking Discord for the identify budget again");
   dcm__coord_fetch_gateway(m);
 }
@@ -42,12 +43,13 @@ static int grant_cb(void *arg, int shard, void *owner) {
     send_not_yours(m, x, shard, "no longer assigned to this machine");
     return -1;
   }
-  const char *s = dcm__enc_shard_op(m->json, DCM_OP_GRANT, shard, &len);
+  const char *s = dcm__enc_grant(m->json, shard, dcm__ha_epoch(m), &len);
   if (s) dcm__conn_send(x->conn, s, len);
   lua_settop(m->json, 0);
   if (s == NULL) return -1;
   dcm__debug(&m->log, x->id, "identify granted: shard %d (bucket %d)", shard,
              shard % dcm__idq_buckets(m->idq));
+  dcm__ha_granted(m, shard % dcm__idq_buckets(m->idq));
   return 0;
 }
 
@@ -69,8 +71,10 @@ void dcm__grants_refetch_in(dcm_master_t *m, uint64_t wait) {
 
 static void idq_timer_cb(uv_timer_t *t) {
   dcm_master_t *m = t->data;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   uint64_t now = uv_now(m->loop);
   uint64_t wake = dcm__idq_run(m->idq, now, grant_cb, m);
+  dcm__ha_persist(m); /* this run's grants, in one record */
   if (wake != DCM_IDQ_NEVER)
     uv_timer_start(&m->idq_timer, idq_timer_cb, wake > now ? wake - now : 0, 0);
   if (dcm__idq_budget_blocked(m->idq)) wait_for_budget(m);
@@ -82,6 +86,7 @@ int dcm__grants_start(dcm_master_t *m) {
   /* Without Discord (fixed shards) the budget is unknown: pacing only. */
   dcm__idq_set_budget(m->idq, m->have_gw ? m->gw.remaining : -1, m->have_gw ? m->gw.total : 0,
                       m->o.identify_reserve);
+  dcm__ha_identify_start(m); /* after a takeover: the last leader's pace and budget */
   return 0;
 }
 

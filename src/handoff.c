@@ -50,6 +50,7 @@ void dcm__handoff_done(dcm_master_t *m, int s) {
 
 static void handoff_timer_cb(uv_timer_t *t) {
   dcm_master_t *m = t->data;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   uint64_t now = uv_now(m->loop);
   size_t late = 0;
   for (int s = 0; s < m->shard_count; s++) {
@@ -181,7 +182,7 @@ void dcm__handoff_progress(dcm_master_t *m) {
 }
 
 int dcm_master_rebalance(dcm_master_t *m) {
-  if (!m->started || m->stopping || !m->allocated) return DCM_ESTATE;
+  if (!m->started || m->stopping || !m->allocated || !dcm__ha_leading(m)) return DCM_ESTATE;
   dcm__machine_t **xs = malloc((m->nmachines + 1) * sizeof *xs);
   size_t n = xs ? targets(m, xs) : 0;
   free(xs);

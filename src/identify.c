@@ -202,6 +202,11 @@ size_t dcm__idq_depth(const dcm__idq_t *q, int bucket) { return q->bucket[bucket
 
 size_t dcm__idq_waiting(const dcm__idq_t *q) { return q->waiting; }
 
+void dcm__idq_hold(dcm__idq_t *q, int bucket, uint64_t until) {
+  if (bucket < 0 || bucket >= q->nbuckets) return;
+  if (q->bucket[bucket].next_at < until) q->bucket[bucket].next_at = until;
+}
+
 uint64_t dcm__idq_next_at(const dcm__idq_t *q, int bucket) { return q->bucket[bucket].next_at; }
 
 int dcm__idq_budget_blocked(const dcm__idq_t *q) { return q->waiting > 0 && !budget_allows(q); }

@@ -58,6 +58,10 @@ void dcm__idq_drop_owner(dcm__idq_t *q, void *owner);
 typedef int (*dcm__idq_grant_fn)(void *arg, int shard, void *owner);
 uint64_t dcm__idq_run(dcm__idq_t *q, uint64_t now, dcm__idq_grant_fn grant, void *arg);
 
+/* No grant in bucket before `until` (a grant made elsewhere: an earlier
+   leader's, read back after a takeover). Never moves a bucket earlier. */
+void dcm__idq_hold(dcm__idq_t *q, int bucket, uint64_t until);
+
 /* ---- what /status and the log show -------------------------------------- */
 
 int dcm__idq_buckets(const dcm__idq_t *q);

@@ -14,6 +14,7 @@
 
 #include "discluster/master.h"
 #include "discord.h"
+#include "ha.h"
 #include "identify.h"
 #include "log.h"
 #include "metrics.h"
@@ -175,7 +176,7 @@ typedef enum {
 struct dcm_master_s {
   uv_loop_t *loop;
   dcm_options_t o;  /* strings point at owned copies */
-  char *owned[12];
+  char *owned[16];
   dcm__log_t log;
   lua_State *json;  /* cjson state for packets and /status */
   char heartbeat_ack[32];
@@ -239,6 +240,21 @@ struct dcm_master_s {
   dcm__policy_t *policy;
   dcm__discord_t *discord;
   dcm__counters_t counters; /* for /metrics (metrics.h) */
+  /* high availability (ha.c); all unused without the etcd option */
+  struct dcm__elect_s *elect;
+  int ha_leading;   /* elected, and the coordinator started */
+  int ha_reading;   /* elected, reading the last leader's record */
+  int ha_stepping;  /* lost leadership: the stop is under way */
+  int ha_closed;    /* the elector is closing or closed */
+  uint64_t ha_epoch;
+  char ha_self[128];        /* this master's URL: the leader key's value */
+  char ha_last_leader[128]; /* the leader last logged while following */
+  struct dcm__ha_record_s *ha_rec; /* the last leader's identify record */
+  long long *ha_last;       /* per bucket: wall ms of our last grant */
+  int ha_nlast, ha_dirty;
+  char **ha_expect;         /* the last leader's machines: the window ends when back */
+  size_t ha_nexpect;
+  char *ha_fleet_last;      /* the fleet record last written */
   /* stop */
   int started, stopping, start_failed, free_pending;
   int open_handles;

@@ -19,29 +19,64 @@ typedef struct {
   dcm_master_t *master;
   dcm__log_t log;
   uv_signal_t sigs[3]; /* SIGINT, SIGTERM, SIGHUP */
+  uv_timer_t again;    /* HA: a master that stepped down is replaced by a fresh one */
+  dcm_options_t opts;  /* the configuration, for a fresh master after a step down */
   int stopping;
+  int status;
   int tls; /* serving TLS: SIGHUP reloads the certificate too */
 } cli_t;
 
 static void close_signals(cli_t *cli) {
   for (int i = 0; i < 3; i++)
     if (!uv_is_closing((uv_handle_t *)&cli->sigs[i])) uv_close((uv_handle_t *)&cli->sigs[i], NULL);
+  if (!uv_is_closing((uv_handle_t *)&cli->again)) uv_close((uv_handle_t *)&cli->again, NULL);
 }
 
 static void on_stopped(dcm_master_t *m, void *arg) {
   close_signals(arg);
 }
 
+static void on_event(dcm_master_t *m, const dcm_event_t *ev, void *arg);
+
+/* A fresh master campaigns again as a follower: nothing of the old term
+   (timers, machines, queue) survives a lost leadership. */
+static void again_cb(uv_timer_t *t) {
+  cli_t *cli = t->data;
+  if (cli->opts.listen_port == 0) /* keep the port agents and peers know */
+    cli->opts.listen_port = dcm_master_port(cli->master);
+  dcm_master_free(cli->master);
+  cli->master = NULL;
+  int rc = dcm_master_new(t->loop, &cli->opts, &cli->master);
+  if (rc == 0) rc = dcm_master_start(cli->master, on_event, cli);
+  if (rc < 0) {
+    dcm__error(&cli->log, NULL, "cannot start again after stepping down: %s", dcm_strerror(rc));
+    dcm_master_free(cli->master); /* completes once its closing handles are done */
+    cli->master = NULL;
+    cli->status = 1;
+    close_signals(cli);
+  }
+}
+
 static void on_event(dcm_master_t *m, const dcm_event_t *ev, void *arg) {
+  cli_t *cli = arg;
+  (void)m;
   /* The library logs every event itself; a self-initiated stop (fatal)
    * ends here rather than in on_stopped. */
-  if (ev->type == DCM_EVENT_STOPPED) close_signals(arg);
+  if (ev->type != DCM_EVENT_STOPPED) return;
+  if (ev->code == DCM_EXIT_STEPPED_DOWN && !cli->stopping) {
+    dcm__info(&cli->log, NULL, "stepped down; starting again as a follower");
+    uv_timer_start(&cli->again, again_cb, 0, 0);
+    return;
+  }
+  cli->status = ev->code;
+  close_signals(cli);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
   cli_t *cli = h->data;
   const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
   if (signum == SIGHUP) {
+    if (cli->master == NULL || uv_is_active((uv_handle_t *)&cli->again)) return;
     dcm__info(&cli->log, NULL, "SIGHUP: reloading the policy%s",
               cli->tls ? " and the TLS certificate" : "");
     dcm_master_reload_policy(cli->master); /* logs and emits its outcome itself */
@@ -55,6 +90,13 @@ static void on_signal(uv_signal_t *h, int signum) {
   }
   cli->stopping = 1;
   dcm__info(&cli->log, NULL, "%s: stopping (a second one exits at once)", name);
+  if (uv_is_active((uv_handle_t *)&cli->again)) { /* between two masters: nothing runs */
+    dcm_master_free(cli->master);
+    cli->master = NULL;
+    cli->status = 0;
+    close_signals(cli);
+    return;
+  }
   /* No shutdown packet: CONTROLs keep running and reconnect to the next MASTER. */
   int rc = dcm_master_stop(cli->master, 0, on_stopped, cli);
   if (rc < 0) dcm__debug(&cli->log, NULL, "stop: %s", dcm_strerror(rc)); /* already stopping */
@@ -92,6 +134,7 @@ int main(int argc, char **argv) {
   }
   memset(&cli, 0, sizeof cli);
   cli.tls = cfg.opts.tls_cert != NULL;
+  cli.opts = cfg.opts;
   rc = dcm__log_init(&cli.log, cfg.opts.log_level, cfg.opts.log_format, NULL, NULL);
   if (rc == 0) rc = uv_loop_init(&loop);
   if (rc < 0) {
@@ -101,6 +144,8 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  uv_timer_init(&loop, &cli.again);
+  cli.again.data = &cli;
   for (int i = 0; i < 3; i++) {
     uv_signal_init(&loop, &cli.sigs[i]);
     cli.sigs[i].data = &cli;
@@ -125,7 +170,7 @@ int main(int argc, char **argv) {
   }
   uv_run(&loop, UV_RUN_DEFAULT);
 
-  status = dcm_master_exit_status(cli.master);
+  status = cli.master ? dcm_master_exit_status(cli.master) : cli.status;
   rc = uv_loop_close(&loop);
   if (rc != 0) {
     uv_walk(&loop, report_handle, &cli.log);

@@ -44,6 +44,7 @@ static void free_parts(dcm_master_t *m) {
   if (m->tls_ctx) dcm__tls_ctx_free(m->tls_ctx); /* open connections hold their own reference */
   if (m->policy) dcm__policy_free(m->policy);
   dcm__idq_free(m->idq);
+  dcm__ha_free(m);
   if (m->json) lua_close(m->json);
   dcm__fleet_free(m);
   dcm__ws_pool_free(m->wspool); /* after the last connection */
@@ -72,7 +73,10 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
                  own(m, 2, &m->o.policy) || own(m, 3, &m->o.policy_dir) ||
                  own(m, 4, &m->o.token) || own(m, 5, &m->o.auth) ||
                  own(m, 6, &m->o.gateway_url) || own(m, 7, &m->o.tls_cert) ||
-                 own(m, 8, &m->o.tls_key) || own(m, 9, &m->o.status_auth)))
+                 own(m, 8, &m->o.tls_key) || own(m, 9, &m->o.status_auth) ||
+                 own(m, 10, &m->o.etcd) || own(m, 11, &m->o.cluster) ||
+                 own(m, 12, &m->o.advertise_url) || own(m, 13, &m->o.etcd_cacert) ||
+                 own(m, 14, &m->o.etcd_cert) || own(m, 15, &m->o.etcd_key)))
     r = DCM_ENOMEM;
   if (r == 0 && m->o.tls_cert && m->o.tls_cert[0]) {
     r = dcm__tls_server_ctx(m->o.tls_cert, m->o.tls_key, &m->tls_ctx, err, sizeof err);
@@ -167,7 +171,7 @@ int dcm_master_start(dcm_master_t *m, dcm_event_cb cb, void *arg) {
               "travels to CONTROLs in cleartext", where);
   }
   dcm__emit(m, DCM_EVENT_LISTENING, NULL, m->port, where); /* on the first loop turn */
-  r = dcm__coord_start(m);
+  r = dcm__ha_start(m); /* alone: the coordinator starts; HA: campaigning */
   if (r != 0) {
     dcm__error(&m->log, NULL, "cannot start: %s", dcm_strerror(r));
     m->exit_status = 1;
@@ -237,6 +241,10 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
   dcm__info(&m->log, NULL, "stopping%s", send_shutdown ? ": sending shutdown to every CONTROL"
                                                        : "; CONTROLs keep their clusters");
   dcm__coord_stop(m);
+  char next_leader[124] = ""; /* a close reason holds 123 bytes */
+  const char *nl = m->ha_stepping ? dcm__ha_leader(m) : NULL;
+  if (nl && strcmp(nl, m->ha_self) != 0 && strlen(nl) < sizeof next_leader)
+    memcpy(next_leader, nl, strlen(nl) + 1);
   m->open_handles++; /* held until this function is done closing */
   dcm__server_stop(m);
   uv_close((uv_handle_t *)&m->timer, dcm__handle_closed);
@@ -249,6 +257,7 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
     dcm__discord_close(m->discord, discord_closed, m);
     m->discord = NULL;
   }
+  if (dcm__ha_close(m)) m->open_handles++; /* revokes a leader's lease: a follower leads now */
   size_t len = 0;
   const char *bye = NULL;
   if (send_shutdown) {
@@ -262,8 +271,11 @@ int dcm_master_stop(dcm_master_t *m, int send_shutdown, dcm_close_cb cb, void *a
     dcm__list_remove(&c->link); /* abort() removes it again harmlessly */
     if (c->phase == DCM_CONN_ACTIVE || c->phase == DCM_CONN_HELLO) {
       if (bye && c->phase == DCM_CONN_ACTIVE) dcm__conn_send(c, bye, len);
-      dcm__conn_close(c, send_shutdown ? DCM_CLOSE_NORMAL : DCM_CLOSE_GOING_AWAY,
-                      send_shutdown ? "shutdown" : "master stopping");
+      if (m->ha_stepping) /* the reason names the next leader when known */
+        dcm__conn_close(c, DCM_CLOSE_NOT_LEADER, next_leader);
+      else
+        dcm__conn_close(c, send_shutdown ? DCM_CLOSE_NORMAL : DCM_CLOSE_GOING_AWAY,
+                        send_shutdown ? "shutdown" : "master stopping");
     } else if (c->phase != DCM_CONN_CLOSING) {
       dcm__conn_abort(c);
     }

@@ -234,6 +234,15 @@ char *dcm__metrics_text(dcm_master_t *m, size_t *len) {
     const char *labels[] = {"state", dcm__state_name((dcm__state)s), NULL};
     dcm__prom_int(&p, "discluster_state", labels, m->state == (dcm__state)s);
   }
+  dcm__prom_family(&p, "discluster_ha_role", "gauge",
+                   "1 for this MASTER's role: standalone (no etcd), leader or follower.");
+  for (int r = 0; r < 3; r++) {
+    static const char *const roles[] = {"standalone", "leader", "follower"};
+    const char *labels[] = {"role", roles[r], NULL};
+    dcm__prom_int(&p, "discluster_ha_role", labels, strcmp(dcm__ha_role(m), roles[r]) == 0);
+  }
+  one(&p, "discluster_ha_epoch", "gauge", "The leader's term (etcd revision); 0 unless leading.",
+      dcm__ha_epoch(m));
   machines(&p, m, now);
   identify(&p, m);
 

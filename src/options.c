@@ -30,6 +30,8 @@ void dcm_options_init(dcm_options_t *o) {
   o->max_unauthenticated = 256;
   o->head_timeout = 5;
   o->max_unauthenticated_per_address = 32;
+  o->cluster = "discluster";
+  o->lease_ttl = 5;
 }
 
 const char *dcm_strerror(int err) {
@@ -44,6 +46,7 @@ const char *dcm_strerror(int err) {
     case DCM_EAUTH: return "Discord rejected the bot token";
     case DCM_EFATAL: return "a CONTROL reported a fatal Discord error";
     case DCM_ECANCELED: return "canceled";
+    case DCM_ESTEPPED: return "stepped down: leadership lost";
     default: return err < 0 && err > -4096 ? uv_strerror(err) : "unknown error";
   }
 }
@@ -91,6 +94,18 @@ int dcm__url_ok(const char *s, int ws) {
   return port >= 1 && port <= 65535;
 }
 
+static int has_ctl(const char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+  return 0;
+}
+
+static int name_ok(const char *s, size_t max) {
+  size_t n = strlen(s);
+  return n >= 1 && n <= max && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                         "0123456789._-") == n;
+}
+
 static int bad_time(double v, int allow_zero) {
   return !isfinite(v) || v < 0 || (!allow_zero && v == 0) || v > 1e7;
 }
@@ -129,8 +144,8 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
     FAIL("identify_reserve: %d is out of range 0-1000000", o->identify_reserve);
   if (o->gateway_url && (!dcm__url_ok(o->gateway_url, 1) || strlen(o->gateway_url) > 500))
     FAIL("gateway_url: must be wss://HOST[:PORT][/PATH] (or ws://), at most 500 bytes");
-  for (const char *t = o->gateway_url; t && *t; t++)
-    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("gateway_url: contains a control character");
+  if (o->gateway_url && has_ctl(o->gateway_url))
+    FAIL("gateway_url: contains a control character");
   if ((unsigned)o->log_level > DCM_LOG_ERROR) FAIL("log_level: must be debug, info, warn or error");
   if ((unsigned)o->log_format > DCM_LOG_JSON) FAIL("log_format: must be text or json");
   if (o->max_message < 1024 || o->max_outbound < o->max_message || o->max_head < 512 ||
@@ -140,12 +155,12 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
   if (o->max_unauthenticated_per_address < 1 || o->max_unauthenticated_per_address > 1000000)
     FAIL("max_unauthenticated_per_address: %d is out of range 1-1000000",
          o->max_unauthenticated_per_address);
-  for (const char *t = o->token; t && *t; t++)
-    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("token: contains a control character");
-  for (const char *t = o->auth; t && *t; t++)
-    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("auth: contains a control character");
-  for (const char *t = o->status_auth; t && *t; t++)
-    if ((unsigned char)*t < 0x20 || *t == 0x7f) FAIL("status_auth: contains a control character");
+  if (o->token && has_ctl(o->token))
+    FAIL("token: contains a control character");
+  if (o->auth && has_ctl(o->auth))
+    FAIL("auth: contains a control character");
+  if (o->status_auth && has_ctl(o->status_auth))
+    FAIL("status_auth: contains a control character");
   int has_auth = o->auth && o->auth[0], has_status = o->status_auth && o->status_auth[0];
   if (has_auth && has_status && strcmp(o->auth, o->status_auth) == 0)
     FAIL("status_auth: must differ from auth (the read-only secret must not open sessions)");
@@ -153,6 +168,32 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
     FAIL("tls_cert and tls_key: set both (a certificate and its key) or neither");
   if (o->shards == 0 && (o->token == NULL || o->token[0] == '\0'))
     FAIL("token: shards = auto needs a Discord bot token (DISCORD_TOKEN or the config key token)");
+  if (o->etcd) {
+    char url[2049];
+    const char *p = o->etcd;
+    if (strlen(o->etcd) > 4096) FAIL("etcd: at most 4096 bytes of endpoints");
+    do { /* a comma-separated list of http:// or https:// endpoints */
+      size_t len = strcspn(p, ",");
+      if (len == 0 || len >= sizeof url) FAIL("etcd: empty or overlong endpoint in the list");
+      memcpy(url, p, len);
+      url[len] = '\0';
+      if (!dcm__url_ok(url, 0) || strpbrk(url, "?# ") || has_ctl(url))
+        FAIL("etcd: endpoint %zu is not http[s]://HOST:PORT", (size_t)(p - o->etcd));
+      p += len;
+    } while (*p++ == ',');
+    if (o->cluster == NULL || !name_ok(o->cluster, 64))
+      FAIL("cluster: must be 1-64 characters of A-Z a-z 0-9 . _ -");
+    if (!isfinite(o->lease_ttl) || o->lease_ttl < 2 || o->lease_ttl > 60)
+      FAIL("lease_ttl: must be 2-60 seconds");
+    if (o->advertise_url == NULL && (strcmp(o->listen_host, "0.0.0.0") == 0 ||
+                                     strcmp(o->listen_host, "::") == 0))
+      FAIL("advertise: listening on a wildcard address: set the URL agents reach this MASTER at");
+    if ((o->etcd_cert && o->etcd_cert[0]) != (o->etcd_key && o->etcd_key[0]))
+      FAIL("etcd_cert and etcd_key: set both or neither");
+  }
+  if (o->advertise_url && (!dcm__url_ok(o->advertise_url, 1) || has_ctl(o->advertise_url) ||
+                           strlen(o->advertise_url) > 120))
+    FAIL("advertise: must be ws[s]://HOST:PORT[/PATH] of at most 120 bytes");
 #define REFUSE(...) do { snprintf(err, n, __VA_ARGS__); return DCM_EINSECURE; } while (0)
   int loopback = dcm__is_loopback(o->listen_host);
   if (!has_auth && !loopback)

@@ -362,11 +362,19 @@ const char *dcm__enc_info_request(lua_State *L, size_t *len) {
   return dcm__packet_seal(L, DCM_OP_INFO, len);
 }
 
+/* The leader's term (HA); 0 = a master running alone: no field. */
+static void push_epoch(lua_State *L, uint64_t epoch) {
+  if (epoch == 0) return;
+  lua_pushinteger(L, (lua_Integer)epoch);
+  lua_setfield(L, -2, "epoch");
+}
+
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
                                 int max_concurrency, const char *gateway_url,
-                                size_t *len) {
-  lua_createtable(L, 0, 6);
+                                uint64_t epoch, size_t *len) {
+  lua_createtable(L, 0, 7);
+  push_epoch(L, epoch);
   lua_pushinteger(L, 1);
   lua_setfield(L, -2, "protocol");
   lua_pushstring(L, token ? token : "");
@@ -384,8 +392,9 @@ const char *dcm__enc_initialise(lua_State *L, const char *token,
 
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
                              int redundant, const dcm__session_t *const *sess,
-                             size_t *len) {
-  lua_createtable(L, 0, 3);
+                             uint64_t epoch, size_t *len) {
+  lua_createtable(L, 0, 4);
+  push_epoch(L, epoch);
   dcm__json_push_int_array(L, shards, n);
   lua_setfield(L, -2, "shards");
   lua_pushboolean(L, redundant);
@@ -424,6 +433,13 @@ const char *dcm__enc_error(lua_State *L, int code, const char *message,
   return dcm__packet_seal(L, DCM_OP_ERROR, len);
 }
 
+const char *dcm__enc_grant(lua_State *L, int shard, uint64_t epoch, size_t *len) {
+  lua_createtable(L, 0, 2);
+  push_epoch(L, epoch);
+  lua_pushinteger(L, shard);
+  lua_setfield(L, -2, "shard");
+  return dcm__packet_seal(L, DCM_OP_GRANT, len);
+}
 const char *dcm__enc_shard_op(lua_State *L, int op, int shard, size_t *len) {
   lua_createtable(L, 0, 1);
   lua_pushinteger(L, shard);

@@ -37,7 +37,10 @@ enum {
   DCM_CLOSE_TOO_BIG = 1009,
   DCM_CLOSE_DEAD = 4001,
   DCM_CLOSE_BAD_INFO = 4002,
-  DCM_CLOSE_DUPLICATE = 4003
+  DCM_CLOSE_DUPLICATE = 4003,
+  /* high availability (docs/protocol.md) */
+  DCM_CLOSE_NOT_LEADER = 4020,  /* M->C: stepped down; the reason names the new leader */
+  DCM_CLOSE_STALE_EPOCH = 4021  /* C->M: a packet's epoch is below one already seen */
 };
 
 enum {
@@ -142,11 +145,13 @@ const char *dcm__enc_info_request(lua_State *L, size_t *len);
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
                                 int max_concurrency, const char *gateway_url,
-                                size_t *len);
+                                uint64_t epoch, size_t *len);
 /* sess: NULL, or one entry per shard (NULL = no session to hand over). */
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
                              int redundant, const dcm__session_t *const *sess,
-                             size_t *len);
+                             uint64_t epoch, size_t *len);
+/* epoch: the leader's term (HA), 0 when running alone (no field). */
+const char *dcm__enc_grant(lua_State *L, int shard, uint64_t epoch, size_t *len);
 /* shard < 0: no d.shard. */
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
                            int shard, size_t *len);

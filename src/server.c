@@ -246,6 +246,23 @@ static void http_error(dcm__conn_t *c, int status, const char *reason,
   http_reply(c, status, reason, extra, "text/plain", body, (size_t)n);
 }
 
+/* HA: /healthz and a follower's /status say who leads; a follower refuses a
+   CONTROL's upgrade naming the leader (where the leader is is no secret). */
+static void ha_reply(dcm__conn_t *c, int refuse) {
+  char body[512], extra[256];
+  size_t n = dcm__ha_describe(c->m, body, sizeof body - 1);
+  const char *leader = dcm__ha_leader(c->m);
+  snprintf(extra, sizeof extra, "Discluster-Role: %s\r\n%s%s%s%s", dcm__ha_role(c->m),
+           leader ? "Discluster-Leader: " : "", leader ? leader : "", leader ? "\r\n" : "",
+           refuse ? "Retry-After: 1\r\n" : "");
+  body[n++] = '\n';
+  if (refuse)
+    dcm__debug(&c->m->log, NULL, "peer %s: upgrade refused: following %s", c->peer,
+               leader ? leader : "(no leader yet)");
+  http_reply(c, refuse ? 503 : 200, refuse ? "Service Unavailable" : "OK", extra,
+             "application/json", body, n);
+}
+
 /* 1 if the comma-separated list contains token, case-insensitively. */
 static int has_token(const char *list, const char *token) {
   size_t tl = strlen(token);
@@ -435,6 +452,8 @@ static void rebalance(dcm__conn_t *c) {
     http_error(c, 405, "Method Not Allowed", "Allow: POST\r\n");
   } else if (!authorized(c)) {
     refuse_auth(c, "POST /rebalance");
+  } else if (dcm__ha_follower(c->m)) {
+    ha_reply(c, 1); /* the leader rebalances: it is named */
   } else {
     int r = dcm_master_rebalance(c->m);
     dcm__info(&c->m->log, NULL, "peer %s: POST /rebalance: %s", c->peer,
@@ -473,12 +492,22 @@ static void route(dcm__conn_t *c, const char *rest, size_t restlen) {
   } else if (c->h->parser.method != HTTP_GET) {
     http_error(c, 405, "Method Not Allowed", "Allow: GET\r\n");
   } else if (c->h->parser.upgrade || c->h->hdr_upgrade) {
-    upgrade(c, rest, restlen);
+    if (dcm__ha_follower(m))
+      ha_reply(c, 1);
+    else
+      upgrade(c, rest, restlen);
   } else if (strcmp(c->h->path, "/healthz") == 0) {
-    http_reply(c, 200, "OK", NULL, "text/plain", "ok\n", 3);
+    if (m->o.etcd)
+      ha_reply(c, 0);
+    else
+      http_reply(c, 200, "OK", "Discluster-Role: standalone\r\n", "text/plain", "ok\n", 3);
   } else if (strcmp(c->h->path, "/status") == 0) {
     if (!may_read(c)) {
       http_error(c, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n");
+      return;
+    }
+    if (dcm__ha_follower(m)) { /* it has no fleet: who leads */
+      ha_reply(c, 0);
       return;
     }
     size_t len;

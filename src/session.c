@@ -49,7 +49,8 @@ void dcm__session_initialise(dcm__conn_t *c) {
   size_t n;
   const char *s = dcm__enc_initialise(m->json, m->o.token,
                                       (long long)dcm__ms(m->o.heartbeat_interval),
-                                      m->shard_count, m->max_concurrency, m->gateway_url, &n);
+                                      m->shard_count, m->max_concurrency, m->gateway_url,
+                                      dcm__ha_epoch(m), &n);
   send_text(c, s, n);
 }
 
@@ -215,6 +216,7 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
 
 void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
   dcm_master_t *m = c->m;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   dcm__packet_t p;
   char err[192];
   /* Not shard_count: info.shards may name shards of an older, larger fleet
@@ -242,6 +244,7 @@ void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
 
 void dcm__session_deadline(dcm__conn_t *c) {
   dcm_master_t *m = c->m;
+  if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   if (c->phase == DCM_CONN_HELLO) {
     dcm__info(&m->log, NULL, "peer %s: no info within %.3gs, closing (4002)", c->peer,
               m->o.handshake_timeout);
@@ -394,6 +397,20 @@ const char *dcm__status_json(dcm_master_t *m, size_t *len) {
   }
   lua_setfield(L, -2, "machines");
   if (m->idq) push_identify(m, now);
+  if (m->o.etcd) { /* the leader's view of its term (a follower answers ha.c's body) */
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, dcm__ha_role(m));
+    lua_setfield(L, -2, "role");
+    lua_pushinteger(L, (lua_Integer)dcm__ha_epoch(m));
+    lua_setfield(L, -2, "epoch");
+    lua_pushstring(L, m->ha_self);
+    lua_setfield(L, -2, "leader");
+    lua_pushstring(L, m->o.cluster);
+    lua_setfield(L, -2, "cluster");
+    lua_pushnumber(L, m->o.lease_ttl);
+    lua_setfield(L, -2, "lease_ttl");
+    lua_setfield(L, -2, "ha");
+  }
   size_t known = 0;
   for (int s = 0; m->session && s < m->shard_count; s++) known += m->session[s] != NULL;
   lua_pushinteger(L, (lua_Integer)known);

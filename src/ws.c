@@ -22,6 +22,8 @@ struct dcm__ws_slot_s {
   uint8_t pong[DCM_WS_PONG_MAX];
   size_t ponglen;
   int pong_ready; /* a complete pong waits in pong[] */
+  /* the peer's close reason; a context that got a close is never reused */
+  char close_reason[DCM_WS_REASON_MAX + 1];
 };
 
 struct dcm__ws_pool_s {
@@ -247,7 +249,15 @@ static void frame_end_cb(wslay_event_context_ptr ctx, void *user) {
 
 static void msg_cb(wslay_event_context_ptr ctx,
                    const struct wslay_event_on_msg_recv_arg *arg, void *user) {
-  dcm__ws_t *ws = ((dcm__ws_slot_t *)user)->ws;
+  dcm__ws_slot_t *slot = user;
+  dcm__ws_t *ws = slot->ws;
+  if (arg->opcode == WSLAY_CONNECTION_CLOSE) { /* wslay buffers it: <= 125 bytes */
+    size_t n = arg->msg_length > 2 ? arg->msg_length - 2 : 0;
+    if (n > DCM_WS_REASON_MAX) n = DCM_WS_REASON_MAX;
+    if (n) memcpy(slot->close_reason, arg->msg + 2, n);
+    slot->close_reason[n] = '\0';
+    return;
+  }
   /* refused at its last frame's start: wslay still completes it */
   if (arg->opcode != WSLAY_TEXT_FRAME || !wslay_event_get_read_enabled(ctx)) return;
   size_t len = ws->msglen;
@@ -497,6 +507,10 @@ int dcm__ws_close_received(const dcm__ws_t *ws) {
 uint16_t dcm__ws_close_code_received(const dcm__ws_t *ws) {
   return ws->slot && wslay_event_get_close_received(ws->slot->ctx)
              ? wslay_event_get_status_code_received(ws->slot->ctx) : 0;
+}
+
+const char *dcm__ws_close_reason_received(const dcm__ws_t *ws) {
+  return dcm__ws_close_received(ws) ? ws->slot->close_reason : "";
 }
 
 uint16_t dcm__ws_close_code(const dcm__ws_t *ws) {

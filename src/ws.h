@@ -117,6 +117,11 @@ int dcm__ws_close_sent(const dcm__ws_t *ws);
 int dcm__ws_close_received(const dcm__ws_t *ws);
 /* The code in the peer's close frame (1005 if it had none; 0 before one). */
 uint16_t dcm__ws_close_code_received(const dcm__ws_t *ws);
+/* The reason in the peer's close frame ("" if none or before one); at most
+ * DCM_WS_REASON_MAX bytes of UTF-8 (wslay checks it), valid while the
+ * session lives. */
+#define DCM_WS_REASON_MAX 123
+const char *dcm__ws_close_reason_received(const dcm__ws_t *ws);
 /* The code we sent in our close frame (0 if none). */
 uint16_t dcm__ws_close_code(const dcm__ws_t *ws);
 /* 1 when both sides are done: the transport may be closed. */

@@ -1,11 +1,25 @@
 /* wskey.c: see wskey.h. */
 #include "wskey.h"
 
+#include <limits.h>
 #include <openssl/evp.h>
 #include <string.h>
 
 size_t dcm__base64(const uint8_t *in, size_t len, char *out) {
   return (size_t)EVP_EncodeBlock((unsigned char *)out, in, (int)len);
+}
+
+long dcm__base64_decode(const char *in, size_t len, uint8_t *out) {
+  if (len % 4 != 0 || len > INT_MAX) return -1;
+  if (len == 0) return 0;
+  for (size_t i = 0; i < len; i++) /* EVP_DecodeBlock would skip blanks */
+    if (in[i] == ' ' || in[i] == '\t' || in[i] == '\r' || in[i] == '\n') return -1;
+  int n = EVP_DecodeBlock(out, (const unsigned char *)in, (int)len);
+  if (n < 0) return -1;
+  /* It counts the padding as zero bytes. */
+  if (in[len - 1] == '=') n--;
+  if (in[len - 2] == '=') n--;
+  return n;
 }
 
 void dcm__ws_accept(const char *key, size_t keylen, char out[DCM_WS_ACCEPT_LEN + 1]) {

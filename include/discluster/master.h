@@ -42,8 +42,13 @@ enum {
   DCM_EDISCORD = -30006, /* Discord REST call failed */
   DCM_EAUTH = -30007,    /* Discord rejected the bot token */
   DCM_EFATAL = -30008,   /* a CONTROL reported a fatal Discord error */
-  DCM_ECANCELED = -30009 /* operation canceled by stop */
+  DCM_ECANCELED = -30009, /* operation canceled by stop */
+  DCM_ESTEPPED = -30010  /* lost leadership: the master stopped acting (HA) */
 };
+
+/* Exit status of a master that stepped down as leader: start a fresh one,
+   which campaigns again as a follower. */
+#define DCM_EXIT_STEPPED_DOWN 75
 
 const char *dcm_strerror(int err);
 
@@ -114,6 +119,17 @@ typedef struct dcm_options_s {
   int no_auth;                /* 1: run with no CONTROL secret (loopback only) */
   int allow_plaintext;        /* 1: listen off loopback without TLS (the token
                                  then travels in cleartext); warned at start */
+  /* High availability: several masters, one leader elected through etcd. */
+  const char *etcd;           /* NULL: run alone. "http[s]://host:port[,...]":
+                                 campaign for leadership there */
+  const char *cluster;        /* "discluster": keys under /discluster/<cluster>/,
+                                 so one etcd serves several bots */
+  double lease_ttl;           /* 5: a dead leader is replaced after this (2-60) */
+  const char *advertise_url;  /* ws[s]://host:port agents use for this master;
+                                 NULL: from listen_host (not a wildcard) */
+  const char *etcd_cacert;    /* PEM CA bundle for https:// etcd endpoints */
+  const char *etcd_cert;      /* PEM client certificate for etcd; with etcd_key */
+  const char *etcd_key;       /* its private key */
 } dcm_options_t;
 
 void dcm_options_init(dcm_options_t *opts);
@@ -132,7 +148,10 @@ typedef enum {
   DCM_EVENT_STATE,           /* lifecycle state changed; message = name */
   DCM_EVENT_POLICY_RELOADED, /* code = 0 or the error of a failed reload */
   DCM_EVENT_FATAL,           /* fatal from a CONTROL or Discord; stopping */
-  DCM_EVENT_STOPPED          /* every handle closed; code = exit status */
+  DCM_EVENT_STOPPED,         /* every handle closed; code = exit status */
+  DCM_EVENT_LEADER,          /* elected (HA); code = epoch (low 31 bits) */
+  DCM_EVENT_FOLLOWER,        /* following; message = the leader's URL or NULL */
+  DCM_EVENT_STEPPED_DOWN     /* lost leadership; the stop follows */
 } dcm_event_type;
 
 typedef struct {

@@ -5,7 +5,8 @@
  * lines must come out the same), each line classified by
  * dcm__ctl_parse_line. The same bytes are also an identify request target
  * (dcm__ctl_identify_target, at most the endpoint's 512 bytes), a
- * /proc/PID/environ entry and a /proc/PID/stat line.
+ * /proc/PID/environ entry, a /proc/PID/stat line and a MASTER URL
+ * (dcm__ctl_parse_url: a follower's Discluster-Leader header).
  */
 #include <string.h>
 
@@ -96,5 +97,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char state;
   long ppid, pgid;
   dcm__ctl_parse_stat((const char *)data, size, &state, &ppid, &pgid);
+
+  /* A follower's Discluster-Leader header or 4020 reason (not NUL-terminated). */
+  dcm__ctl_url_t u, v;
+  char err[96], text[DCM_CTL_URL_MAX + 16];
+  if (dcm__ctl_parse_url((const char *)data, size, &u, err, sizeof err) == 0) {
+    FUZZ_CHECK(size <= DCM_CTL_URL_MAX && u.host[0] && u.path[0] == '/');
+    FUZZ_CHECK(u.port >= 1 && u.port <= 65535);
+    /* what the agent logs parses back to the same MASTER */
+    dcm__ctl_url_format(&u, text, sizeof text);
+    FUZZ_CHECK(dcm__ctl_parse_url(text, strlen(text), &v, err, sizeof err) == 0);
+    FUZZ_CHECK(dcm__ctl_url_same(&u, &v));
+  } else {
+    FUZZ_CHECK(err[0] != '\0');
+  }
   return 0;
 }

@@ -148,14 +148,17 @@ class Agent(LoggedProcess):
 
     def __init__(self, port, id, *args, command, env=None, auth=None, prefix=(), url=None):
         """prefix: argv run in front of the agent's (a shell that execs it);
-        url: MASTER's URL instead of ws://127.0.0.1:port (wss://...)."""
+        url: MASTER's URL instead of ws://127.0.0.1:port (wss://...), or a
+        list of URLs, one --master each (none: [], for DISCLUSTER_MASTER)."""
         e = {k: v for k, v in os.environ.items() if k not in ("DISCLUSTER_AUTH", "DISCORD_TOKEN")}
         if auth is not None:
             e["DISCLUSTER_AUTH"] = auth
         e.update(env or {})
         self.id = id
         self.name = "agent " + id
-        argv = list(prefix) + [CONTROL_BIN, "--master", url or "ws://127.0.0.1:%d" % port, "--id", id,
+        urls = url if isinstance(url, (list, tuple)) else [url or "ws://127.0.0.1:%d" % port]
+        masters = [x for u in urls for x in ("--master", u)]
+        argv = list(prefix) + [CONTROL_BIN] + masters + ["--id", id,
                                "--cluster-command", command] + AGENT_FAST + list(args)
         self._spawn(argv, e)
 

@@ -12,6 +12,9 @@ import harness
 from harness import Certs, Control, Master, http_get, raw_request, run, status
 
 VALGRIND = shutil.which("valgrind")
+VG = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
+      "--show-leak-kinds=definite,indirect,possible",
+      "--errors-for-leak-kinds=definite,indirect,possible"]
 
 
 @unittest.skipIf(os.environ.get("DCM_SANITIZED") == "1" or not VALGRIND,
@@ -20,9 +23,7 @@ class Valgrind(unittest.TestCase):
 
     def test_clean_exit_under_valgrind(self):
         real = harness.BIN
-        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
-              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
-              real]
+        vg = VG + [real]
         harness.BIN = vg[0]
         try:
             with Master(*vg[1:], "--shards", "4", "--expected-machines", "2",
@@ -45,13 +46,46 @@ class Valgrind(unittest.TestCase):
         finally:
             harness.BIN = real
 
+    def test_clean_exit_under_valgrind_with_etcd(self):
+        """HA: leading, a CONTROL, stepping down when etcd stops answering, a
+        fresh master following, then a stop: nothing left behind either."""
+        from etcd_harness import Etcd
+        real = harness.BIN
+        vg = VG + [real]
+        harness.BIN = vg[0]
+        etcd = Etcd()
+        try:
+            with Master(*vg[1:], "--shards", "2", "--expected-machines", "1",
+                        "--collect-window", "30", "--heartbeat-interval", "1",
+                        "--etcd", etcd.url, "--lease-ttl", "2") as m:
+                m.wait_log(r"elected leader", 30)
+                async def go():
+                    a = Control(m, "a")
+                    for _ in range(100):  # refused as a follower until the records are read
+                        try:
+                            await a.start()
+                            break
+                        except Exception:
+                            await asyncio.sleep(0.1)
+                    await a.next_connect(20)
+                    etcd.freeze()
+                    self.assertEqual(await a.closed(20), 4020)
+                run(go())
+                m.wait_log(r"stepping down as leader", 20)
+                mark = m.mark()
+                etcd.thaw()
+                m.wait_log(r"starting again as a follower", 20)
+                m.wait_log(r"elected leader", 30, start=mark)
+                self.assertEqual(m.stop(60), 0)
+        finally:
+            harness.BIN = real
+            etcd.close()
+
     def test_clean_exit_under_valgrind_with_tls(self):
         """TLS sessions, a refused plaintext client, a failed handshake and a
         certificate reload leave nothing behind either."""
         real = harness.BIN
-        vg = [VALGRIND, "--quiet", "--error-exitcode=97", "--leak-check=full",
-              "--show-leak-kinds=definite,indirect,possible", "--errors-for-leak-kinds=definite,indirect,possible",
-              real]
+        vg = VG + [real]
         harness.BIN = vg[0]
         certs = Certs()
         try:

@@ -483,6 +483,121 @@ static void test_backoff(void) {
   CHECK_EQ(dcm__ctl_backoff_ms(0, 0, 0), 1u);
 }
 
+/* d.epoch (high availability): optional in initialise, connect and grant;
+ * an integer 0 to 2^53, anything else makes the packet malformed. */
+static void test_decode_epoch(void) {
+  lua_State *L = dcm__json_new();
+  dcm__ctl_packet_t p;
+  CHECK_EQ(decode(L, "{\"o\":5,\"d\":{\"protocol\":1,\"heartbeat_interval\":10,"
+                     "\"shard_count\":1,\"epoch\":7}}", &p), 0);
+  CHECK(p.has_epoch && p.epoch == 7);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":5,\"d\":{\"protocol\":1,\"heartbeat_interval\":10,"
+                     "\"shard_count\":1}}", &p), 0);
+  CHECK(!p.has_epoch && p.epoch == 0);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[1],\"epoch\":9007199254740992}}", &p), 0);
+  CHECK(p.has_epoch && p.epoch == 9007199254740992LL && p.nshards == 1);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":6,\"d\":{\"shards\":[1],\"epoch\":0}}", &p), 0);
+  CHECK(p.has_epoch && p.epoch == 0);
+  dcm__ctl_packet_clear(&p);
+  CHECK_EQ(decode(L, "{\"o\":12,\"d\":{\"shard\":3,\"epoch\":12}}", &p), 0);
+  CHECK(p.has_epoch && p.epoch == 12 && p.shard == 3);
+  const char *bad[] = {
+      "{\"o\":6,\"d\":{\"shards\":[1],\"epoch\":\"7\"}}",
+      "{\"o\":6,\"d\":{\"shards\":[1],\"epoch\":-1}}",
+      "{\"o\":6,\"d\":{\"shards\":[1],\"epoch\":1.5}}",
+      "{\"o\":6,\"d\":{\"shards\":[1],\"epoch\":18014398509481984}}",
+      "{\"o\":12,\"d\":{\"shard\":3,\"epoch\":null}}",
+      "{\"o\":5,\"d\":{\"protocol\":1,\"heartbeat_interval\":10,\"shard_count\":1,"
+      "\"epoch\":true}}",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    /* null decodes to nothing in cjson's eyes here: absent, accepted */
+    int r = decode(L, bad[i], &p);
+    if (strstr(bad[i], "null")) {
+      CHECK(r == 0 && !p.has_epoch);
+      dcm__ctl_packet_clear(&p);
+    } else {
+      CHECK_EQ(r, DCM_ERR_MALFORMED);
+    }
+  }
+  /* other packets ignore it */
+  CHECK_EQ(decode(L, "{\"o\":8,\"d\":{\"o\":9,\"epoch\":\"x\"}}", &p), 0);
+  CHECK(!p.has_epoch);
+  CHECK_EQ(lua_gettop(L), 0);
+  lua_close(L);
+}
+
+static void test_master_urls(void) {
+  dcm__ctl_url_t u, v;
+  char err[96], text[DCM_CTL_URL_MAX + 16];
+#define URL(s) dcm__ctl_parse_url(s, strlen(s), &u, err, sizeof err)
+  CHECK_EQ(URL("ws://127.0.0.1"), 0);
+  CHECK(!u.tls && u.port == 8642 && strcmp(u.host, "127.0.0.1") == 0);
+  CHECK_STR(u.path, "/");
+  CHECK_STR(u.hostport, "127.0.0.1:8642");
+  dcm__ctl_url_format(&u, text, sizeof text);
+  CHECK_STR(text, "ws://127.0.0.1:8642/");
+  CHECK_EQ(URL("WSS://[::1]:9/a/b?c"), 0);
+  CHECK(u.tls && u.port == 9 && strcmp(u.host, "::1") == 0);
+  CHECK_STR(u.path, "/a/b?c");
+  CHECK_STR(u.hostport, "[::1]:9");
+  /* a header value is not NUL-terminated: only n bytes count */
+  CHECK_EQ(dcm__ctl_parse_url("ws://h:1/xyz", 8, &u, err, sizeof err), 0);
+  CHECK(u.port == 1 && strcmp(u.path, "/") == 0);
+  const char *bad[][2] = {
+      {"http://h", "must start with wss:// or ws://"},
+      {"ws://", "bad host"},
+      {"ws://:80", "bad host"},
+      {"ws://h:0", "bad port"},
+      {"ws://h:65536", "bad port"},
+      {"ws://h:99999999999999999999", "bad port"},
+      {"ws://h:", "bad port"},
+      {"ws://h:80x", "bad port"},
+      {"ws://[::1", "unclosed [ in the host"},
+      {"ws://[::1]x", "bad host"},
+      {"ws://a,b", "bad host"},
+      {"ws://u@h", "bad host"},
+      {"ws://h/a b", "holds a blank, control or non-ASCII character"},
+      {"ws://h\x01", "holds a blank, control or non-ASCII character"},
+      {"ws://h\xc3\xa9", "holds a blank, control or non-ASCII character"},
+      {"", "must start with wss:// or ws://"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    CHECK_EQ(URL(bad[i][0]), -1);
+    CHECK_STR(err, bad[i][1]);
+  }
+  static char longest[DCM_CTL_URL_MAX + 2];
+  memset(longest, 'a', sizeof longest - 1);
+  memcpy(longest, "ws://h/", 7);
+  CHECK_EQ(URL(longest), -1);
+  CHECK_STR(err, "longer than 600 bytes");
+  longest[7 + 255] = '\0'; /* a path of 256 bytes */
+  CHECK_EQ(URL(longest), -1);
+  CHECK_STR(err, "bad path");
+  longest[7 + 254] = '\0';
+  CHECK_EQ(URL(longest), 0);
+  /* the same MASTER: default port and path, host case */
+  CHECK_EQ(URL("ws://Master.example"), 0);
+  CHECK_EQ(dcm__ctl_parse_url("ws://master.EXAMPLE:8642/", 25, &v, err, sizeof err), 0);
+  CHECK(dcm__ctl_url_same(&u, &v));
+  CHECK_EQ(dcm__ctl_parse_url("wss://master.example:8642/", 26, &v, err, sizeof err), 0);
+  CHECK(!dcm__ctl_url_same(&u, &v));
+  CHECK_EQ(dcm__ctl_parse_url("ws://master.example:8643/", 25, &v, err, sizeof err), 0);
+  CHECK(!dcm__ctl_url_same(&u, &v));
+  CHECK_EQ(dcm__ctl_parse_url("ws://master.example/x", 21, &v, err, sizeof err), 0);
+  CHECK(!dcm__ctl_url_same(&u, &v));
+#undef URL
+  /* the election wait between passes */
+  CHECK_EQ(dcm__ctl_election_ms(0), 200u);
+  CHECK_EQ(dcm__ctl_election_ms(1), 500u);
+  CHECK_EQ(dcm__ctl_election_ms(-3), 200u);
+  CHECK_EQ(dcm__ctl_election_ms(7), 500u);
+  CHECK_EQ(dcm__ctl_election_ms(0.5), 350u);
+}
+
 static void test_proc_readers(void) {
   char key[DCM_CTL_KEY_HEX + 1];
   const char *e = "DISCLUSTER_IDENTIFY_URL=http://127.0.0.1:4567/0123456789abcdef0123456789abcdef";
@@ -701,7 +816,7 @@ static void test_connect_sessions(void) {
   dcm__session_t x = mk(6, "zz", 99, "wss://resume.example");
   const dcm__session_t *sess[] = {NULL, &x};
   size_t len;
-  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, &len);
+  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, 0, &len);
   char copy[512];
   snprintf(copy, sizeof copy, "%s", s);
   lua_settop(L, 0);
@@ -774,6 +889,8 @@ int main(void) {
   RUN(test_connect_sessions);
   RUN(test_session_store);
   RUN(test_backoff);
+  RUN(test_decode_epoch);
+  RUN(test_master_urls);
   RUN(test_proc_readers);
   RUN(test_rest_is_linear);
   return 0;

@@ -132,7 +132,33 @@ static void peer_close_is_answered(void) {
   CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
   CHECK_EQ(server_close_code(&s), 1000);
   CHECK(dcm__ws_close_received(&ws));
+  CHECK_EQ(dcm__ws_close_code_received(&ws), 1000);
+  CHECK(strcmp(dcm__ws_close_reason_received(&ws), "ok") == 0);
   CHECK(dcm__ws_done(&ws));
+  dcm__ws_free(&ws);
+}
+
+/* The reason of a close (a 4020's names the new leader) is kept whole,
+   up to its 123 bytes; none before a close, "" for a close without one. */
+static void peer_close_reason_is_kept(void) {
+  dcm__ws_t ws; sink_t s; uint8_t buf[200], payload[125];
+  session(&ws, &s, 1024);
+  CHECK(strcmp(dcm__ws_close_reason_received(&ws), "") == 0);
+  payload[0] = 4020 >> 8;
+  payload[1] = 4020 & 0xff;
+  memset(payload + 2, 'u', 123);
+  size_t n = frame(buf, 1, WSLAY_CONNECTION_CLOSE, payload, sizeof payload, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(dcm__ws_close_code_received(&ws), 4020);
+  const char *r = dcm__ws_close_reason_received(&ws);
+  CHECK_EQ(strlen(r), 123u);
+  CHECK(r[0] == 'u' && r[122] == 'u');
+  dcm__ws_free(&ws);
+  session(&ws, &s, 1024);
+  n = frame(buf, 1, WSLAY_CONNECTION_CLOSE, payload, 2, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(dcm__ws_close_code_received(&ws), 4020);
+  CHECK(strcmp(dcm__ws_close_reason_received(&ws), "") == 0);
   dcm__ws_free(&ws);
 }
 
@@ -573,6 +599,7 @@ int main(void) {
   RUN(byte_by_byte_and_fragments);
   RUN(ping_gets_pong);
   RUN(peer_close_is_answered);
+  RUN(peer_close_reason_is_kept);
   RUN(split_close_still_ends_the_session);
   RUN(too_big_closes_1009);
   RUN(too_big_across_fragments);

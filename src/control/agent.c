@@ -11,8 +11,13 @@
  * starts (SHARD_SESSIONS), confirms with `stopped` the shards a `connect`
  * removed once their clusters are gone, and stops: on `shutdown` at once,
  * on SIGTERM after an `offload` drain. Losing MASTER does not stop the
- * clusters, unless --lease-timeout passes first; reconnects back off
- * exponentially with jitter up to --retry. At most --max-clusters clusters
+ * clusters, unless --lease-timeout passes first. With several MASTERs
+ * (high availability) the agent walks the list: the next one at once, or
+ * the leader a follower names when it is listed; a packet whose `epoch`
+ * is below one already seen (a deposed leader) is refused with close 4021.
+ * After a whole pass without a session it waits: 200-500 ms when a
+ * follower answered (an election), else a backoff doubling with jitter up
+ * to --retry. At most --max-clusters clusters
  * run; the shards beyond are reported as failed (over_cap) so MASTER moves
  * them. The heartbeat's failed_clusters is a bounded summary.
  */
@@ -535,6 +540,14 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   a->session = 1;
   a->had_session = 1;
   a->retry_attempt = 0;
+  if (a->session_master >= 0 && (size_t)a->session_master != a->cur) {
+    a->master_switches++;
+    dcm__info(&a->log, me(a), "MASTER changed: now %s (was %s); clusters keep running",
+              a->cfg.masters[a->cur].hostport, a->cfg.masters[a->session_master].hostport);
+  }
+  a->session_master = (long)a->cur;
+  a->pass_tried = 0; /* the next attempt starts a new pass */
+  a->pass_follower = 0;
   uv_timer_stop(&a->lease_timer);
   dcm__client_set_idle(a->client, 2 * a->heartbeat_ms + IDLE_GRACE_MS);
   uv_timer_start(&a->heartbeat_timer, heartbeat_cb, a->heartbeat_ms, a->heartbeat_ms);
@@ -551,6 +564,27 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   dcm__ident_resend(&a->ident); /* MASTER forgot them with the old connection */
 }
 
+/* High availability: a packet from a deposed leader (an epoch below one
+ * already seen) is not acted on; the agent moves to the next MASTER. */
+static int stale_epoch(dcm__agent_t *a, const dcm__ctl_packet_t *p) {
+  uint64_t e = (uint64_t)p->epoch;
+  if (!p->has_epoch) return 0; /* a MASTER without etcd */
+  if (e >= a->master_epoch) {
+    if (e > a->master_epoch)
+      dcm__debug(&a->log, me(a), "epoch %llu from MASTER at %s", (unsigned long long)e,
+                 a->cfg.masters[a->cur].hostport);
+    a->master_epoch = e;
+    return 0;
+  }
+  dcm__warn(&a->log, me(a), "%s from MASTER at %s carries epoch %llu, below epoch %llu seen "
+            "before (a deposed leader): ignored; closing with 4021", dcm__op_name(p->op),
+            a->cfg.masters[a->cur].hostport, (unsigned long long)e,
+            (unsigned long long)a->master_epoch);
+  a->stale = 1;
+  dcm__client_close(a->client, DCM_CLOSE_STALE_EPOCH, "stale epoch");
+  return 1;
+}
+
 void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len) {
   dcm__ctl_packet_t p;
   char err[160];
@@ -563,6 +597,10 @@ void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len) {
   if (!a->session && p.op != DCM_OP_INITIALISE && p.op != DCM_OP_SHUTDOWN &&
       p.op != DCM_OP_ERROR) {
     dcm__warn(&a->log, me(a), "ignoring %s before initialise", dcm__op_name(p.op));
+    dcm__ctl_packet_clear(&p);
+    return;
+  }
+  if (stale_epoch(a, &p)) {
     dcm__ctl_packet_clear(&p);
     return;
   }
@@ -600,21 +638,26 @@ void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len) {
 
 static void retry_cb(uv_timer_t *t);
 
-/* The next attempt's delay: about 1 s doubling up to --retry, jittered. */
-static uint64_t next_retry(dcm__agent_t *a) {
+/* A uniform random number in [0, 1], for jitter. */
+static double jitter(void) {
   uint32_t r;
   if (uv_random(NULL, NULL, &r, sizeof r, 0, NULL) != 0) r = (uint32_t)uv_hrtime();
-  uint64_t wait = dcm__ctl_backoff_ms(a->retry_attempt, ms(a->cfg.retry),
-                                      (double)r / 4294967295.0);
+  return (double)r / 4294967295.0;
+}
+
+/* The next attempt's delay: about 1 s doubling up to --retry, jittered. */
+static uint64_t next_retry(dcm__agent_t *a) {
+  uint64_t wait = dcm__ctl_backoff_ms(a->retry_attempt, ms(a->cfg.retry), jitter());
   if (a->retry_attempt < 64) a->retry_attempt++;
   return wait;
 }
 
 static void connect_now(dcm__agent_t *a) {
+  char url[DCM_CTL_URL_MAX + 16];
   if (a->client || a->mode == DCM_AGENT_STOPPING) return;
-  dcm__debug(&a->log, me(a), "connecting to %s://%s%s", a->cfg.master.tls ? "wss" : "ws",
-             a->cfg.master.hostport, a->cfg.master.path);
-  int r = dcm__client_start(a, &a->client);
+  dcm__ctl_url_format(&a->cfg.masters[a->cur], url, sizeof url);
+  dcm__debug(&a->log, me(a), "connecting to %s", url);
+  int r = dcm__client_start(a, &a->cfg.masters[a->cur], &a->client);
   if (r != 0) {
     uint64_t wait = next_retry(a);
     dcm__error(&a->log, me(a), "cannot start a connection: %s; retrying in %.3gs",
@@ -641,14 +684,48 @@ static void lease_cb(uv_timer_t *t) {
 }
 
 void dcm__agent_on_open(dcm__agent_t *a) {
-  dcm__info(&a->log, me(a), "connected to MASTER at %s", a->cfg.master.hostport);
+  dcm__info(&a->log, me(a), "connected to MASTER at %s", a->cfg.masters[a->cur].hostport);
   send_info(a);
 }
 
-void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
-  int was_session = a->session;
+/* The index of the leader a follower named, or -1: none, or not one of
+ * the agent's MASTERs (never followed; logged once per name). */
+static long listed_leader(dcm__agent_t *a, const dcm__ctl_ending_t *end) {
+  if (!end->has_leader) return -1;
+  for (size_t i = 0; i < a->cfg.nmasters; i++)
+    if (dcm__ctl_url_same(&a->cfg.masters[i], &end->leader)) return (long)i;
+  if (strcmp(a->unlisted, end->leader_text) != 0) {
+    snprintf(a->unlisted, sizeof a->unlisted, "%s", end->leader_text);
+    dcm__warn(&a->log, me(a), "a follower names %s as the leader, which is not one of this "
+              "agent's MASTERs (--master, DISCLUSTER_MASTER): not following it",
+              end->leader_text);
+  }
+  return -1;
+}
+
+/* The first MASTER from i on (circularly) not tried in this pass, or -1. */
+static long untried(const dcm__agent_t *a, size_t i) {
+  for (size_t k = 0; k < a->cfg.nmasters; k++, i = (i + 1) % a->cfg.nmasters)
+    if (!(a->pass_tried & (UINT32_C(1) << i))) return (long)i;
+  return -1;
+}
+
+/*
+ * The walk over the MASTERs: after an attempt, the leader a follower named
+ * (if listed) or the next MASTER, at once, as long as it was not tried in
+ * this pass; once all were, the pass is over: 200-500 ms when a follower
+ * answered (an election is under way), else the backoff. A lost session
+ * starts a new pass: the next MASTER after 0.1 s (at once to a named
+ * leader), at most once per --retry, else after the wait.
+ */
+void dcm__agent_on_closed(dcm__agent_t *a, const dcm__ctl_ending_t *end, const char *why) {
+  int was_session = a->session, lost = a->session && !a->stale, several = a->cfg.nmasters > 1;
+  size_t from = a->cur, n = a->cfg.nmasters;
+  char url_from[DCM_CTL_URL_MAX + 16], url_next[DCM_CTL_URL_MAX + 16];
+  const char *pass_end = "";
   a->client = NULL;
   a->session = 0;
+  a->stale = 0;
   a->ready_pending = 0;
   uv_timer_stop(&a->heartbeat_timer);
   uv_timer_stop(&a->sessions_timer);
@@ -658,24 +735,59 @@ void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why) {
   }
   if (was_session && a->cfg.lease_timeout > 0 && !uv_is_active((uv_handle_t *)&a->lease_timer))
     uv_timer_start(&a->lease_timer, lease_cb, ms(a->cfg.lease_timeout), 0);
+  long leader = listed_leader(a, end), next;
   uint64_t now = uv_now(a->loop), wait;
-  if (was_session && now - a->last_fast_retry >= ms(a->cfg.retry)) {
-    wait = FAST_RETRY_MS; /* MASTER restarting: try at once, then back off from 1 s */
-    a->last_fast_retry = now;
-    a->retry_attempt = 0;
+  if (lost) {
+    a->pass_tried = UINT32_C(1) << from;
+    a->pass_follower = end->follower;
+    next = leader >= 0 ? leader : (long)((from + 1) % n);
+    if (now - a->last_fast_retry >= ms(a->cfg.retry)) {
+      wait = leader >= 0 ? 0 : FAST_RETRY_MS; /* MASTER restarting: try at once */
+      a->last_fast_retry = now;
+      a->retry_attempt = 0;
+    } else {
+      wait = end->follower ? dcm__ctl_election_ms(jitter()) : next_retry(a);
+    }
   } else {
-    wait = next_retry(a);
+    a->pass_tried |= UINT32_C(1) << from;
+    if (end->follower) a->pass_follower = 1;
+    next = leader >= 0 && !(a->pass_tried & (UINT32_C(1) << leader)) ? leader
+                                                                     : untried(a, (from + 1) % n);
+    if (next >= 0) {
+      wait = 0;
+    } else { /* every MASTER tried: wait before the next pass */
+      next = leader >= 0 ? leader : (long)((from + 1) % n);
+      if (a->pass_follower) {
+        wait = dcm__ctl_election_ms(jitter());
+        pass_end = "an election is under way; ";
+      } else {
+        wait = next_retry(a);
+        pass_end = several ? "every MASTER tried; " : "";
+      }
+      a->pass_tried = 0;
+      a->pass_follower = 0;
+    }
   }
-  if (was_session && a->cfg.lease_timeout > 0)
-    dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running for up to %.3gs "
-              "(--lease-timeout); reconnecting in %.3gs", why[0] ? why : "connection closed",
-              a->cfg.lease_timeout, (double)wait / 1000.0);
-  else if (was_session)
-    dcm__warn(&a->log, me(a), "lost MASTER (%s); clusters keep running; reconnecting in %.3gs",
-              why[0] ? why : "connection closed", (double)wait / 1000.0);
+  a->cur = (size_t)next;
+  if (!why[0]) why = lost ? "connection closed" : end->established ? "closed before initialise"
+                                                                   : "connect failed";
+  dcm__ctl_url_format(&a->cfg.masters[from], url_from, sizeof url_from);
+  dcm__ctl_url_format(&a->cfg.masters[next], url_next, sizeof url_next);
+  char keep[96] = "clusters keep running";
+  if (a->cfg.lease_timeout > 0)
+    snprintf(keep, sizeof keep, "clusters keep running for up to %.3gs (--lease-timeout)",
+             a->cfg.lease_timeout);
+  if (lost && several)
+    dcm__warn(&a->log, me(a), "lost MASTER %s (%s); %s; trying %s in %.3gs", url_from, why, keep,
+              url_next, (double)wait / 1000.0);
+  else if (lost)
+    dcm__warn(&a->log, me(a), "lost MASTER (%s); %s; reconnecting in %.3gs", why, keep,
+              (double)wait / 1000.0);
+  else if (several)
+    dcm__warn(&a->log, me(a), "no session with MASTER %s (%s); %strying %s in %.3gs", url_from,
+              why, pass_end, url_next, (double)wait / 1000.0);
   else
-    dcm__warn(&a->log, me(a), "no session with MASTER (%s); retrying in %.3gs",
-              why[0] ? why : (established ? "closed before initialise" : "connect failed"),
+    dcm__warn(&a->log, me(a), "no session with MASTER (%s); %sretrying in %.3gs", why, pass_end,
               (double)wait / 1000.0);
   uv_timer_start(&a->retry_timer, retry_cb, wait, 0);
 }
@@ -822,6 +934,7 @@ int dcm__agent_init(dcm__agent_t *a, uv_loop_t *loop, const dcm__ctl_config_t *c
   a->loop = loop;
   a->cfg = *cfg;
   a->max_concurrency = 1;
+  a->session_master = -1;
   snprintf(a->gateway_url, sizeof a->gateway_url, "%s", DCM_CTL_DEFAULT_GATEWAY_URL);
   int r = dcm__log_init(&a->log, level, format, NULL, NULL);
   if (r != 0) return r;
@@ -877,9 +990,20 @@ void dcm__agent_start(dcm__agent_t *a) {
   }
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
   uv_signal_start(&a->sigint, on_signal, SIGINT);
-  dcm__info(&a->log, me(a), "discluster-control %s: MASTER %s://%s%s, %d cores%s; identify "
+  char list[2048], url[DCM_CTL_URL_MAX + 16];
+  size_t used = 0, i;
+  for (i = 0; i < a->cfg.nmasters; i++) {
+    dcm__ctl_url_format(&a->cfg.masters[i], url, sizeof url);
+    int w = snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", url);
+    if (w < 0 || (size_t)w >= sizeof list - used - 16) break;
+    used += (size_t)w;
+  }
+  list[used] = '\0';
+  if (i < a->cfg.nmasters) snprintf(list + used, sizeof list - used, " and %zu more",
+                                    a->cfg.nmasters - i);
+  dcm__info(&a->log, me(a), "discluster-control %s: MASTER%s %s, %d cores%s; identify "
             "endpoint on 127.0.0.1:%d; at most %zu clusters", DCM_VERSION,
-            a->cfg.master.tls ? "wss" : "ws", a->cfg.master.hostport, a->cfg.master.path, dcm__ctl_cores(),
+            a->cfg.nmasters > 1 ? "s" : "", list, dcm__ctl_cores(),
             a->cfg.standby ? ", standby" : "", a->ident.port, a->cfg.max_clusters);
   a->last_fast_retry = uv_now(a->loop) - ms(a->cfg.retry) - 1;
   a->sessions_last = uv_now(a->loop) - SESSIONS_EVERY_MS;

@@ -41,15 +41,9 @@ typedef struct dcm__cluster_s dcm__cluster_t;
 /* ---- configuration (main.c fills it) ------------------------------------ */
 
 typedef struct {
-  char host[256];
-  int port;
-  char path[256];
-  char hostport[300]; /* for the Host header and logs */
-  int tls;            /* wss:// */
-} dcm__ctl_url_t;
-
-typedef struct {
-  dcm__ctl_url_t master;
+  /* MASTERs in the order given (--master, DISCLUSTER_MASTER); at least one */
+  dcm__ctl_url_t masters[DCM_CTL_MASTERS_MAX];
+  size_t nmasters;
   char id[129];
   int standby;
   const char *cluster_command;
@@ -78,8 +72,19 @@ typedef enum {
   DCM_CLIENT_CLOSING
 } dcm__client_phase;
 
+/* How an attempt ended, for the agent's choice of the next MASTER. */
+typedef struct {
+  int established; /* the WebSocket opened */
+  int follower;    /* a follower refused it (503 Discluster-Role: follower) or
+                      the leader stepped down (close 4020) */
+  int has_leader;  /* the refusal or the close named a leader: leader */
+  dcm__ctl_url_t leader;
+  char leader_text[DCM_CTL_URL_MAX + 1]; /* as named (a valid URL: printable) */
+} dcm__ctl_ending_t;
+
 struct dcm__client_s {
   dcm__agent_t *a;
+  const dcm__ctl_url_t *url; /* the MASTER this attempt is for */
   dcm__client_phase phase;
   uv_getaddrinfo_t gai;
   uv_connect_t creq;
@@ -96,13 +101,15 @@ struct dcm__client_s {
   dcm__outq_t out; /* ciphertext under TLS */
   uint64_t idle_ms; /* 0 = no idle deadline */
   uint64_t last_rx;
-  char why[400]; /* why it closed, for the log */
+  dcm__ctl_ending_t end; /* follower refusal, 4020 and the leader they name */
+  char why[1024]; /* why it closed, for the log (names a leader URL at most) */
   char rbuf[65536];
   char pbuf[16384]; /* one TLS record's plaintext */
 };
 
-/* Starts one connection attempt; on_closed always follows, exactly once. */
-int dcm__client_start(dcm__agent_t *a, dcm__client_t **out);
+/* Starts one connection attempt to url; on_closed always follows, exactly
+ * once. */
+int dcm__client_start(dcm__agent_t *a, const dcm__ctl_url_t *url, dcm__client_t **out);
 int dcm__client_send(dcm__client_t *c, const char *text, size_t len);
 /* Close handshake with code and reason, then the socket (bounded linger). */
 void dcm__client_close(dcm__client_t *c, uint16_t code, const char *reason);
@@ -360,6 +367,15 @@ struct dcm__agent_s {
   uv_timer_t lease_timer;    /* --lease-timeout: MASTER unreachable this long */
   uv_signal_t sigterm, sigint;
   unsigned retry_attempt;  /* failed attempts since the last session: the backoff */
+  /* the walk over cfg.masters (high availability) */
+  size_t cur;              /* index of the MASTER of the current (or last) attempt */
+  uint32_t pass_tried;     /* bit i: cfg.masters[i] tried since the last wait or session */
+  int pass_follower;       /* a follower answered in this pass: an election, not an outage */
+  int stale;               /* this connection was closed for a stale epoch (4021) */
+  uint64_t master_epoch;   /* the highest `epoch` seen (process lifetime); 0 none */
+  long session_master;     /* index of the last session's MASTER, -1 before one */
+  uint64_t master_switches; /* sessions with another MASTER than the one before */
+  char unlisted[DCM_CTL_URL_MAX + 1]; /* the last leader logged as not in the list */
   /* from initialise */
   char *token;
   int shard_count;
@@ -409,7 +425,7 @@ void dcm__agent_free(dcm__agent_t *a);
 /* From client.c */
 void dcm__agent_on_open(dcm__agent_t *a);
 void dcm__agent_on_message(dcm__agent_t *a, const char *msg, size_t len);
-void dcm__agent_on_closed(dcm__agent_t *a, int established, const char *why);
+void dcm__agent_on_closed(dcm__agent_t *a, const dcm__ctl_ending_t *end, const char *why);
 
 /* From clusters.c */
 void dcm__agent_cluster_changed(dcm__agent_t *a, dcm__cluster_t *cl);

@@ -7,8 +7,11 @@
  * byte after it is encrypted; a failure is one reason for the agent's log
  * line and the usual retry, never a fallback to plaintext. Writes are
  * queued with a bound; every phase has a deadline (connect_timeout covers
- * TCP, TLS, the upgrade and initialise). Protocol decisions are agent.c's;
- * this file only moves messages.
+ * TCP, TLS, the upgrade and initialise). A refusal's status line and
+ * headers (the head is bounded by DCM_CTL_HEAD_MAX) are read: a follower's
+ * 503 (Discluster-Role, Discluster-Leader) and a 4020 close (its reason the
+ * leader's URL) are passed to the agent, which picks the next MASTER.
+ * Protocol decisions are agent.c's; this file only moves messages.
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -31,14 +34,16 @@ static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); 
 static void maybe_done(dcm__client_t *c) {
   if (c->handles > 0 || c->gai_pending) return;
   dcm__agent_t *a = c->a;
-  int established = c->ws_ready;
+  /* Copies: the agent may start the next attempt before this returns. */
+  dcm__ctl_ending_t end = c->end;
   char why[sizeof c->why];
+  end.established = c->ws_ready;
   memcpy(why, c->why, sizeof why);
   if (c->ws_ready) dcm__ws_free(&c->ws);
   if (c->tls_on) dcm__tls_free(&c->tls);
   dcm__outq_free(&c->out);
   free(c);
-  dcm__agent_on_closed(a, established, why);
+  dcm__agent_on_closed(a, &end, why);
 }
 
 static void close_cb(uv_handle_t *h) {
@@ -161,6 +166,10 @@ typedef struct {
   dcm__client_t *c;
   char field[64];
   int upgrade_ok, connection_ok, accept_ok;
+  int follower;       /* Discluster-Role: follower */
+  int leaders;        /* Discluster-Leader headers seen */
+  const char *leader; /* the first one's value, in c->head */
+  size_t leader_len;
 } head_t;
 
 static int on_field(http_parser *p, const char *at, size_t n) {
@@ -193,8 +202,45 @@ static int on_value(http_parser *p, const char *at, size_t n) {
   } else if (strcasecmp(h->field, "sec-websocket-accept") == 0) {
     size_t k = strlen(h->c->accept);
     h->accept_ok = n == k && memcmp(at, h->c->accept, k) == 0;
+  } else if (strcasecmp(h->field, "discluster-role") == 0) {
+    h->follower = has_token(at, n, "follower");
+  } else if (strcasecmp(h->field, "discluster-leader") == 0 && h->leaders++ == 0) {
+    while (n > 0 && (*at == ' ' || *at == '\t')) at++, n--;
+    while (n > 0 && (at[n - 1] == ' ' || at[n - 1] == '\t')) n--;
+    h->leader = at;
+    h->leader_len = n;
   }
   return 0;
+}
+
+/* The leader a follower's refusal or a 4020 close names (text, n bytes):
+ * kept in c->end when it is a usable URL; else *bad says why not. */
+static int take_leader(dcm__client_t *c, const char *text, size_t n, char *bad, size_t badlen) {
+  if (dcm__ctl_parse_url(text, n, &c->end.leader, bad, badlen) != 0) return -1;
+  memcpy(c->end.leader_text, text, n); /* printable ASCII: the parser checked */
+  c->end.leader_text[n] = '\0';
+  c->end.has_leader = 1;
+  return 0;
+}
+
+/* 503 with Discluster-Role: follower: an election is under way, or the
+ * leader is elsewhere (Discluster-Leader). */
+static void follower_refusal(dcm__client_t *c, const head_t *h) {
+  char bad[96];
+  const char *who = c->url->hostport;
+  c->end.follower = 1;
+  if (h->leaders == 0)
+    snprintf(c->why, sizeof c->why, "MASTER at %s is a follower (HTTP 503) and knows no "
+             "leader yet", who);
+  else if (h->leaders > 1)
+    snprintf(c->why, sizeof c->why, "MASTER at %s is a follower (HTTP 503); ignoring its "
+             "%d Discluster-Leader headers (one expected)", who, h->leaders);
+  else if (take_leader(c, h->leader, h->leader_len, bad, sizeof bad) != 0)
+    snprintf(c->why, sizeof c->why, "MASTER at %s is a follower (HTTP 503); ignoring its "
+             "malformed Discluster-Leader header (%s)", who, bad);
+  else
+    snprintf(c->why, sizeof c->why, "MASTER at %s is a follower (HTTP 503); the leader is %s",
+             who, c->end.leader_text);
 }
 
 static int on_headers_complete(http_parser *p) {
@@ -221,6 +267,10 @@ static int check_head(dcm__client_t *c, size_t len) {
              http_errno_name(HTTP_PARSER_ERRNO(&p)));
     return -1;
   }
+  if (p.status_code == 503 && h.follower) {
+    follower_refusal(c, &h);
+    return -1;
+  }
   if (p.status_code == 401) {
     snprintf(c->why, sizeof c->why,
              "MASTER refused the upgrade: HTTP 401 (DISCLUSTER_AUTH missing or wrong)");
@@ -233,7 +283,9 @@ static int check_head(dcm__client_t *c, size_t len) {
   }
   if (p.status_code != 101) {
     snprintf(c->why, sizeof c->why, "MASTER refused the upgrade: HTTP %d%s", p.status_code,
-             p.status_code == 400 && !c->tls_on ? " (if MASTER serves TLS, use wss://)" : "");
+             p.status_code == 400 && !c->tls_on ? " (if MASTER serves TLS, use wss://)"
+             : p.status_code == 503 ? " (no Discluster-Role: follower, so not a follower's "
+                                      "refusal)" : "");
     return -1;
   }
   if (!h.upgrade_ok || !h.connection_ok || !h.accept_ok) {
@@ -245,18 +297,41 @@ static int check_head(dcm__client_t *c, size_t len) {
   return 0;
 }
 
+/* MASTER's close frame: its code and reason (printable bytes only) for the
+ * log; 4020 is a leader stepping down, its reason the new leader's URL. */
+static void peer_closed(dcm__client_t *c) {
+  char reason[DCM_WS_REASON_MAX + 1], bad[96];
+  if (c->why[0] != '\0') return;
+  uint16_t code = dcm__ws_close_code_received(&c->ws);
+  const char *r = dcm__ws_close_reason_received(&c->ws);
+  size_t n = strlen(r);
+  if (code == DCM_CLOSE_NOT_LEADER) {
+    c->end.follower = 1;
+    if (n == 0)
+      snprintf(c->why, sizeof c->why, "MASTER at %s stepped down (close 4020), no leader "
+               "named", c->url->hostport);
+    else if (take_leader(c, r, n, bad, sizeof bad) != 0)
+      snprintf(c->why, sizeof c->why, "MASTER at %s stepped down (close 4020); its close "
+               "reason is not a leader URL (%s)", c->url->hostport, bad);
+    else
+      snprintf(c->why, sizeof c->why, "MASTER at %s stepped down (close 4020); the leader "
+               "is %s", c->url->hostport, c->end.leader_text);
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    reason[i] = (unsigned char)r[i] < 0x20 || (unsigned char)r[i] >= 0x7f ? '?' : r[i];
+  reason[n] = '\0';
+  snprintf(c->why, sizeof c->why, "MASTER closed the WebSocket (%u%s%s)", (unsigned)code,
+           n ? ": " : "", reason);
+}
+
 static void feed(dcm__client_t *c, const char *data, size_t n) {
   c->last_rx = uv_now(c->a->loop);
   int r = dcm__ws_feed(&c->ws, (const uint8_t *)data, n);
   if (uv_is_closing((uv_handle_t *)&c->tcp)) return; /* the agent dropped it */
+  if (dcm__ws_close_received(&c->ws)) peer_closed(c);
   if (r < 0 || dcm__ws_done(&c->ws)) {
-    if (c->why[0] == '\0') {
-      uint16_t code = dcm__ws_close_code_received(&c->ws);
-      if (dcm__ws_close_received(&c->ws))
-        snprintf(c->why, sizeof c->why, "MASTER closed the WebSocket (%u)", (unsigned)code);
-      else
-        snprintf(c->why, sizeof c->why, "WebSocket protocol error");
-    }
+    if (c->why[0] == '\0') snprintf(c->why, sizeof c->why, "WebSocket protocol error");
     dcm__client_abort(c, NULL);
   } else if (dcm__ws_close_received(&c->ws) && c->phase == DCM_CLIENT_OPEN) {
     c->phase = DCM_CLIENT_CLOSING; /* our close reply is queued; wait for it */
@@ -277,7 +352,9 @@ static void upgrading(dcm__client_t *c, const char *data, size_t n) {
     }
   }
   if (end == NULL) {
-    if (c->headlen == sizeof c->head) dcm__client_abort(c, "MASTER's response head is too long");
+    if (c->headlen == sizeof c->head)
+      dcm__client_abort(c, "MASTER's response head is longer than " DCM_CTL_STR(DCM_CTL_HEAD_MAX)
+                           " bytes");
     return;
   }
   size_t headlen = (size_t)(end - c->head);
@@ -329,7 +406,7 @@ static void send_upgrade(dcm__client_t *c) {
                    "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
                    "User-Agent: discluster-control/" DCM_VERSION "\r\n%s%s%s\r\n",
-                   a->cfg.master.path, a->cfg.master.hostport, key,
+                   c->url->path, c->url->hostport, key,
                    a->cfg.auth ? "Authorization: " : "", a->cfg.auth ? a->cfg.auth : "",
                    a->cfg.auth ? "\r\n" : "");
   int r = n > 0 && (size_t)n < sizeof head ? raw_write(c, head, (size_t)n) : UV_E2BIG;
@@ -370,7 +447,7 @@ static void tls_failed(dcm__client_t *c) {
     snprintf(c->why, sizeof c->why, "MASTER closed TLS");
   else if (!c->tls.ready)
     snprintf(c->why, sizeof c->why, "TLS handshake with %.120s failed: %.170s%s",
-             c->a->cfg.master.hostport, why, hint);
+             c->url->hostport, why, hint);
   else
     snprintf(c->why, sizeof c->why, "TLS error: %s", why);
   dcm__client_abort(c, NULL);
@@ -398,7 +475,7 @@ static void connect_cb(uv_connect_t *req, int status) {
   dcm__agent_t *a = c->a;
   if (status == UV_ECANCELED || c->phase == DCM_CLIENT_CLOSING) return;
   if (status < 0) {
-    snprintf(c->why, sizeof c->why, "connect to %s: %s", a->cfg.master.hostport,
+    snprintf(c->why, sizeof c->why, "connect to %s: %s", c->url->hostport,
              uv_strerror(status));
     dcm__client_abort(c, NULL);
     return;
@@ -406,17 +483,17 @@ static void connect_cb(uv_connect_t *req, int status) {
   uv_tcp_nodelay(&c->tcp, 1);
   int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
   if (r != 0) {
-    snprintf(c->why, sizeof c->why, "read from %s: %s", a->cfg.master.hostport, uv_strerror(r));
+    snprintf(c->why, sizeof c->why, "read from %s: %s", c->url->hostport, uv_strerror(r));
     dcm__client_abort(c, NULL);
     return;
   }
-  if (!a->cfg.master.tls) {
+  if (!c->url->tls) {
     send_upgrade(c);
     return;
   }
-  r = dcm__tls_init(&c->tls, a->cfg.tls_ctx, a->cfg.master.host, &tls_cbs, c);
+  r = dcm__tls_init(&c->tls, a->cfg.tls_ctx, c->url->host, &tls_cbs, c);
   if (r != 0) {
-    snprintf(c->why, sizeof c->why, "TLS setup for %s: %s", a->cfg.master.host, dcm_strerror(r));
+    snprintf(c->why, sizeof c->why, "TLS setup for %s: %s", c->url->host, dcm_strerror(r));
     dcm__client_abort(c, NULL);
     return;
   }
@@ -434,7 +511,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     return;
   }
   if (status < 0 || res == NULL) {
-    snprintf(c->why, sizeof c->why, "cannot resolve %s: %s", c->a->cfg.master.host,
+    snprintf(c->why, sizeof c->why, "cannot resolve %s: %s", c->url->host,
              uv_strerror(status));
     uv_freeaddrinfo(res);
     dcm__client_abort(c, NULL);
@@ -450,7 +527,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   }
   uv_freeaddrinfo(res);
   if (r != 0) {
-    snprintf(c->why, sizeof c->why, "connect to %s: %s", c->a->cfg.master.hostport,
+    snprintf(c->why, sizeof c->why, "connect to %s: %s", c->url->hostport,
              uv_strerror(r));
     dcm__client_abort(c, NULL);
     return;
@@ -458,12 +535,13 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   c->phase = DCM_CLIENT_CONNECTING;
 }
 
-int dcm__client_start(dcm__agent_t *a, dcm__client_t **out) {
+int dcm__client_start(dcm__agent_t *a, const dcm__ctl_url_t *url, dcm__client_t **out) {
   char port[16];
   struct addrinfo hints;
   dcm__client_t *c = calloc(1, sizeof *c);
   if (c == NULL) return DCM_ENOMEM;
   c->a = a;
+  c->url = url;
   c->out.cap = DCM_CTL_MAX_OUTBOUND;
   c->out.wipe = 1;
   c->out.on_error = outq_error;
@@ -475,13 +553,13 @@ int dcm__client_start(dcm__agent_t *a, dcm__client_t **out) {
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  snprintf(port, sizeof port, "%d", a->cfg.master.port);
+  snprintf(port, sizeof port, "%d", url->port);
   c->gai.data = c;
   *out = c;
-  int r = uv_getaddrinfo(a->loop, &c->gai, gai_cb, a->cfg.master.host, port, &hints);
+  int r = uv_getaddrinfo(a->loop, &c->gai, gai_cb, url->host, port, &hints);
   if (r != 0) {
     /* No callback will come: report through on_closed like any failure. */
-    snprintf(c->why, sizeof c->why, "cannot resolve %s: %s", a->cfg.master.host, uv_strerror(r));
+    snprintf(c->why, sizeof c->why, "cannot resolve %s: %s", url->host, uv_strerror(r));
     dcm__client_abort(c, NULL);
     return 0;
   }

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "agent.h"
 #include "discluster/master.h"
@@ -17,13 +16,17 @@
 #include "tls.h"
 
 static const char usage[] =
-    "Usage: discluster-control --master wss://HOST[:PORT][/PATH] --cluster-command CMD [OPTION...]\n"
+    "Usage: discluster-control --master wss://HOST[:PORT][/PATH]... --cluster-command CMD\n"
+    "                          [OPTION...]\n"
     "\n"
     "The CONTROL agent of one bot machine: connects to a discluster MASTER\n"
     "(protocol v1) and runs the shards it assigns as cluster processes.\n"
     "\n"
-    "      --master URL              MASTER's address, wss:// (TLS) or ws:// (env\n"
-    "                                DISCLUSTER_MASTER); the port defaults to 8642\n"
+    "      --master URL              MASTER's address, wss:// (TLS) or ws://; the port\n"
+    "                                defaults to 8642. Repeat it (up to 16) for the\n"
+    "                                MASTERs of a high-availability group: the agent\n"
+    "                                follows the leader. Without it, DISCLUSTER_MASTER\n"
+    "                                (a comma-separated list)\n"
     "      --ca-file FILE            with wss://: trust the CAs in FILE (PEM) instead\n"
     "                                of the system store (env DISCLUSTER_CA_FILE)\n"
     "      --id ID                   machine id, [A-Za-z0-9._:-]{1,128} (the hostname)\n"
@@ -35,7 +38,10 @@ static const char usage[] =
     "      --max-clusters N          clusters (processes) at once, 1 to 4096 (256);\n"
     "                                shards beyond are reported to MASTER as failed\n"
     "      --retry S                 longest wait between connection attempts; the\n"
-    "                                wait starts near 1 s and doubles (30)\n"
+    "                                wait starts near 1 s and doubles (30). With\n"
+    "                                several MASTERs the next one is tried at once;\n"
+    "                                the wait comes after all failed (200-500 ms\n"
+    "                                while a follower reports an election)\n"
     "      --drain-timeout S         on SIGTERM, how long to wait for MASTER to move\n"
     "                                the shards away (30)\n"
     "      --stop-timeout S          SIGTERM to SIGKILL for a cluster (5)\n"
@@ -122,49 +128,44 @@ static int parse_seconds(const char *flag, const char *v, double min, double *ou
   return 0;
 }
 
-/* wss:// or ws://HOST[:PORT][/PATH]; HOST may be [IPv6]. */
-static int parse_url(const char *url, dcm__ctl_url_t *u) {
-  const char *p = url, *host, *hend, *rest;
-  if (strncasecmp(p, "wss://", 6) == 0) {
-    u->tls = 1;
-    p += 6;
-  } else if (strncasecmp(p, "ws://", 5) == 0) {
-    p += 5;
-  } else {
-    return fail("--master %s: must start with wss:// or ws://%s", url, "");
+/* Adds one MASTER URL (n bytes of text) to the list; where says where it
+ * came from for the error ("--master", "DISCLUSTER_MASTER"). */
+static int add_master(dcm__ctl_config_t *c, const char *where, const char *text, size_t n) {
+  char err[96], shown[DCM_CTL_URL_MAX + 1];
+  dcm__ctl_url_t u;
+  snprintf(shown, sizeof shown, "%.*s", (int)(n < DCM_CTL_URL_MAX ? n : DCM_CTL_URL_MAX), text);
+  if (n == 0) return fail("%s: an empty MASTER URL%s", where, "");
+  if (c->nmasters == DCM_CTL_MASTERS_MAX) {
+    fprintf(stderr, "discluster-control: %s: more than %d MASTER URLs\n", where,
+            DCM_CTL_MASTERS_MAX);
+    return -1;
   }
-  if (*p == '[') {
-    host = p + 1;
-    hend = strchr(host, ']');
-    if (hend == NULL) return fail("--master %s: unclosed [ in the host%s", url, "");
-    rest = hend + 1;
-  } else {
-    host = p;
-    hend = p + strcspn(p, ":/");
-    rest = hend;
+  if (dcm__ctl_parse_url(text, n, &u, err, sizeof err) != 0) {
+    fprintf(stderr, "discluster-control: %s %s: %s%s\n", where, shown, err,
+            memchr(text, ',', n) && strcmp(where, "--master") == 0
+                ? " (one URL per --master: repeat the flag; DISCLUSTER_MASTER takes a "
+                  "comma-separated list)" : "");
+    return -1;
   }
-  size_t hl = (size_t)(hend - host);
-  if (hl == 0 || hl >= sizeof u->host) return fail("--master %s: bad host%s", url, "");
-  memcpy(u->host, host, hl);
-  u->host[hl] = '\0';
-  u->port = 8642;
-  if (*rest == ':') {
-    char *end;
-    long port = strtol(rest + 1, &end, 10);
-    if (end == rest + 1 || port < 1 || port > 65535 || (*end && *end != '/'))
-      return fail("--master %s: bad port%s", url, "");
-    u->port = (int)port;
-    rest = end;
-  } else if (*rest && *rest != '/') {
-    return fail("--master %s: bad host%s", url, "");
-  }
-  if (*rest == '\0') rest = "/";
-  if (strlen(rest) >= sizeof u->path || strpbrk(rest, " \r\n\t"))
-    return fail("--master %s: bad path%s", url, "");
-  snprintf(u->path, sizeof u->path, "%s", rest);
-  snprintf(u->hostport, sizeof u->hostport, "%s%s%s:%d", *p == '[' ? "[" : "", u->host,
-           *p == '[' ? "]" : "", u->port);
+  for (size_t i = 0; i < c->nmasters; i++)
+    if (dcm__ctl_url_same(&c->masters[i], &u))
+      return fail("%s %s: the same MASTER is listed twice", where, shown);
+  c->masters[c->nmasters++] = u;
   return 0;
+}
+
+/* DISCLUSTER_MASTER: URLs separated by commas (blanks around them ignored). */
+static int add_master_list(dcm__ctl_config_t *c, const char *list) {
+  const char *p = list;
+  for (;;) {
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    while (n > 0 && (*p == ' ' || *p == '\t')) p++, n--;
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    if (add_master(c, "DISCLUSTER_MASTER", p, n) != 0) return -1;
+    if (e == NULL) return 0;
+    p = e + 1;
+  }
 }
 
 /* The hostname, with characters outside the id alphabet replaced by '-'. */
@@ -175,6 +176,12 @@ static void default_id(char *out, size_t n) {
   snprintf(out, n, "%.128s", host);
   for (char *s = out; *s; s++)
     if (!dcm__valid_id(s, 1)) *s = '-';
+}
+
+static int any_tls(const dcm__ctl_config_t *c) {
+  for (size_t i = 0; i < c->nmasters; i++)
+    if (c->masters[i].tls) return 1;
+  return 0;
 }
 
 typedef struct {
@@ -215,7 +222,9 @@ static int parse_args(int argc, char **argv, args_t *a) {
       case 'V':
         printf("discluster-control %s (protocol %d)\n", DCM_VERSION, DCM_PROTOCOL_VERSION);
         return 1;
-      case OPT_MASTER: master = v; break;
+      case OPT_MASTER:
+        if (add_master(c, "--master", v, strlen(v)) != 0) return -1;
+        break;
       case OPT_CAFILE: ca_file = v; break;
       case OPT_ID:
         if (!dcm__valid_id(v, strlen(v)))
@@ -286,11 +295,14 @@ static int parse_args(int argc, char **argv, args_t *a) {
     }
   }
   if (optind < argc) return fail("unexpected argument '%s' (see --help)%s", argv[optind], "");
-  if (master == NULL || *master == '\0') return fail("--master is required (see --help)%s%s", "", "");
+  if (c->nmasters == 0) {
+    if (master == NULL || *master == '\0')
+      return fail("--master is required (see --help)%s%s", "", "");
+    if (add_master_list(c, master) != 0) return -1;
+  }
   if (command == NULL || *command == '\0')
     return fail("--cluster-command is required (see --help)%s%s", "", "");
-  if (parse_url(master, &c->master) != 0) return -1;
-  if (ca_file && *ca_file && !c->master.tls)
+  if (ca_file && *ca_file && !any_tls(c))
     return fail("--ca-file %s: only used with a wss:// --master%s", ca_file, "");
   a->ca_file = ca_file && *ca_file ? ca_file : NULL;
   c->cluster_command = command;
@@ -321,7 +333,7 @@ int main(int argc, char **argv) {
     if (auth == NULL) return 1;
     args.cfg.auth = auth;
   }
-  if (args.cfg.master.tls) {
+  if (any_tls(&args.cfg)) {
     char err[512];
     if (dcm__tls_client_ctx(args.ca_file, &args.cfg.tls_ctx, err, sizeof err) != 0) {
       fprintf(stderr, "discluster-control: %s\n", err);

@@ -1,7 +1,8 @@
 /*
  * metrics.c: the agent's GET /metrics (--metrics-port), a loopback
  * HTTP/1.1 listener separate from the identify endpoint: clusters by
- * state, restarts, identify requests waiting, the session with MASTER.
+ * state, restarts, identify requests waiting, the session with MASTER
+ * (which of the MASTERs, switches between them, the highest epoch).
  * The page is written with the core's Prometheus writer (metrics.h).
  * Bounds in agent.h; every answer closes the connection.
  */
@@ -81,6 +82,22 @@ static char *page(dcm__agent_t *a, size_t *len) {
   dcm__prom_family(&p, "discluster_control_connected", "gauge",
                    "1 while a session with MASTER is up (initialise received).");
   dcm__prom_int(&p, "discluster_control_connected", NULL, a->session != 0);
+  dcm__prom_family(&p, "discluster_control_master", "gauge",
+                   "Each MASTER given (index in the list, URL): 1 for the one of the session.");
+  for (size_t i = 0; i < a->cfg.nmasters; i++) {
+    char index[24], url[DCM_CTL_URL_MAX + 16];
+    snprintf(index, sizeof index, "%zu", i);
+    dcm__ctl_url_format(&a->cfg.masters[i], url, sizeof url);
+    const char *labels[] = {"index", index, "url", url, NULL};
+    dcm__prom_int(&p, "discluster_control_master", labels,
+                  a->session && a->session_master == (long)i);
+  }
+  dcm__prom_family(&p, "discluster_control_master_switches_total", "counter",
+                   "Sessions begun with another MASTER than the session before.");
+  dcm__prom_int(&p, "discluster_control_master_switches_total", NULL, a->master_switches);
+  dcm__prom_family(&p, "discluster_control_master_epoch", "gauge",
+                   "The highest leader epoch seen from MASTER (high availability); 0 if none.");
+  dcm__prom_int(&p, "discluster_control_master_epoch", NULL, a->master_epoch);
   dcm__prom_family(&p, "discluster_control_draining", "gauge",
                    "1 after SIGTERM sent offload, until the agent stops.");
   dcm__prom_int(&p, "discluster_control_draining", NULL, a->mode == DCM_AGENT_DRAINING);

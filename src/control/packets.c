@@ -195,9 +195,25 @@ static int decode_connect(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p,
   return 0;
 }
 
+/* d.epoch of initialise, connect and grant: optional, an integer 0 to
+ * DCM_CTL_EPOCH_MAX. */
+static int decode_epoch(lua_State *L, int d, dcm__ctl_packet_t *p, char *err, size_t errlen) {
+  int t = dcm__json_field(L, d, "epoch");
+  lua_pop(L, 1);
+  if (t == LUA_TNIL) return 0;
+  if (!int_field(L, d, "epoch", 0, DCM_CTL_EPOCH_MAX, &p->epoch))
+    FAIL(DCM_ERR_MALFORMED, "%s: d.epoch must be an integer from 0 to 2^53",
+         dcm__op_name(p->op));
+  p->has_epoch = 1;
+  return 0;
+}
+
 static int decode_d(lua_State *L, int d, size_t max, dcm__ctl_packet_t *p, char *err,
                     size_t errlen) {
   long long v;
+  if ((p->op == DCM_OP_INITIALISE || p->op == DCM_OP_CONNECT || p->op == DCM_OP_GRANT) &&
+      decode_epoch(L, d, p, err, errlen) != 0)
+    return DCM_ERR_MALFORMED;
   switch (p->op) {
     case DCM_OP_INITIALISE:
       return decode_initialise(L, d, p, err, errlen);

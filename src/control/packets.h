@@ -3,7 +3,8 @@
  * sends (info request, initialise, connect with its sessions, error, ack,
  * shutdown, command, grant) and encoding what CONTROL sends (info,
  * heartbeat, ack, ready, fatal, offload, sessions, stopped; identify and
- * release use the core's dcm__enc_shard_op), and the clusters'
+ * release use the core's dcm__enc_shard_op), the optional `epoch` of
+ * initialise, connect and grant (high availability), and the clusters'
  * SHARD_SESSIONS. Opcodes come from the core's protocol.h; JSON goes
  * through lua-cjson (json.h). Pure: no sockets.
  */
@@ -43,7 +44,14 @@ typedef struct {
   char message[DCM_MESSAGE_MAX + 1];
   /* ack */
   int ack_op;
+  /* initialise, connect, grant: the leader's term (HA); has_epoch 0 when
+   * the field is absent (a MASTER without etcd) */
+  int has_epoch;
+  long long epoch;
 } dcm__ctl_packet_t;
+
+/* d.epoch's largest value (JSON's exact integers). */
+#define DCM_CTL_EPOCH_MAX 9007199254740992LL
 
 /*
  * Decodes one message from MASTER. Returns 0; DCM_ERR_MALFORMED or

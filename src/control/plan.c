@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static int cmp_int(const void *a, const void *b) {
   int p = *(const int *)a, q = *(const int *)b;
@@ -63,6 +64,80 @@ uint64_t dcm__ctl_backoff_ms(unsigned attempt, uint64_t cap_ms, double u) {
   if (u > 1) u = 1;
   uint64_t w = d / 2 + (uint64_t)((double)(d - d / 2) * u);
   return w ? w : 1;
+}
+
+uint64_t dcm__ctl_election_ms(double u) {
+  if (u < 0) u = 0;
+  if (u > 1) u = 1;
+  return DCM_CTL_ELECTION_MIN_MS +
+         (uint64_t)((double)(DCM_CTL_ELECTION_MAX_MS - DCM_CTL_ELECTION_MIN_MS) * u);
+}
+
+#define URL_FAIL(...) \
+  do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
+
+int dcm__ctl_parse_url(const char *url, size_t n, dcm__ctl_url_t *u, char *err, size_t errlen) {
+  const char *p = url, *end = url + n, *host, *hend, *rest;
+  memset(u, 0, sizeof *u);
+  if (n > DCM_CTL_URL_MAX) URL_FAIL("longer than %d bytes", DCM_CTL_URL_MAX);
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f)
+      URL_FAIL("holds a blank, control or non-ASCII character");
+  if (n >= 6 && strncasecmp(p, "wss://", 6) == 0) {
+    u->tls = 1;
+    p += 6;
+  } else if (n >= 5 && strncasecmp(p, "ws://", 5) == 0) {
+    p += 5;
+  } else {
+    URL_FAIL("must start with wss:// or ws://");
+  }
+  int bracket = p < end && *p == '[';
+  if (bracket) {
+    host = p + 1;
+    hend = memchr(host, ']', (size_t)(end - host));
+    if (hend == NULL) URL_FAIL("unclosed [ in the host");
+    rest = hend + 1;
+  } else {
+    host = p;
+    hend = p;
+    while (hend < end && *hend != ':' && *hend != '/') hend++;
+    rest = hend;
+  }
+  size_t hl = (size_t)(hend - host);
+  if (hl == 0 || hl >= sizeof u->host || memchr(host, ',', hl) || memchr(host, '@', hl))
+    URL_FAIL("bad host");
+  memcpy(u->host, host, hl);
+  u->port = DCM_CTL_DEFAULT_PORT;
+  if (rest < end && *rest == ':') {
+    long port = 0;
+    const char *d = rest + 1;
+    while (d < end && *d >= '0' && *d <= '9' && port <= 65535) port = port * 10 + (*d++ - '0');
+    if (d == rest + 1 || port < 1 || port > 65535 || (d < end && *d != '/'))
+      URL_FAIL("bad port");
+    u->port = (int)port;
+    rest = d;
+  } else if (rest < end && *rest != '/') {
+    URL_FAIL("bad host");
+  }
+  size_t pl = (size_t)(end - rest);
+  if (pl >= sizeof u->path) URL_FAIL("bad path");
+  if (pl == 0) {
+    u->path[0] = '/';
+  } else {
+    memcpy(u->path, rest, pl);
+  }
+  snprintf(u->hostport, sizeof u->hostport, "%s%s%s:%d", bracket ? "[" : "", u->host,
+           bracket ? "]" : "", u->port);
+  return 0;
+}
+
+int dcm__ctl_url_same(const dcm__ctl_url_t *a, const dcm__ctl_url_t *b) {
+  return a->tls == b->tls && a->port == b->port && strcasecmp(a->host, b->host) == 0 &&
+         strcmp(a->path, b->path) == 0;
+}
+
+void dcm__ctl_url_format(const dcm__ctl_url_t *u, char *out, size_t len) {
+  snprintf(out, len, "%s://%s%s", u->tls ? "wss" : "ws", u->hostport, u->path);
 }
 
 size_t dcm__ctl_join(const int *v, size_t n, char *out, size_t len) {

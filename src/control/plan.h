@@ -3,8 +3,10 @@
  * without processes or sockets: turning an assignment into shard groups
  * (one cluster each), the cluster stdout line contract (READY, FATAL,
  * SESSION), the
- * identify endpoint's request target (/<run key>?shard=N), the reconnect
- * backoff, and reading /proc entries (stat, environ) of adopted processes.
+ * identify endpoint's request target (/<run key>?shard=N), MASTER URLs
+ * (parsed and compared: the list of MASTERs and a follower's leader), the
+ * reconnect backoff and election wait, and reading /proc entries (stat,
+ * environ) of adopted processes.
  * No I/O, no libuv.
  */
 #ifndef DCM_CTL_PLAN_H
@@ -44,6 +46,43 @@ size_t dcm__ctl_rest(const int *want, size_t nwant, const int *const *groups,
  * at once). At least 1 ms. */
 #define DCM_CTL_BACKOFF_FIRST_MS 1000
 uint64_t dcm__ctl_backoff_ms(unsigned attempt, uint64_t cap_ms, double u);
+
+/* Waits after a whole pass over the MASTER list in which a follower
+ * answered (an election is under way): in [MIN, MAX] ms, placed by u in
+ * [0, 1], instead of the exponential backoff. */
+#define DCM_CTL_ELECTION_MIN_MS 200
+#define DCM_CTL_ELECTION_MAX_MS 500
+uint64_t dcm__ctl_election_ms(double u);
+
+/* MASTER URLs: --master may be given DCM_CTL_MASTERS_MAX times; a URL (and
+ * a follower's Discluster-Leader header or 4020 close reason) is at most
+ * DCM_CTL_URL_MAX bytes. */
+#define DCM_CTL_MASTERS_MAX 16
+#define DCM_CTL_URL_MAX 600
+#define DCM_CTL_DEFAULT_PORT 8642
+
+typedef struct {
+  char host[256]; /* without the [] of an IPv6 literal */
+  int port;
+  char path[256];
+  char hostport[300]; /* for the Host header and logs */
+  int tls;            /* wss:// */
+} dcm__ctl_url_t;
+
+/*
+ * wss:// or ws://HOST[:PORT][/PATH] (n bytes, not NUL-terminated), HOST a
+ * name or [IPv6]; the port defaults to DCM_CTL_DEFAULT_PORT, the path to
+ * "/". Only printable ASCII without blanks is accepted. Returns 0, or -1
+ * with a short reason in err ("bad port", ...).
+ */
+int dcm__ctl_parse_url(const char *url, size_t n, dcm__ctl_url_t *u, char *err, size_t errlen);
+
+/* 1 if a and b name the same MASTER: scheme, host (case-insensitive),
+ * port and path equal. */
+int dcm__ctl_url_same(const dcm__ctl_url_t *a, const dcm__ctl_url_t *b);
+
+/* "ws[s]://hostport/path" into out (len bytes). */
+void dcm__ctl_url_format(const dcm__ctl_url_t *u, char *out, size_t len);
 
 /* "0,1,2" into out (len bytes, NUL-terminated); returns the length, or 0
  * with out = "" when it does not fit. */

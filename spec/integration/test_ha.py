@@ -1,0 +1,236 @@
+"""MASTER high availability on a real etcd: two MASTERs, three agents and the
+reference cluster against the fake Discord. A leader change moves no shard
+and starts no session; a paused leader steps down and never sends `connect`
+again; etcd unavailable at start, or lost while leading, is survived.
+Every fleet test asserts Discord's side as the other fleet tests do: no
+INVALID_SESSION, at most one open session per shard, the identifies expected.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from control_harness import MASTER_FAST, http_get, status, wait_for  # noqa: E402
+from etcd_harness import Etcd  # noqa: E402
+from fake_gateway import FakeGateway  # noqa: E402
+from test_fleet_identify import (CLUSTER, GW_INTERVAL, MASTER_INTERVAL, TOKEN,  # noqa: E402
+                                 FleetCase)
+
+TTL = 2.0  # the lease: a dead leader is replaced after this
+
+
+def role(m):
+    """(role, leader URL) from /healthz, or (None, None) when it does not answer."""
+    try:
+        code, body = http_get(m.port, "/healthz", timeout=2)[:2]
+    except OSError:
+        return None, None
+    if code != 200:
+        return None, None
+    d = json.loads(body)
+    return d["role"], d["leader"]
+
+
+def raw_upgrade_reply(port):
+    """The full HTTP answer to a WebSocket upgrade (no secret: --no-auth)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    out = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        out += b
+    s.close()
+    return out.decode()
+
+
+class HA(FleetCase):
+
+    def setUp(self):
+        super().setUp()
+        self.etcd = Etcd()
+
+    def tearDown(self):
+        logs = [m.log() for m in self.fleet.masters]
+        super().tearDown()
+        self.etcd.close()
+        for log in logs:  # stepping down and starting again under ASan/UBSan
+            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                self.assertNotIn(bad, log)
+
+    def master(self, *extra, etcd=None):
+        return self.fleet.master("--api-base", self.gw.api_base, "--expected-machines", "3",
+                                 "--collect-window", "20", *MASTER_FAST,
+                                 "--identify-interval", MASTER_INTERVAL,
+                                 "--etcd", etcd or self.etcd.url, "--lease-ttl", str(TTL),
+                                 "--cluster", "bot", *extra, token=TOKEN)
+
+    def start(self, shards=24, mc=4, machines=3):
+        self.gw = FakeGateway(token=TOKEN, shards=shards, max_concurrency=mc,
+                              identify_interval=GW_INTERVAL, remaining=1000,
+                              dispatch_interval=0.5).start()
+        self.a = self.master()
+        self.a.wait_log(r"elected leader of cluster bot \(epoch (\d+)\)", 15)
+        self.b = self.master()
+        self.b.wait_log(r"following the leader at ws://127\.0\.0\.1:%d" % self.a.port, 15)
+        self.m = self.a
+        self.agents = {}
+        for i in range(machines):
+            name = "m%d" % i
+            self.agents[name] = self.fleet.agent(
+                self.a.port, name, "--master", "ws://127.0.0.1:%d" % self.b.port, command=CLUSTER)
+        return self.a
+
+    def owners(self, m):
+        return {x["id"]: sorted(x["shards"]) for x in status(m)["machines"] if x["shards"]}
+
+    def settled(self):
+        self.wait_all_ready()
+        self.wait_open(range(24))
+        wait_for(lambda: status(self.m)["sessions_known"] >= 24, 20, "every session known")
+
+    def leads(self, m):
+        return role(m)[0] == "leader"
+
+    def all_connected(self, m, n=3):
+        try:
+            st = status(m)
+        except Exception:
+            return False
+        return sum(1 for x in st.get("machines", []) if x["state"] == "live") == n
+
+    def test_a_killed_leader_is_replaced_without_moving_or_identifying(self):
+        self.start()
+        self.settled()
+        before = self.owners(self.a)
+        self.assertEqual(self.check_sessions()["identify_count"], 24)
+        self.assertEqual(role(self.b), ("follower", "ws://127.0.0.1:%d" % self.a.port))
+
+        t0 = time.monotonic()
+        self.a.proc.send_signal(signal.SIGKILL)
+        wait_for(lambda: self.leads(self.b), TTL + 5, "the follower to lead")
+        t1 = time.monotonic()
+        self.assertLessEqual(t1 - t0, TTL + 1.0, "takeover took %.2fs" % (t1 - t0))
+        wait_for(lambda: self.all_connected(self.b), 10, "every agent on the new leader")
+        t2 = time.monotonic()
+        self.assertLessEqual(t2 - t1, 2.0, "agents took %.2fs to reach the new leader" % (t2 - t1))
+
+        self.m = self.b
+        self.wait_all_ready()
+        self.assertEqual(self.owners(self.b), before)  # 0 shards moved
+        self.b.wait_log(r"adopted 24 of 24 shards the fleet already runs", 10)
+        time.sleep(1.5)  # anything the takeover would start, it would have by now
+        st = self.check_sessions()
+        self.assertEqual(st["identify_count"], 24)  # 0 identifies
+        self.assertEqual(st["resumes"], [])  # nobody even had to resume
+        self.check_budget()
+        # The new term's epoch is higher, and its packets carry it.
+        rx = r"elected leader of cluster bot \(epoch (\d+)\)"
+        e_old = int(re.search(rx, self.a.wait_log(rx, 1)).group(1))
+        e_new = int(re.search(rx, self.b.wait_log(rx, 1)).group(1))
+        self.assertGreater(e_new, e_old)
+        self.assertEqual(status(self.b)["ha"]["epoch"], e_new)
+        self.no_secret_in_logs()
+
+    def test_a_paused_leader_steps_down_and_never_connects_again(self):
+        self.start()
+        self.settled()
+        before = self.owners(self.a)
+        self.a.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: self.leads(self.b), TTL + 5, "the follower to lead")
+        mark = self.a.mark()
+        self.a.proc.send_signal(signal.SIGCONT)
+        self.a.wait_log(r"stepping down as leader", 10, start=mark)
+        wait_for(lambda: self.all_connected(self.b), 15, "every agent on the new leader")
+        self.m = self.b
+        self.wait_all_ready()
+        after = "\n".join(self.a.log().split("\n")[mark:])
+        self.assertNotIn("connect: ", after)  # it sent no `connect` after waking up
+        self.assertNotIn("identify granted", after)
+        self.assertNotIn("failed over", after)
+        self.assertEqual(self.owners(self.b), before)
+        # It campaigns again as a follower, and says so.
+        try:
+            wait_for(lambda: role(self.a)[0] == "follower", 10, "the old leader to follow")
+        except AssertionError:
+            raise AssertionError("the old leader does not follow; log:\n" + self.a.log())
+        self.assertEqual(role(self.a)[1], "ws://127.0.0.1:%d" % self.b.port)
+        st = self.check_sessions()
+        self.assertEqual(st["identify_count"], 24)
+
+    def test_a_follower_refuses_controls_and_names_the_leader(self):
+        self.gw = FakeGateway(token=TOKEN, shards=4, max_concurrency=1).start()
+        a = self.master()
+        a.wait_log(r"elected leader", 15)
+        b = self.master()
+        b.wait_log(r"following the leader", 15)
+        reply = raw_upgrade_reply(b.port)
+        head, _, body = reply.partition("\r\n\r\n")
+        self.assertTrue(head.startswith("HTTP/1.1 503 "), head)
+        self.assertIn("Discluster-Role: follower", head)
+        self.assertIn("Discluster-Leader: ws://127.0.0.1:%d" % a.port, head)
+        d = json.loads(body)
+        self.assertEqual((d["role"], d["leader"]), ("follower", "ws://127.0.0.1:%d" % a.port))
+        st = status(b)
+        self.assertEqual((st["role"], st["leader"]), ("follower", "ws://127.0.0.1:%d" % a.port))
+        self.assertEqual(role(a), ("leader", "ws://127.0.0.1:%d" % a.port))
+        # The leader key is in etcd under the cluster's prefix, bound to a lease.
+        self.assertEqual(self.etcd.leader("bot")[0], "ws://127.0.0.1:%d" % a.port)
+        # A clean stop of the leader revokes its lease: the follower leads at once.
+        a.stop()
+        wait_for(lambda: role(b)[0] == "leader", TTL, "the follower to lead after a clean stop")
+        b.stop()
+
+    def test_etcd_unavailable_at_start_then_up(self):
+        self.gw = FakeGateway(token=TOKEN, shards=4, max_concurrency=1).start()
+        self.etcd.kill()
+        port = self.etcd.port
+        m = self.master()
+        m.wait_log(r"etcd.*127\.0\.0\.1:%d" % port, 10)  # names the endpoint it cannot reach
+        self.assertEqual(role(m)[0], "follower")  # serves /healthz meanwhile
+        time.sleep(1.5)
+        self.etcd.start()
+        wait_for(lambda: role(m)[0] == "leader", 15, "the master to lead once etcd is up")
+        m.stop()
+
+    def test_etcd_lost_while_leading_steps_down(self):
+        self.start()
+        self.settled()
+        mark = self.a.mark()
+        t0 = time.monotonic()
+        self.etcd.freeze()
+        self.a.wait_log(r"stepping down as leader", TTL + 5, start=mark)
+        self.assertLess(time.monotonic() - t0, TTL + 1.0)  # before etcd could expire it
+        for ag in self.agents.values():
+            ag.wait_log(r"4020", 10)
+        self.etcd.thaw()
+        wait_for(lambda: self.leads(self.a) or self.leads(self.b), TTL + 10, "a leader again")
+        self.m = self.a if self.leads(self.a) else self.b
+        wait_for(lambda: self.all_connected(self.m), 15, "every agent on the leader")
+        self.wait_all_ready()
+        st = self.check_sessions()
+        self.assertEqual(st["identify_count"], 24)
+
+    def test_bad_ha_options_are_refused(self):
+        from harness import Master
+        for args, want in [(("--etcd", "ftp://x"), "etcd:"),
+                           (("--etcd", "http://127.0.0.1:1,"), "etcd:"),
+                           (("--etcd", "http://127.0.0.1:1", "--cluster", "a/b"), "cluster:"),
+                           (("--etcd", "http://127.0.0.1:1", "--lease-ttl", "1"), "lease_ttl"),
+                           (("--advertise", "http://x:1"), "advertise")]:
+            m = Master("--shards", "1", *args, wait=False)
+            self.assertEqual(m.wait(10), 2, m.log())
+            self.assertIn(want, m.log())
+
+
+if __name__ == "__main__":
+    unittest.main()
