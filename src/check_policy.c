@@ -22,12 +22,14 @@
 static const char usage[] =
     "usage: discluster-master check-policy FILE --fleet FLEET.json\n"
     "         [--shards N] [--max-concurrency M] [--dead ID] [--policy-dir DIR]\n"
+    "         [--policy-timeout S]\n"
     "Runs the policy FILE in the master's sandbox against FLEET.json (a JSON\n"
     "array of {id, cores, loadavg, standby?, shards?}) and prints the\n"
     "allocation of shards 0..N-1 over the non-standby machines (N defaults\n"
     "to 16, M to 1), or with --dead the failover of that machine's shards to\n"
     "the others, as JSON on stdout and a table on stderr. Exit status: 0;\n"
-    "1 for an invalid policy or result; 2 for bad arguments or fleet.\n";
+    "1 for an invalid policy or result; 2 for bad arguments or fleet.\n"
+    "--policy-timeout: the master's policy_timeout (1 second by default).\n";
 
 typedef struct {
   dcm__pmachine_t *m;
@@ -295,6 +297,7 @@ static int parse_int(const char *flag, const char *s, int lo, int hi, int *out) 
 typedef struct {
   const char *file, *fleet, *dead, *dir;
   int shards, mc;
+  double timeout; /* seconds; 0: the master's default */
 } args_t;
 
 static int parse_args(int argc, char **argv, args_t *a) {
@@ -328,6 +331,13 @@ static int parse_args(int argc, char **argv, args_t *a) {
       if (parse_int(name, val, 1, MAX_SHARDS, &a->shards) != 0) return -1;
     } else if (strcmp(name, "--max-concurrency") == 0) {
       if (parse_int(name, val, 1, 1024, &a->mc) != 0) return -1;
+    } else if (strcmp(name, "--policy-timeout") == 0) {
+      char *end;
+      a->timeout = strtod(val, &end);
+      if (*val == '\0' || *end != '\0' || !(a->timeout >= 0.01 && a->timeout <= 3600)) {
+        fprintf(stderr, "check-policy: --policy-timeout needs seconds from 0.01 to 3600\n");
+        return -1;
+      }
     } else {
       fprintf(stderr, "check-policy: unknown option %s\n%s", name, usage);
       return -1;
@@ -390,7 +400,7 @@ static int run(dcm__policy_t *p, const args_t *a, fleet_t *f) {
 }
 
 int dcm__check_policy_main(int argc, char **argv) {
-  args_t a = {NULL, NULL, NULL, NULL, DEFAULT_SHARDS, 1};
+  args_t a = {NULL, NULL, NULL, NULL, DEFAULT_SHARDS, 1, 0};
   int st = parse_args(argc, argv, &a);
   if (st != 0) return st > 0 ? 0 : EXIT_USAGE;
   fleet_t f = {0};
@@ -404,7 +414,7 @@ int dcm__check_policy_main(int argc, char **argv) {
     return EXIT_POLICY;
   }
   dcm__policy_t *p = NULL;
-  int rc = dcm__policy_new(a.file, a.dir, &lg, &p);
+  int rc = dcm__policy_new(a.file, a.dir, a.timeout, &lg, &p);
   if (rc != 0) {
     if (rc != DCM_EPOLICY) fprintf(stderr, "check-policy: %s\n", dcm_strerror(rc));
     st = EXIT_POLICY;

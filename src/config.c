@@ -23,6 +23,7 @@
 #define CFG_FILE_MAX (1u << 20)   /* bytes of config source */
 #define CFG_MEM_MAX (16u << 20)   /* bytes of Lua heap */
 #define CFG_BUDGET 10000000       /* sandbox units (about VM instructions) */
+#define CFG_TIME_NS 1000000000u   /* and time: the policies' default for the same budget */
 #define CHECK_UNITS 256           /* a checked assignment (a path: a system call), getenv */
 #define TIME_MAX 1e7              /* seconds; same bound as options.c */
 
@@ -53,6 +54,8 @@ static const ckey_t keys[] = {
   {"api_base", "--api-base", K_URL, OFF(api_base), 0, "URL", "Discord REST API base"},
   {"policy", "--policy", K_PATH, OFF(policy), 0, "FILE",
    "allocation policy (Lua); default: default.lua"},
+  {"policy_timeout", "--policy-timeout", K_TIME, OFF(policy_timeout), 1, "S",
+   "time budget of a policy call (more with big fleets)"},
   {"collect_window", "--collect-window", K_TIME, OFF(collect_window), 0, "S",
    "seconds to collect CONTROLs before allocating"},
   {"expected_machines", "--expected-machines", K_COUNT, OFF(expected_machines), 1000000, "N",
@@ -392,11 +395,17 @@ static void scrub(char *err, const char *secret) {
 
 /* ---- the Lua file ---- */
 
+/* On the heap: an abandoned job frees it (see sandbox.h). */
 typedef struct {
-  dcm__sandbox_t box;    /* wipes what it frees: the file may hold secrets */
+  dcm__sandbox_t box;    /* first; wipes what it frees: the file may hold secrets */
   dcm__config_t scratch; /* assignments are checked here, as they happen */
   const char *dir;
+  char *src;             /* the file's text until the job has loaded it */
+  size_t len;
+  char *chunk;           /* "@path" */
+  int status;            /* the job's: loading, then running the file */
   char err[256];
+  char dirbuf[PATH_MAX];
 } sandbox_t;
 
 static int sb_getenv(lua_State *L) {
@@ -557,60 +566,97 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
   return 0;
 }
 
+static void forget_src(sandbox_t *sb) {
+  if (sb->src) explicit_bzero(sb->src, sb->len);
+  free(sb->src);
+  sb->src = NULL;
+}
+
+static void sb_free(sandbox_t *sb) {
+  forget_src(sb);
+  free(sb->chunk);
+  dcm__config_free(&sb->scratch);
+  free(sb);
+}
+
+/* An abandoned job ended: its thread frees the rest. */
+static void sb_release(dcm__sandbox_t *box, void *job) {
+  (void)job;
+  sb_free((sandbox_t *)(void *)box);
+}
+
+/* The job: the environment, then the file loaded and run under the
+ * budgets; leaves [values, env] and, on an error, its message. */
+static int sb_job(lua_State *L) {
+  sandbox_t *sb = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_pushcfunction(L, sb_open);
+  lua_pushlightuserdata(L, sb);
+  lua_call(L, 1, 2);
+  dcm__sandbox_arm(&sb->box, CFG_BUDGET, CFG_TIME_NS);
+  sb->status = luaL_loadbufferx(L, sb->src, sb->len, sb->chunk, "t");
+  forget_src(sb);
+  if (sb->status == LUA_OK) {
+    lua_pushvalue(L, -2);
+    lua_setupvalue(L, -2, 1); /* _ENV of the main chunk */
+    sb->status = lua_pcall(L, 0, 0, 0);
+  }
+  return lua_gettop(L);
+}
+
 /* Runs the file and applies its globals to cfg. */
 static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) {
-  sandbox_t sb;
+  sandbox_t *sb;
   lua_State *L;
-  char *src = NULL, *chunk, dir[PATH_MAX], qp[256];
+  char qp[256];
   const char *slash;
+  char *src = NULL;
   size_t len = 0;
   int rc = read_file(path, &src, &len, err, n);
   if (rc) return rc;
 
-  memset(&sb, 0, sizeof(sb));
-  dcm_options_init(&sb.scratch.opts);
-  slash = strrchr(path, '/');
-  if (slash == path) {
-    sb.dir = "/";
-  } else if (slash && (size_t)(slash - path) < sizeof(dir)) {
-    memcpy(dir, path, (size_t)(slash - path));
-    dir[slash - path] = '\0';
-    sb.dir = dir;
-  }
-  chunk = malloc(strlen(path) + 2);
-  if (chunk == NULL || dcm__sandbox_open(&sb.box, CFG_MEM_MAX, 1) != 0) {
-    free(chunk);
+  sb = calloc(1, sizeof *sb);
+  if (sb == NULL) {
     explicit_bzero(src, len);
     free(src);
-    dcm__config_free(&sb.scratch);
     return DCM_ENOMEM;
   }
-  L = sb.box.L;
-  chunk[0] = '@';
-  strcpy(chunk + 1, path);
-  lua_pushcfunction(L, sb_open);
-  lua_pushlightuserdata(L, &sb);
-  rc = lua_pcall(L, 1, 2, 0);
-  if (rc == LUA_OK) {
-    dcm__sandbox_arm(&sb.box, CFG_BUDGET);
-    rc = luaL_loadbufferx(L, src, len, chunk, "t");
+  sb->src = src;
+  sb->len = len;
+  dcm_options_init(&sb->scratch.opts);
+  slash = strrchr(path, '/');
+  if (slash == path) {
+    sb->dir = "/";
+  } else if (slash && (size_t)(slash - path) < sizeof(sb->dirbuf)) {
+    memcpy(sb->dirbuf, path, (size_t)(slash - path));
+    sb->dirbuf[slash - path] = '\0';
+    sb->dir = sb->dirbuf;
   }
-  explicit_bzero(src, len);
-  free(src);
-  free(chunk);
-  if (rc == LUA_OK) {
-    lua_pushvalue(L, -2);
-    lua_setupvalue(L, -2, 1); /* _ENV of the main chunk */
-    rc = lua_pcall(L, 0, 0, 0);
+  sb->chunk = malloc(strlen(path) + 2);
+  if (sb->chunk == NULL || dcm__sandbox_open(&sb->box, CFG_MEM_MAX, 1, sb_release) != 0) {
+    sb_free(sb);
+    return DCM_ENOMEM;
   }
-  dcm__sandbox_disarm(&sb.box);
+  L = sb->box.L;
+  sb->chunk[0] = '@';
+  strcpy(sb->chunk + 1, path);
+  rc = dcm__sandbox_run(&sb->box, sb_job, sb, CFG_TIME_NS);
+  if (rc == DCM__SB_ABANDONED) /* sb is the thread's now */
+    return fail(err, n, "%s: still running %d ms past its time budget of %u ms; abandoned",
+                quote(path, qp, sizeof qp), DCM_SANDBOX_GRACE_MS, CFG_TIME_NS / 1000000u);
+  if (rc == DCM_ENOMEM) {
+    dcm__sandbox_close(&sb->box);
+    sb_free(sb);
+    return DCM_ENOMEM;
+  }
+  if (rc == LUA_OK) rc = sb->status;
   if (rc != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
     const char *colon = msg ? strchr(msg, ':') : NULL;
     size_t pl = strlen(path), tl = colon ? (size_t)(colon - msg) : 0;
     char why[64];
     if (rc == LUA_ERRMEM)
-      fail(err, n, "%s: %s", quote(path, qp, sizeof qp), dcm__sandbox_memerr(&sb.box, why, sizeof why));
+      fail(err, n, "%s: %s", quote(path, qp, sizeof qp), dcm__sandbox_memerr(&sb->box, why, sizeof why));
     else if (msg == NULL)
       fail(err, n, "%s: error object is not a string", quote(path, qp, sizeof qp));
     else if (strncmp(msg, path, pl) == 0 && msg[pl] == ':')
@@ -630,8 +676,8 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
       lua_pushnil(L);
       while (rc == 0 && lua_next(L, tabs[i])) {
         const ckey_t *k;
-        if (sb_check(L, &sb) != 0) {
-          rc = fail(err, n, "%s: %s", quote(path, qp, sizeof qp), sb.err);
+        if (sb_check(L, sb) != 0) {
+          rc = fail(err, n, "%s: %s", quote(path, qp, sizeof qp), sb->err);
           break;
         }
         k = find_key(lua_tostring(L, -2));
@@ -640,18 +686,18 @@ static int load_file(dcm__config_t *cfg, const char *path, char *err, size_t n) 
         else if (lua_type(L, -1) == LUA_TNUMBER)
           rc = apply_number(cfg, k, k->name, lua_tonumber(L, -1), err, n);
         else
-          rc = apply_string(cfg, k, k->name, lua_tostring(L, -1), sb.dir, err, n);
+          rc = apply_string(cfg, k, k->name, lua_tostring(L, -1), sb->dir, err, n);
         lua_pop(L, 1);
       }
     }
   }
   if (rc) {
-    scrub(err, sb.scratch.opts.token);
-    scrub(err, sb.scratch.opts.auth);
-    scrub(err, sb.scratch.opts.status_auth);
+    scrub(err, sb->scratch.opts.token);
+    scrub(err, sb->scratch.opts.auth);
+    scrub(err, sb->scratch.opts.status_auth);
   }
-  dcm__sandbox_close(&sb.box);
-  dcm__config_free(&sb.scratch);
+  dcm__sandbox_close(&sb->box);
+  sb_free(sb);
   return rc;
 }
 

@@ -84,7 +84,8 @@ int dcm_master_new(uv_loop_t *loop, const dcm_options_t *opts, dcm_master_t **ou
   }
   if (r == 0 && (m->json = dcm__json_new()) == NULL) r = DCM_ENOMEM;
   if (r == 0) r = dcm__fleet_init(m);
-  if (r == 0) r = dcm__policy_new(m->o.policy, m->o.policy_dir, &m->log, &m->policy);
+  if (r == 0) r = dcm__policy_new(m->o.policy, m->o.policy_dir, m->o.policy_timeout, &m->log,
+                                 &m->policy);
   if (r != 0) {
     free_parts(m);
     return r;

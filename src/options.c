@@ -11,6 +11,7 @@ void dcm_options_init(dcm_options_t *o) {
   o->listen_host = "127.0.0.1";
   o->listen_port = 8642;
   o->api_base = "https://discord.com/api/v10";
+  o->policy_timeout = 1;
   o->collect_window = 45;
   o->heartbeat_interval = 30;
   o->heartbeat_grace = 15;
@@ -126,6 +127,8 @@ int dcm__options_validate(const dcm_options_t *o, char *err, size_t n) {
     FAIL("expected_machines: %d must not be negative", o->expected_machines);
   if (o->api_base == NULL || !dcm__url_ok(o->api_base, 0))
     FAIL("api_base: must be https://HOST[:PORT][/PATH] (or http:// for tests)");
+  if (bad_time(o->policy_timeout, 0) || o->policy_timeout < 0.01 || o->policy_timeout > 3600)
+    FAIL("policy_timeout: must be a time from 0.01 to 3600 seconds");
   if (bad_time(o->collect_window, 1)) FAIL("collect_window: must be a time >= 0 seconds");
   if (bad_time(o->heartbeat_interval, 0)) FAIL("heartbeat_interval: must be a time > 0 seconds");
   if (bad_time(o->heartbeat_grace, 1)) FAIL("heartbeat_grace: must be a time >= 0 seconds");

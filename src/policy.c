@@ -18,19 +18,28 @@
 #define MEMORY_PER_SHARD 64u
 #define MEMORY_PER_MACHINE 1024u
 
+/* A VM whose job was abandoned (see sandbox.h) leaves its slot NULL. */
 typedef struct {
-  dcm__pvm_t def;  /* default.lua alone: the fallback */
-  dcm__pvm_t user; /* the user's file over default.lua; L NULL without one */
+  dcm__pvm_t *def;  /* default.lua alone: the fallback */
+  dcm__pvm_t *user; /* the user's file over default.lua; NULL without one */
 } gen_t;
 
 struct dcm__policy_s {
   char *path;         /* the user's file, NULL for the default alone */
   char *default_path; /* default.lua */
+  double time;        /* seconds per DCM__PVM_BUDGET units */
   dcm__log_t *log;
   gen_t *gen;
   int strict;
   dcm__policy_stats_t stats;
 };
+
+/* The live fleet a reload is checked against (NULL: the synthetic one). */
+typedef struct {
+  const dcm__pmachine_t *machines;
+  size_t n;
+  dcm__pctx_t ctx;
+} live_t;
 
 enum { OP_ALLOCATE, OP_FAILOVER, OP_RATIO };
 static const char *const op_names[] = {"allocate", "failover", "ratio"};
@@ -246,15 +255,26 @@ static int run_call(lua_State *L) {
   return check_result(L, c, 4, 3);
 }
 
-/* Runs one call in vm; 0, DCM_EPOLICY or DCM_EINVAL with c->err set. */
-static int vm_run(dcm__pvm_t *vm, call_t *c) {
+/* Shards and machines a call passes in: its budgets grow with them. */
+static size_t call_items(const call_t *c) {
   size_t items = c->n + (size_t)c->ctx->shard_count;
   for (size_t i = 0; i < c->n; i++) items += c->machines[i].nshards;
   if (c->dead) items += c->dead->nshards;
+  return items;
+}
+
+static long long call_budget(const call_t *c) {
+  return DCM__PVM_BUDGET + BUDGET_PER_ITEM * (long long)call_items(c);
+}
+
+/* Runs one call in vm, inside a job; 0, DCM_EPOLICY or DCM_EINVAL with
+ * c->err set. */
+static int run_in_vm(dcm__pvm_t *vm, call_t *c) {
+  size_t items = call_items(c);
   c->vm = vm;
   c->rc = 0;
   c->err[0] = c->where[0] = '\0';
-  c->budget = DCM__PVM_BUDGET + BUDGET_PER_ITEM * (long long)items;
+  c->budget = call_budget(c);
   vm->sb.limit = DCM__PVM_MEMORY + MEMORY_PER_SHARD * (items - c->n) +
               MEMORY_PER_MACHINE * c->n;
   lua_State *L = vm->sb.L;
@@ -271,29 +291,142 @@ static int vm_run(dcm__pvm_t *vm, call_t *c) {
   return c->rc;
 }
 
+/*
+ * A decision's call with copies of what it reads and writes, in one block:
+ * an abandoned job outlives the caller's arrays.
+ */
+typedef struct {
+  call_t c;
+  dcm__pvm_t *vm;
+} call_job_t;
+
+static size_t owner_len(const call_t *c) {
+  return c->op == OP_RATIO ? 0 : c->pos ? c->dead->nshards : (size_t)c->ctx->shard_count;
+}
+
+static call_job_t *call_copy(const call_t *src) {
+  size_t nm = src->n + (src->dead ? 1 : 0), ints = owner_len(src), chars = 0;
+  if (src->pos) ints += (size_t)src->ctx->shard_count;
+  for (size_t i = 0; i < nm; i++) {
+    const dcm__pmachine_t *m = i < src->n ? &src->machines[i] : src->dead;
+    ints += m->nshards;
+    chars += m->id ? strlen(m->id) + 1 : 0;
+  }
+  call_job_t *j = malloc(sizeof *j + sizeof(dcm__pctx_t) + nm * sizeof(dcm__pmachine_t) +
+                         ints * sizeof(int) + chars);
+  if (j == NULL) return NULL;
+  memset(j, 0, sizeof *j);
+  dcm__pctx_t *ctx = (dcm__pctx_t *)(j + 1);
+  dcm__pmachine_t *ms = (dcm__pmachine_t *)(ctx + 1);
+  int *ip = (int *)(ms + nm);
+  char *cp = (char *)(ip + ints);
+  *ctx = *src->ctx;
+  j->c.op = src->op;
+  j->c.ctx = ctx;
+  j->c.n = src->n;
+  j->c.machines = ms;
+  for (size_t i = 0; i < nm; i++) {
+    const dcm__pmachine_t *m = i < src->n ? &src->machines[i] : src->dead;
+    ms[i] = *m;
+    if (m->id) {
+      size_t len = strlen(m->id) + 1;
+      ms[i].id = memcpy(cp, m->id, len);
+      cp += len;
+    }
+    if (m->nshards) ms[i].shards = memcpy(ip, m->shards, m->nshards * sizeof(int));
+    ip += m->nshards;
+  }
+  if (src->dead) j->c.dead = &ms[src->n];
+  if (src->pos) {
+    j->c.pos = memcpy(ip, src->pos, (size_t)ctx->shard_count * sizeof(int));
+    ip += ctx->shard_count;
+  }
+  if (src->owner) j->c.owner = ip;
+  return j;
+}
+
+static int call_job(lua_State *L) {
+  call_job_t *j = lua_touserdata(L, 1);
+  run_in_vm(j->vm, &j->c);
+  return 0;
+}
+
+#define ABANDONED 1 /* vm_run: the job was abandoned, and the VM with it */
+
+/*
+ * Runs c in *slot as a job on its thread; 0, DCM_EPOLICY or DCM_EINVAL
+ * with c->err set, DCM_ENOMEM, or ABANDONED (*slot is NULL then).
+ */
+static int vm_run(dcm__pvm_t **slot, call_t *c) {
+  call_job_t *j = call_copy(c);
+  c->err[0] = c->where[0] = '\0';
+  if (j == NULL) return DCM_ENOMEM;
+  j->vm = *slot;
+  uint64_t time_ns = dcm__pvm_time(*slot, call_budget(c));
+  int rc = dcm__pvm_job(*slot, call_job, j, time_ns, c->err, sizeof c->err);
+  if (rc == DCM__SB_ABANDONED) {
+    *slot = NULL;
+    snprintf(c->err, sizeof c->err,
+             "still running %d ms past its time budget of %llu ms; abandoned", DCM_SANDBOX_GRACE_MS,
+             (unsigned long long)(time_ns / 1000000u));
+    return ABANDONED;
+  }
+  if (rc == 0) {
+    rc = j->c.rc;
+    memcpy(c->err, j->c.err, sizeof c->err);
+    memcpy(c->where, j->c.where, sizeof c->where);
+    if (rc == 0 && c->owner) memcpy(c->owner, j->c.owner, owner_len(c) * sizeof(int));
+  }
+  free(j);
+  return rc;
+}
+
+static int build_vm(dcm__policy_t *p, const char *user, const live_t *lv, dcm__pvm_t **out,
+                    char *err, size_t n);
+
+/* " (file:line)" of the function a call ran, or nothing when unknown (an
+ * abandoned call's). */
+static const char *where_of(const call_t *c, char *buf, size_t n) {
+  snprintf(buf, n, c->where[0] ? " (%s)" : "%s", c->where);
+  return buf;
+}
+
 /* Runs op in the user's VM, then in the default one if that fails. */
 static int decide(dcm__policy_t *p, call_t *c) {
   gen_t *g = p->gen;
   const char *what = op_names[c->op];
+  char wh[sizeof c->where + 4];
+  int tried_user = g->user != NULL;
   p->stats.calls++;
-  if (g->user.sb.L) {
+  if (tried_user) {
     int rc = vm_run(&g->user, c);
-    if (rc != DCM_EPOLICY) return rc;
+    if (rc != DCM_EPOLICY && rc != ABANDONED) return rc;
     p->stats.errors++;
+    if (rc == ABANDONED)
+      dcm__warn(p->log, NULL,
+                "policy %s: %s is %s; its thread frees it when the step it is stuck in "
+                "ends, and decisions use the default policy until the next reload",
+                p->path, what, c->err);
     if (p->strict) {
-      dcm__error(p->log, NULL, "policy %s: %s (%s) rejected: %s", p->path,
-                 what, c->where, c->err);
-      return rc;
+      dcm__error(p->log, NULL, "policy %s: %s%s rejected: %s", p->path, what,
+                 where_of(c, wh, sizeof wh), c->err);
+      return DCM_EPOLICY;
     }
     dcm__warn(p->log, NULL,
-              "policy %s: %s (%s) rejected: %s; this decision uses the default policy",
-              p->path, what, c->where, c->err);
+              "policy %s: %s%s rejected: %s; this decision uses the default policy",
+              p->path, what, where_of(c, wh, sizeof wh), c->err);
   }
-  int rc = vm_run(&g->def, c);
-  if (rc == DCM_EPOLICY && !g->user.sb.L) p->stats.errors++; /* else counted once above */
+  int rc = 0;
+  if (g->def == NULL) { /* abandoned by an earlier call: load it again */
+    rc = build_vm(p, NULL, NULL, &g->def, c->err, sizeof c->err);
+    if (rc == DCM_ENOMEM) return rc;
+  }
+  if (rc == 0) rc = vm_run(&g->def, c);
+  if (rc == ABANDONED) rc = DCM_EPOLICY;
+  if (rc == DCM_EPOLICY && !tried_user) p->stats.errors++; /* else counted once above */
   if (rc == DCM_EPOLICY)
-    dcm__error(p->log, NULL, "default policy %s: %s (%s) failed: %s",
-               p->default_path, what, c->where, c->err);
+    dcm__error(p->log, NULL, "default policy %s: %s%s failed: %s", p->default_path, what,
+               where_of(c, wh, sizeof wh), c->err);
   return rc;
 }
 
@@ -389,13 +522,6 @@ static int load_into(dcm__pvm_t *vm, const char *default_path,
   return o.rc;
 }
 
-/* The live fleet a reload is checked against (NULL: the synthetic one). */
-typedef struct {
-  const dcm__pmachine_t *machines;
-  size_t n;
-  dcm__pctx_t ctx;
-} live_t;
-
 /*
  * Every generation must handle a fleet before it is used: the live one when
  * MASTER runs one (a policy may name real machine ids), else a synthetic one.
@@ -410,13 +536,13 @@ static int live_check(dcm__pvm_t *vm, const live_t *lv, const char **step, call_
   for (size_t i = 0; i < lv->n && rc == 0; i++) {
     *c = (call_t){.op = OP_RATIO, .machines = &lv->machines[i], .n = 1, .ctx = &lv->ctx};
     *step = "ratio (live fleet)";
-    rc = vm_run(vm, c);
+    rc = run_in_vm(vm, c);
   }
   if (rc == 0) {
     *c = (call_t){.op = OP_ALLOCATE, .machines = lv->machines, .n = lv->n, .ctx = &lv->ctx,
                   .owner = owner};
     *step = "allocate (live fleet)";
-    rc = vm_run(vm, c);
+    rc = run_in_vm(vm, c);
   }
   const dcm__pmachine_t *dead = &lv->machines[0];
   if (rc == 0 && lv->n >= 2 && dead->nshards > 0) {
@@ -427,7 +553,7 @@ static int live_check(dcm__pvm_t *vm, const live_t *lv, const char **step, call_
     *c = (call_t){.op = OP_FAILOVER, .dead = dead, .machines = lv->machines + 1,
                   .n = lv->n - 1, .ctx = &lv->ctx, .owner = owner, .pos = pos};
     *step = "failover (live fleet)";
-    rc = vm_run(vm, c);
+    rc = run_in_vm(vm, c);
   }
   free(owner);
   free(pos);
@@ -457,13 +583,13 @@ static int self_check(dcm__pvm_t *vm, const char *path, const live_t *lv, char *
   for (int i = 0; i < 4 && rc == 0; i++) {
     c = (call_t){.op = OP_RATIO, .machines = &fleet[i], .n = 1, .ctx = &ctxs[0]};
     step = "ratio";
-    rc = vm_run(vm, &c);
+    rc = run_in_vm(vm, &c);
   }
   for (int i = 0; i < 2 && rc == 0; i++) {
     c = (call_t){.op = OP_ALLOCATE, .machines = fleet, .n = 3, .ctx = &ctxs[i],
                  .owner = owner};
     step = "allocate";
-    rc = vm_run(vm, &c);
+    rc = run_in_vm(vm, &c);
   }
   /* alpha dies: first with the standby live, then without it */
   dcm__pmachine_t dead = {"alpha", 4, 0.5, 0, run_a, 6};
@@ -473,7 +599,7 @@ static int self_check(dcm__pvm_t *vm, const char *path, const live_t *lv, char *
     c = (call_t){.op = OP_FAILOVER, .dead = &dead, .machines = fleet + 1,
                  .n = i == 0 ? 3 : 2, .ctx = &ctxs[0], .owner = owner, .pos = pos};
     step = "failover";
-    rc = vm_run(vm, &c);
+    rc = run_in_vm(vm, &c);
   }
 done:
   vm->quiet = 0;
@@ -485,22 +611,129 @@ done:
 
 static void gen_free(gen_t *g) {
   if (g == NULL) return;
-  dcm__pvm_close(&g->def);
-  dcm__pvm_close(&g->user);
+  dcm__pvm_close(g->def);
+  dcm__pvm_close(g->user);
   free(g);
+}
+
+static size_t live_items(const live_t *lv) {
+  size_t items = 0;
+  if (lv == NULL) return 0;
+  items = lv->n + (size_t)lv->ctx.shard_count;
+  for (size_t i = 0; i < lv->n; i++) items += lv->machines[i].nshards;
+  return items;
+}
+
+/*
+ * Loading a VM and its self-check, with copies of what they read (the
+ * file names, the live fleet), in one block: an abandoned job outlives
+ * them.
+ */
+typedef struct {
+  dcm__pvm_t *vm;
+  const char *default_path, *user;
+  live_t lv;
+  int has_lv;
+  int rc;
+  char err[DCM__PVM_ERRLEN + 256];
+} build_job_t;
+
+static build_job_t *build_copy(const char *default_path, const char *user, const live_t *lv) {
+  size_t n = lv ? lv->n : 0, ints = 0, chars = strlen(default_path) + 1;
+  if (user) chars += strlen(user) + 1;
+  for (size_t i = 0; i < n; i++) {
+    ints += lv->machines[i].nshards;
+    chars += lv->machines[i].id ? strlen(lv->machines[i].id) + 1 : 0;
+  }
+  build_job_t *j = malloc(sizeof *j + n * sizeof(dcm__pmachine_t) + ints * sizeof(int) + chars);
+  if (j == NULL) return NULL;
+  memset(j, 0, sizeof *j);
+  dcm__pmachine_t *ms = (dcm__pmachine_t *)(j + 1);
+  int *ip = (int *)(ms + n);
+  char *cp = (char *)(ip + ints);
+  j->default_path = strcpy(cp, default_path);
+  cp += strlen(cp) + 1;
+  if (user) {
+    j->user = strcpy(cp, user);
+    cp += strlen(cp) + 1;
+  }
+  if (lv) {
+    j->has_lv = 1;
+    j->lv = *lv;
+    j->lv.machines = ms;
+    for (size_t i = 0; i < n; i++) {
+      const dcm__pmachine_t *m = &lv->machines[i];
+      ms[i] = *m;
+      if (m->id) {
+        ms[i].id = strcpy(cp, m->id);
+        cp += strlen(cp) + 1;
+      }
+      if (m->nshards) ms[i].shards = memcpy(ip, m->shards, m->nshards * sizeof(int));
+      ip += m->nshards;
+    }
+  }
+  return j;
+}
+
+static int build_job(lua_State *L) {
+  build_job_t *j = lua_touserdata(L, 1);
+  j->rc = load_into(j->vm, j->default_path, j->user, j->err, sizeof j->err);
+  if (j->rc == 0)
+    j->rc = self_check(j->vm, j->user ? j->user : j->default_path, j->has_lv ? &j->lv : NULL,
+                       j->err, sizeof j->err);
+  return 0;
+}
+
+/*
+ * A VM with default.lua and the user's file (NULL: none) loaded and
+ * self-checked (on lv when given), as one job: the whole gets twice the
+ * time budget of an allocate over the live fleet.
+ */
+static int build_vm(dcm__policy_t *p, const char *user, const live_t *lv, dcm__pvm_t **out,
+                    char *err, size_t n) {
+  const char *path = user ? user : p->default_path;
+  *out = NULL;
+  if (dcm__sandbox_abandoned() >= DCM_SANDBOX_ABANDONED_MAX) {
+    snprintf(err, n, "%s: not loaded: %d abandoned policy calls are still running", path,
+             dcm__sandbox_abandoned());
+    return DCM_EPOLICY;
+  }
+  dcm__pvm_t *vm;
+  int rc = dcm__pvm_open(&vm, p->log, path, p->time);
+  if (rc != 0) return rc;
+  build_job_t *j = build_copy(p->default_path, user, lv);
+  if (j == NULL) {
+    dcm__pvm_close(vm);
+    return DCM_ENOMEM;
+  }
+  j->vm = vm;
+  uint64_t time_ns =
+      2 * dcm__pvm_time(vm, DCM__PVM_BUDGET + BUDGET_PER_ITEM * (long long)live_items(lv));
+  rc = dcm__pvm_job(vm, build_job, j, time_ns, err, n);
+  if (rc == DCM__SB_ABANDONED) {
+    snprintf(err, n, "%s: loading and self-check still running %d ms past their time budget "
+             "of %llu ms; abandoned", path, DCM_SANDBOX_GRACE_MS,
+             (unsigned long long)(time_ns / 1000000u));
+    return DCM_EPOLICY;
+  }
+  if (rc == 0 && j->rc != 0) {
+    rc = j->rc;
+    snprintf(err, n, "%s", j->err);
+  }
+  free(j);
+  if (rc != 0) {
+    dcm__pvm_close(vm);
+    return rc;
+  }
+  *out = vm;
+  return 0;
 }
 
 static int gen_build(dcm__policy_t *p, const live_t *lv, gen_t **out, char *err, size_t n) {
   gen_t *g = calloc(1, sizeof *g);
   if (g == NULL) return DCM_ENOMEM;
-  int rc = dcm__pvm_open(&g->def, p->log, p->default_path);
-  if (rc == 0) rc = load_into(&g->def, p->default_path, NULL, err, n);
-  if (rc == 0) rc = self_check(&g->def, p->default_path, lv, err, n);
-  if (rc == 0 && p->path) {
-    rc = dcm__pvm_open(&g->user, p->log, p->path);
-    if (rc == 0) rc = load_into(&g->user, p->default_path, p->path, err, n);
-    if (rc == 0) rc = self_check(&g->user, p->path, lv, err, n);
-  }
+  int rc = build_vm(p, NULL, lv, &g->def, err, n);
+  if (rc == 0 && p->path) rc = build_vm(p, p->path, lv, &g->user, err, n);
   if (rc == DCM_ENOMEM) snprintf(err, n, "out of memory building a Lua state");
   if (rc != 0) {
     gen_free(g);
@@ -547,8 +780,8 @@ static int find_default(char *out, size_t n) {
   return -1;
 }
 
-int dcm__policy_new(const char *path, const char *policy_dir, dcm__log_t *log,
-                    dcm__policy_t **out) {
+int dcm__policy_new(const char *path, const char *policy_dir, double time,
+                    dcm__log_t *log, dcm__policy_t **out) {
   char def[4096];
   if (out == NULL) return DCM_EINVAL;
   if (policy_dir) {
@@ -564,6 +797,7 @@ int dcm__policy_new(const char *path, const char *policy_dir, dcm__log_t *log,
   dcm__policy_t *p = calloc(1, sizeof *p);
   if (p == NULL) return DCM_ENOMEM;
   p->log = log;
+  p->time = time > 0 ? time : DCM__PVM_TIME;
   p->default_path = dup_str(def);
   p->path = path ? dup_str(path) : NULL;
   if (p->default_path == NULL || (path && p->path == NULL)) {

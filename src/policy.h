@@ -3,7 +3,9 @@
  * lua_State holding the user's policy over policies/default.lua; it decides
  * allocation and failover, and every result is validated here in C before
  * the core sees it. A rejected result or a policy error falls back to the
- * default policy for that decision. Reload is transactional.
+ * default policy for that decision. Reload is transactional. Every call
+ * runs on its state's thread and returns within its time budget plus
+ * DCM_SANDBOX_GRACE_MS (sandbox.h).
  * Depends on Lua 5.4 and log.h; knows nothing about sockets.
  */
 #ifndef DCM_POLICY_H
@@ -33,10 +35,12 @@ typedef struct dcm__policy_s dcm__policy_t;
 /*
  * Loads path (NULL: the default policy alone) over default.lua found in
  * policy_dir (NULL: search next to the binary, then the source and install
- * trees). Runs the self-check. DCM_EPOLICY with a logged reason on failure.
+ * trees). Runs the self-check. time: the time budget (seconds) of a call
+ * with no shards or machines, growing with them as the instruction budget
+ * does; 0 for the default (1). DCM_EPOLICY with a logged reason on failure.
  */
-int dcm__policy_new(const char *path, const char *policy_dir, dcm__log_t *log,
-                    dcm__policy_t **out);
+int dcm__policy_new(const char *path, const char *policy_dir, double time,
+                    dcm__log_t *log, dcm__policy_t **out);
 void dcm__policy_free(dcm__policy_t *p);
 
 /* Rebuilds the generation from the same files; on error the old one stays.

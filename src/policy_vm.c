@@ -11,22 +11,59 @@
 #include "sandbox.h"
 
 #define LOG_TEXT 1024 /* bytes of a log() or print() message logged */
+/* Bytes of log() lines one job holds for the host (a job may make many calls). */
+#define HOLD_MAX ((DCM__PVM_MAX_LOGS + 1) * (LOG_TEXT + 2))
 
 /* The sandbox is the first member, so its allocator data is the VM. */
 static dcm__pvm_t *vm_of(lua_State *L) {
   return (dcm__pvm_t *)(void *)dcm__sandbox_of(L);
 }
 
+/*
+ * Keeps a line for dcm__pvm_job to log once the job is over: jobs run on
+ * the sandbox's thread, and the log (its callback) belongs to the host's.
+ */
+static void hold(dcm__pvm_t *vm, dcm_log_level level, const char *msg) {
+  size_t len = strnlen(msg, LOG_TEXT);
+  if (vm->held_len + len + 2 > HOLD_MAX) return;
+  if (vm->held_len + len + 2 > vm->held_cap) {
+    size_t cap = vm->held_cap ? vm->held_cap * 2 : 4096;
+    while (cap < vm->held_len + len + 2) cap *= 2;
+    if (cap > HOLD_MAX) cap = HOLD_MAX;
+    char *p = realloc(vm->held, cap);
+    if (p == NULL) return;
+    vm->held = p;
+    vm->held_cap = cap;
+  }
+  vm->held[vm->held_len++] = (char)level;
+  memcpy(vm->held + vm->held_len, msg, len);
+  vm->held_len += len;
+  vm->held[vm->held_len++] = '\0';
+}
+
 static void pvm_emit(lua_State *L, dcm_log_level level, const char *msg) {
   dcm__pvm_t *vm = vm_of(L);
   if (vm->logs > DCM__PVM_MAX_LOGS) return;
   if (vm->quiet) level = DCM_LOG_DEBUG;
-  if (vm->logs++ == DCM__PVM_MAX_LOGS)
-    dcm__log(vm->log, DCM_LOG_WARN, NULL,
-             "policy %s: more than %d log lines in one call; dropping the rest",
-             vm->name, DCM__PVM_MAX_LOGS);
-  else
-    dcm__log(vm->log, level, NULL, "policy %s: %.*s", vm->name, LOG_TEXT, msg);
+  if (vm->logs++ == DCM__PVM_MAX_LOGS) {
+    char line[96];
+    snprintf(line, sizeof line, "more than %d log lines in one call; dropping the rest",
+             DCM__PVM_MAX_LOGS);
+    hold(vm, DCM_LOG_WARN, line);
+  } else {
+    hold(vm, level, msg);
+  }
+}
+
+/* Logs the held lines, on the host's thread. */
+static void flush(dcm__pvm_t *vm) {
+  for (size_t k = 0; k < vm->held_len;) {
+    dcm_log_level level = (dcm_log_level)vm->held[k++];
+    const char *msg = vm->held + k;
+    dcm__log(vm->log, level, NULL, "policy %s: %s", vm->name, msg);
+    k += strlen(msg) + 1;
+  }
+  vm->held_len = 0;
 }
 
 /* log(level, message) */
@@ -72,23 +109,46 @@ static int pvm_globals(lua_State *L) {
   return 0;
 }
 
-int dcm__pvm_open(dcm__pvm_t *vm, dcm__log_t *log, const char *path) {
-  memset(vm, 0, sizeof(*vm));
+/* An abandoned job ended: its thread frees the VM and the job. */
+static void pvm_release(dcm__sandbox_t *sb, void *job) {
+  dcm__pvm_t *vm = (dcm__pvm_t *)(void *)sb;
+  free(vm->held);
+  free(vm);
+  free(job);
+}
+
+int dcm__pvm_open(dcm__pvm_t **out, dcm__log_t *log, const char *path, double time) {
+  dcm__pvm_t *vm = calloc(1, sizeof *vm);
+  *out = NULL;
+  if (vm == NULL) return DCM_ENOMEM;
   vm->log = log;
+  vm->time = time > 0 ? time : DCM__PVM_TIME;
   const char *base = strrchr(path, '/');
   snprintf(vm->name, sizeof vm->name, "%s", base ? base + 1 : path);
-  int rc = dcm__sandbox_open(&vm->sb, DCM__PVM_MEMORY, 0);
-  if (rc != 0) return rc;
+  int rc = dcm__sandbox_open(&vm->sb, DCM__PVM_MEMORY, 0, pvm_release);
+  if (rc != 0) {
+    free(vm);
+    return rc;
+  }
   lua_pushcfunction(vm->sb.L, pvm_globals);
   if (lua_pcall(vm->sb.L, 0, 0, 0) != LUA_OK) {
     dcm__pvm_close(vm);
     return DCM_ENOMEM;
   }
+  *out = vm;
   return 0;
 }
 
 void dcm__pvm_close(dcm__pvm_t *vm) {
+  if (vm == NULL) return;
   dcm__sandbox_close(&vm->sb);
+  free(vm->held);
+  free(vm);
+}
+
+uint64_t dcm__pvm_time(const dcm__pvm_t *vm, long long budget) {
+  double ns = vm->time * 1e9 * ((double)budget / (double)DCM__PVM_BUDGET);
+  return ns < 1e6 ? 1000000u : ns > 1e15 ? (uint64_t)1e15 : (uint64_t)ns;
 }
 
 /* Flattens a message and traceback into one log-friendly line. */
@@ -128,26 +188,51 @@ int dcm__pvm_call(dcm__pvm_t *vm, int nargs, long long budget, char *err,
   lua_pushcfunction(L, pvm_traceback);
   lua_insert(L, base);
   vm->logs = 0;
-  dcm__sandbox_arm(&vm->sb, budget);
+  uint64_t time_ns = dcm__pvm_time(vm, budget);
+  dcm__sandbox_arm(&vm->sb, budget, time_ns);
   int st = lua_pcall(L, nargs, 1, base);
-  int exhausted = vm->sb.exhausted;
+  int exhausted = vm->sb.exhausted, timed_out = vm->sb.timed_out;
   dcm__sandbox_disarm(&vm->sb);
   lua_remove(L, base);
   if (st == LUA_OK && !exhausted) return 0;
   if (st == LUA_OK) {
     lua_pop(L, 1); /* the policy caught the budget error: still rejected */
-    snprintf(err, n, "instruction budget of %lld exceeded", budget);
+    if (timed_out)
+      snprintf(err, n, "time budget of %llu ms exceeded",
+               (unsigned long long)(time_ns / 1000000u));
+    else
+      snprintf(err, n, "instruction budget of %lld exceeded", budget);
   } else if (st == LUA_ERRMEM) {
     lua_pop(L, 1);
     dcm__sandbox_memerr(&vm->sb, err, n);
   } else if (st == LUA_ERRERR) {
     lua_pop(L, 1);
     snprintf(err, n, "error while handling an error%s",
-             exhausted ? " (instruction budget exceeded)" : "");
+             !exhausted ? "" : timed_out ? " (time budget exceeded)"
+                                         : " (instruction budget exceeded)");
   } else {
     flatten(err, n, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
     lua_pop(L, 1);
   }
+  return DCM_EPOLICY;
+}
+
+int dcm__pvm_job(dcm__pvm_t *vm, lua_CFunction fn, void *job, uint64_t time_ns,
+                 char *err, size_t n) {
+  int st = dcm__sandbox_run(&vm->sb, fn, job, time_ns);
+  if (st == DCM__SB_ABANDONED) return st;
+  flush(vm);
+  if (st == DCM_ENOMEM) {
+    snprintf(err, n, "cannot start the policy's thread");
+    return DCM_ENOMEM;
+  }
+  if (st == LUA_OK) return 0;
+  lua_State *L = vm->sb.L;
+  if (st == LUA_ERRMEM)
+    dcm__sandbox_memerr(&vm->sb, err, n);
+  else
+    flatten(err, n, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+  lua_settop(L, 0);
   return DCM_EPOLICY;
 }
 

@@ -46,13 +46,24 @@
  *   error), string.dump, string.match/gmatch/gsub (pattern backtracking);
  *   no io, package, debug, coroutine, rest of os.
  *
- * What no hook or wrapper sees, bounded by the caps instead: one VM
- * instruction comparing strings (<, ==) or converting a numeric string
- * (bitwise operators, for-loop bounds) works in time linear in the string,
- * at most DCM_SANDBOX_STRING_MAX bytes (strcoll: the C locale, which
- * discluster-master keeps); VARARG copies at most DCM_SANDBOX_VARARG_MAX
- * values. Unbounded: a table lookup walks the keys colliding in its hash
- * part, and integer keys can be chosen to collide.
+ * What no hook or wrapper sees, bounded by the caps and the time budget
+ * instead: one VM instruction comparing strings (<, ==) or converting a
+ * numeric string (for-loop bounds) works in time linear in the string, at
+ * most DCM_SANDBOX_STRING_MAX bytes (strcoll: the C locale, which
+ * discluster-master keeps; piece by piece between NUL bytes, so 4 KiB of
+ * NULs take about 50 us); VARARG copies at most DCM_SANDBOX_VARARG_MAX
+ * values; a table lookup walks the keys colliding in its hash part
+ * (integer keys can be chosen to collide; building a chain is quadratic,
+ * so a run builds a long one only as fast as the clock allows). The count
+ * hook reads the clock every HOOK_EVERY instructions: such a run ends
+ * within one stretch of them past its time budget.
+ *
+ * Unbounded in one VM step, so left to the job's thread (dcm__sandbox_run
+ * abandons it): a rehash reinserting keys that all collide at the new size
+ * (quadratic: seconds to minutes at the memory cap), a collection of a
+ * weak-keyed table whose entries chain into each other (the collector
+ * marks one link per pass), and the parser's table of a chunk's constants
+ * when they collide (a 700 KB file of them parses for seconds).
  */
 #define _GNU_SOURCE /* memmem */
 #include "sandbox.h"
@@ -60,13 +71,21 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lualib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "discluster/master.h"
 
-#define HOOK_EVERY 1000  /* instructions between budget checks */
+/* Instructions between two budget and clock checks: the hook costs about
+ * 2% more than with 1000 on a bare instruction loop, and a run ends at
+ * most one stretch of the costliest instructions (about 10-30 ms, see
+ * DCM_SANDBOX_GRACE_MS) past its time budget. */
+#define HOOK_EVERY 250
 /* Units for work done in C, measured against a plain VM instruction: */
 #define ALLOC_BYTES 16   /* bytes allocated */
 #define ARG_BYTES 8      /* bytes of a C function's string arguments (converting a
@@ -162,26 +181,36 @@ static void exhaust(lua_State *L, dcm__sandbox_t *sb) {
 
 static void budget_error(lua_State *L, int level) {
   luaL_where(L, level);
-  lua_pushliteral(L, "instruction budget exceeded");
+  if (dcm__sandbox_of(L)->timed_out)
+    lua_pushliteral(L, "time budget exceeded");
+  else
+    lua_pushliteral(L, "instruction budget exceeded");
   lua_concat(L, 2);
   lua_error(L);
 }
 
+/* The time budget is gone (the clock read every HOOK_EVERY instructions). */
+static int out_of_time(dcm__sandbox_t *sb) {
+  if (sb->deadline == 0 || uv_hrtime() < sb->deadline) return 0;
+  sb->timed_out = 1;
+  return 1;
+}
+
 /*
- * Count events spend the budget. Once it is gone the hook fires on every
- * instruction, so a pcall in the sandboxed code that catches the error
- * gets no instruction to run before the next one: the error climbs out
- * through every pcall. Call events cost CALL_UNITS (a call and its return
- * take several instructions' time) and refuse more than DCM_SANDBOX_VARARG_MAX
- * varargs to a Lua function: the VARARG instruction copies them all, in
- * one instruction.
+ * Count events spend the budget and read the clock. Once either is gone
+ * the hook fires on every instruction, so a pcall in the sandboxed code
+ * that catches the error gets no instruction to run before the next one:
+ * the error climbs out through every pcall. Call events cost CALL_UNITS (a
+ * call and its return take several instructions' time) and refuse more
+ * than DCM_SANDBOX_VARARG_MAX varargs to a Lua function: the VARARG
+ * instruction copies them all, in one instruction.
  */
 static void hook(lua_State *L, lua_Debug *ar) {
   if (ar->event == LUA_HOOKCOUNT) {
     dcm__sandbox_t *sb = dcm__sandbox_of(L);
     if (!sb->exhausted) {
       sb->budget -= HOOK_EVERY;
-      if (sb->budget > 0) return;
+      if (sb->budget > 0 && !out_of_time(sb)) return;
       exhaust(L, sb);
     }
     budget_error(L, 0);
@@ -194,9 +223,14 @@ static void hook(lua_State *L, lua_Debug *ar) {
   }
 }
 
-void dcm__sandbox_arm(dcm__sandbox_t *sb, long long budget) {
+void dcm__sandbox_arm(dcm__sandbox_t *sb, long long budget, uint64_t time_ns) {
+  uint64_t now = uv_hrtime();
   sb->budget = budget;
+  sb->deadline = time_ns && (sb->job_end == 0 || now + time_ns < sb->job_end)
+                     ? now + time_ns
+                     : sb->job_end;
   sb->exhausted = 0;
+  sb->timed_out = 0;
   sb->refused = 0;
   sb->host_strings = 0;
   lua_sethook(sb->L, hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_EVERY);
@@ -704,10 +738,12 @@ static int open_library(lua_State *L) {
   return 0;
 }
 
-int dcm__sandbox_open(dcm__sandbox_t *sb, size_t limit, int wipe) {
+int dcm__sandbox_open(dcm__sandbox_t *sb, size_t limit, int wipe,
+                      void (*release)(dcm__sandbox_t *sb, void *job)) {
   memset(sb, 0, sizeof *sb);
   sb->limit = limit;
   sb->wipe = wipe;
+  sb->release = release;
   sb->L = lua_newstate(sb_alloc, sb);
   if (sb->L == NULL) return DCM_ENOMEM;
   lua_pushcfunction(sb->L, open_library);
@@ -720,7 +756,137 @@ int dcm__sandbox_open(dcm__sandbox_t *sb, size_t limit, int wipe) {
   return 0;
 }
 
+/* ---- the thread jobs run on ---- */
+
+/*
+ * One per sandbox, started by its first job. The host hands a job over and
+ * waits on cv; between jobs the thread waits on cv. Everything below is
+ * under mu. Once abandoned, the host forgets the sandbox: the thread alone
+ * touches it, and frees it when the job ends.
+ */
+struct dcm__sb_thread_s {
+  uv_thread_t id;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  lua_CFunction fn; /* the job handed over; NULL once taken */
+  void *job;
+  int busy;         /* a job was handed over and has not ended */
+  int status;       /* lua_pcall's, when it ended */
+  int quit;         /* the sandbox closes: the thread ends */
+  int abandoned;    /* the host stopped waiting */
+};
+
+static atomic_int abandoned_jobs;
+
+int dcm__sandbox_abandoned(void) {
+  return atomic_load(&abandoned_jobs);
+}
+
+static void thread_free(dcm__sb_thread_t *t) {
+  uv_cond_destroy(&t->cv);
+  uv_mutex_destroy(&t->mu);
+  free(t);
+}
+
+static void worker(void *arg) {
+  dcm__sandbox_t *sb = arg;
+  dcm__sb_thread_t *t = sb->thread;
+  void *job = NULL;
+  uv_mutex_lock(&t->mu);
+  for (;;) {
+    while (t->fn == NULL && !t->quit) uv_cond_wait(&t->cv, &t->mu);
+    if (t->quit) break;
+    lua_CFunction fn = t->fn;
+    job = t->job;
+    t->fn = NULL;
+    uv_mutex_unlock(&t->mu);
+    lua_pushcfunction(sb->L, fn);
+    lua_pushlightuserdata(sb->L, job);
+    int st = lua_pcall(sb->L, 1, LUA_MULTRET, 0);
+    dcm__sandbox_disarm(sb);
+    sb->job_end = 0;
+    uv_mutex_lock(&t->mu);
+    t->status = st;
+    t->busy = 0;
+    if (t->abandoned) break;
+    uv_cond_signal(&t->cv);
+  }
+  int abandoned = t->abandoned;
+  uv_mutex_unlock(&t->mu);
+  if (!abandoned) return; /* quit: the host joins and frees */
+  thread_free(t);
+  sb->thread = NULL;
+  dcm__sandbox_close(sb);
+  sb->release(sb, job);
+  atomic_fetch_sub(&abandoned_jobs, 1);
+}
+
+/* The thread, with every signal blocked: they belong to the host's loop. */
+static int thread_start(dcm__sandbox_t *sb) {
+  dcm__sb_thread_t *t = calloc(1, sizeof *t);
+  if (t == NULL) return DCM_ENOMEM;
+  if (uv_mutex_init(&t->mu) != 0) {
+    free(t);
+    return DCM_ENOMEM;
+  }
+  if (uv_cond_init(&t->cv) != 0) {
+    uv_mutex_destroy(&t->mu);
+    free(t);
+    return DCM_ENOMEM;
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  sb->thread = t;
+  int rc = uv_thread_create(&t->id, worker, sb);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    sb->thread = NULL;
+    thread_free(t);
+    return DCM_ENOMEM;
+  }
+  return 0;
+}
+
+int dcm__sandbox_run(dcm__sandbox_t *sb, lua_CFunction fn, void *job, uint64_t time_ns) {
+  if (sb->thread == NULL && thread_start(sb) != 0) return DCM_ENOMEM;
+  dcm__sb_thread_t *t = sb->thread;
+  uint64_t start = uv_hrtime();
+  uint64_t end = start + time_ns + (uint64_t)DCM_SANDBOX_GRACE_MS * 1000000u;
+  uv_mutex_lock(&t->mu);
+  sb->job_end = start + time_ns;
+  t->fn = fn;
+  t->job = job;
+  t->busy = 1;
+  uv_cond_signal(&t->cv);
+  while (t->busy) {
+    uint64_t now = uv_hrtime();
+    if (now >= end) {
+      uv_thread_t id = t->id; /* t is the thread's from now on */
+      t->abandoned = 1;
+      atomic_fetch_add(&abandoned_jobs, 1);
+      uv_mutex_unlock(&t->mu);
+      pthread_detach(id); /* it frees itself: see worker() */
+      return DCM__SB_ABANDONED;
+    }
+    uv_cond_timedwait(&t->cv, &t->mu, end - now);
+  }
+  int st = t->status;
+  uv_mutex_unlock(&t->mu);
+  return st;
+}
+
 void dcm__sandbox_close(dcm__sandbox_t *sb) {
+  dcm__sb_thread_t *t = sb->thread;
+  if (t) {
+    uv_mutex_lock(&t->mu);
+    t->quit = 1;
+    uv_cond_signal(&t->cv);
+    uv_mutex_unlock(&t->mu);
+    uv_thread_join(&t->id);
+    thread_free(t);
+    sb->thread = NULL;
+  }
   if (sb->L) lua_close(sb->L);
   sb->L = NULL;
 }

@@ -24,6 +24,7 @@ identify_interval = 5.5  -- Discord's 5 s plus a margin for the grant's trip
 identify_reserve = 10    -- session starts of the daily budget never granted
 
 -- policy = "my-policy.lua"  -- relative to this file's directory
+-- policy_timeout = 1        -- seconds a policy call may run (more for big fleets)
 
 -- One JSON object per line: journald keeps them, a log shipper parses them.
 log_format = "json"

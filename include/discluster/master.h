@@ -78,6 +78,8 @@ typedef struct dcm_options_s {
   const char *api_base;       /* "https://discord.com/api/v10" */
   const char *policy;         /* policy file; NULL = default policy */
   const char *policy_dir;     /* where default.lua lives; NULL = search */
+  double policy_timeout;      /* 1: time budget (s) of a policy call, plus as much
+                                 per 100,000 shards and machines passed in */
   double collect_window;      /* 45 */
   int expected_machines;      /* 0 = wait for the whole window */
   double heartbeat_interval;  /* 30 */

@@ -30,7 +30,7 @@ static void quiet(dcm_log_level level, const char *line, size_t len, void *arg) 
 
 static void setup(void) {
   if (dcm__log_init(&lg, DCM_LOG_DEBUG, DCM_LOG_TEXT, quiet, NULL) != 0) abort();
-  if (dcm__policy_new(DCM_FUZZ_DIR "/fuzz_policy.lua", NULL, &lg, &policy) != 0) {
+  if (dcm__policy_new(DCM_FUZZ_DIR "/fuzz_policy.lua", NULL, 0, &lg, &policy) != 0) {
     fprintf(stderr, "fuzz_policy: cannot load " DCM_FUZZ_DIR "/fuzz_policy.lua\n");
     abort();
   }

@@ -113,6 +113,17 @@ class CheckPolicy(unittest.TestCase):
                 err = self.fails(1, reason, os.path.join(BAD, name), "--fleet", fleet)
                 self.assertEqual(len([l for l in err.splitlines() if l.startswith("error")]), 1, err)
 
+    def test_time_budget(self):
+        fleet = self.write("fleet.json", FLEET)
+        for name in ("compare_nul_bomb.lua", "convert_bomb.lua", "collide_bomb.lua"):
+            with self.subTest(name=name):
+                self.fails(1, "time budget exceeded", os.path.join(BAD, name),
+                           "--fleet", fleet, "--policy-timeout", "0.1")
+        self.fails(2, "--policy-timeout needs seconds from 0.01 to 3600", DEFAULT,
+                   "--fleet", fleet, "--policy-timeout", "0")
+        self.fails(2, "--policy-timeout needs seconds", DEFAULT, "--fleet", fleet,
+                   "--policy-timeout", "1s")
+
     def test_bad_result_at_call_time_is_not_hidden(self):
         # Passes the self-check (16 shards), misbehaves with 100.
         policy = self.write("p.lua", """

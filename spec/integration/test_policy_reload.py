@@ -1,7 +1,9 @@
 """Policies on a running MASTER: a user policy decides, SIGHUP reloads it
 transactionally (a broken file keeps the previous one), a reload alone moves
 no shard, and a policy that misbehaves at call time falls back to the
-default while MASTER keeps serving.
+default while MASTER keeps serving. Work the instruction count cannot see
+meets the time budget (--policy-timeout), and one VM step longer than the
+budget plus the grace is abandoned while MASTER keeps answering.
 """
 import asyncio
 import os
@@ -54,6 +56,40 @@ BAD_RESULT = """
 return {
   failover = function(dead, machines, ctx)
     if dead.id == "a" then return { ["no-such-machine"] = dead.shards } end
+    return { [machines[1].id] = dead.shards }
+  end,
+}
+"""
+
+
+# Comparisons of 4 KiB strings of NULs: strcoll per piece, one instruction each.
+COMPARE_NUL = """
+local z = string.rep("\\0", 4095)
+local a, b = z .. "a", z .. "b"
+while true do if a < b then end end
+"""
+
+# One insert whose rehash reinserts 65536 colliding integer keys: seconds
+# (longer under sanitizers) inside ONE VM instruction.
+REHASH = """
+local m, t = (1 << 17) - 1, {}
+for i = 1, 1 << 16 do t[i * m] = true end
+t[((1 << 16) + 1) * m] = true
+return {}
+"""
+
+# Passes the self-check on the live fleet (its first failover), then attacks
+# at the next failover.
+CONVERT_ON_FAILOVER = """
+local calls = 0
+return {
+  failover = function(dead, machines, ctx)
+    calls = calls + 1
+    if calls > 1 then
+      local d = "1" .. string.rep("0", 300) .. "." .. string.rep("0", 3700) .. "1"
+      local lo, hi = "-" .. d, d
+      while true do for _ = lo, hi, lo do end end
+    end
     return { [machines[1].id] = dead.shards }
   end,
 }
@@ -150,6 +186,57 @@ class PolicyReload(unittest.TestCase):
                 m.wait_log(r"policy reloaded", start=mark)
                 self.assertEqual(m.count(r"reload failed"), 0)
                 for x in (a, b):
+                    await x.close()
+            run(go())
+            self.assertEqual(m.stop(), 0)
+
+    def test_time_budget(self):
+        # heartbeats wait while this test blocks on the log: a long grace
+        with Master("--shards", "4", "--expected-machines", "3", "--collect-window", "30",
+                    "--heartbeat-interval", "1", "--heartbeat-grace", "30",
+                    "--reconnect-grace", "0.3", "--policy-timeout", "0.2",
+                    "--policy", self.path) as m:
+            async def go():
+                a, b, c = Control(m, "a"), Control(m, "b"), Control(m, "c")
+                for x in (a, b, c):
+                    await x.start()
+                self.assertEqual((await a.next_connect())["shards"], list(range(4)))
+                await b.next_connect()
+                await c.next_connect()
+
+                # a reload whose file spins on comparisons: refused by the time budget
+                mark = m.mark()
+                self.write(COMPARE_NUL)
+                m.signal(signal.SIGHUP)
+                line = m.wait_log(r"reload failed", 10, mark)
+                self.assertIn("time budget exceeded", line)
+                self.assertEqual(http_get(m.port, "/healthz")[0], 200)
+
+                # one VM step far longer than the budget: MASTER stops waiting at the
+                # budget plus the grace, keeps the running policy, and answers while
+                # the abandoned step still runs on its thread
+                mark = m.mark()
+                self.write(REHASH)
+                m.signal(signal.SIGHUP)
+                line = m.wait_log(r"reload failed", 10, mark)
+                self.assertIn("abandoned", line)
+                self.assertEqual(http_get(m.port, "/healthz")[0], 200)
+                self.assertEqual(machine(status(m), "a")["shards"], list(range(4)))
+
+                # a policy that passes the live self-check and attacks at call time:
+                # the failover is decided by the default, as for any failure
+                mark = m.mark()
+                self.write(CONVERT_ON_FAILOVER)
+                m.signal(signal.SIGHUP)
+                m.wait_log(r"policy reloaded", 10, mark)
+                await a.drop()
+                got = (await b.next_connect(5))["shards"] + (await c.next_connect(5))["shards"]
+                self.assertEqual(sorted(got), list(range(4)))
+                line = m.wait_log(r"rejected", 5, mark)
+                self.assertIn("time budget exceeded", line)
+                self.assertIn("this decision uses the default policy", line)
+                self.assertEqual(http_get(m.port, "/healthz")[0], 200)
+                for x in (b, c):
                     await x.close()
             run(go())
             self.assertEqual(m.stop(), 0)

@@ -149,36 +149,38 @@ local function check_table(t, path)
   end
 end
 
--- Limits like the master's for H.guarded: instructions per call, and
--- KiB the Lua heap may grow by during it.
+-- Limits like the master's for H.guarded: instructions per call, seconds
+-- (of CPU time here) per call, and KiB the Lua heap may grow by during it.
 H.BUDGET = 10000000
+H.TIME = 1.0
 H.MEMORY = 32 * 1024
 
--- Calls fn(...) under an instruction budget and a memory cap, like the
--- master does. Once the budget is gone every instruction raises, so a
--- pcall inside the policy cannot swallow it.
+-- Calls fn(...) under an instruction budget, a time budget and a memory
+-- cap, like the master does. Once a budget is gone every instruction
+-- raises, so a pcall inside the policy cannot swallow it.
 local function guarded(fn, ...)
   local old = table.pack(debug.gethook())
   local start = collectgarbage("count")
-  local left = H.BUDGET
+  local left, deadline, why = H.BUDGET, os.clock() + H.TIME, nil
   local function hook()
     if debug.getinfo(2, "f").func == guarded then return end -- back out here
-    if left > 0 then
+    if not why then
       left = left - 100
       if collectgarbage("count") - start > H.MEMORY then
         error(("memory limit of %d MiB exceeded"):format(H.MEMORY // 1024), 2)
       end
-      if left > 0 then return end
+      if left > 0 and os.clock() < deadline then return end
+      why = left > 0 and "time budget exceeded" or "instruction budget exceeded"
       debug.sethook(hook, "", 1)
     end
-    error("instruction budget exceeded", 2)
+    error(why, 2)
   end
   debug.sethook(hook, "", 100)
   local res = table.pack(pcall(fn, ...))
   debug.sethook(old[1], old[2], old[3])
-  if not res[1] or left <= 0 then
+  if not res[1] or why then
     collectgarbage()
-    error(left <= 0 and "instruction budget exceeded" or res[2], 0)
+    error(why or res[2], 0)
   end
   return table.unpack(res, 2, res.n)
 end

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "sandbox.h"
 
 static int failures, checks;
 
@@ -109,6 +110,7 @@ static void test_defaults(void) {
         c.opts.heartbeat_grace == 15 && c.opts.reconnect_grace == 30 &&
         c.opts.handshake_timeout == 10 && c.opts.connect_timeout == 600, "times");
   CHECK(c.opts.head_timeout == 5 && c.opts.max_unauthenticated_per_address == 32, "hardening");
+  CHECK(c.opts.policy_timeout == 1, "policy_timeout %g", c.opts.policy_timeout);
   CHECK(strcmp(c.opts.api_base, d.api_base) == 0 && c.opts.policy == NULL, "strings");
   CHECK(c.opts.token == NULL && c.opts.auth == NULL, "no secrets");
   CHECK(c.opts.log_level == DCM_LOG_INFO && c.opts.log_format == DCM_LOG_TEXT, "log");
@@ -124,7 +126,7 @@ static void test_every_flag(void) {
                 "--heartbeat-interval", "1.5", "--heartbeat-grace=0", "--reconnect-grace", "2",
                 "--connect-timeout", "60", "--handshake-timeout=0.5", "--log-format", "json",
                 "--log-level=debug", "--head-timeout", "0.25",
-                "--max-unauthenticated-per-address=4");
+                "--max-unauthenticated-per-address=4", "--policy-timeout", "2.5");
   CHECK(rc == DCM_CONFIG_RUN, "%s", err);
   CHECK(strcmp(c.opts.listen_host, "::1") == 0 && c.opts.listen_port == 0, "listen %s:%d",
         c.opts.listen_host, c.opts.listen_port);
@@ -136,6 +138,7 @@ static void test_every_flag(void) {
         c.opts.connect_timeout == 60 && c.opts.handshake_timeout == 0.5, "times");
   CHECK(c.opts.log_format == DCM_LOG_JSON && c.opts.log_level == DCM_LOG_DEBUG, "log");
   CHECK(c.opts.head_timeout == 0.25 && c.opts.max_unauthenticated_per_address == 4, "hardening");
+  CHECK(c.opts.policy_timeout == 2.5, "policy_timeout %g", c.opts.policy_timeout);
   dcm__config_free(&c);
 
   CHECK(LOAD(&c, "--listen=localhost:1", "--shards=auto", "--log-level", "error") == DCM_CONFIG_RUN ||
@@ -161,6 +164,11 @@ static void test_bad_flags(void) {
   BAD("--handshake-timeout: must be more than 0", "--shards", "1", "--handshake-timeout", "0");
   BAD("--head-timeout: must be more than 0", "--shards", "1", "--head-timeout", "0");
   BAD("--head-timeout: 'x' is not a number", "--shards", "1", "--head-timeout", "x");
+  BAD("--policy-timeout: must be more than 0", "--shards", "1", "--policy-timeout", "0");
+  BAD("policy_timeout: must be a time from 0.01 to 3600", "--shards", "1",
+      "--policy-timeout", "0.001");
+  BAD("policy_timeout: must be a time from 0.01 to 3600", "--shards", "1",
+      "--policy-timeout", "3601");
   BAD("max_unauthenticated_per_address: 0 is out of range 1-1000000", "--shards", "1",
       "--max-unauthenticated-per-address", "0");
   BAD("--max-unauthenticated-per-address: '2000000' is not an integer 0-1000000", "--shards", "1",
@@ -230,6 +238,7 @@ static void test_file(void) {
       "connect_timeout = 600\n"
       "handshake_timeout = 5\n"
       "head_timeout = 2.5\n"
+      "policy_timeout = 0.5\n"
       "max_unauthenticated_per_address = 8\n"
       "log_format = string.lower('JSON')\n"
       "log_level = table.concat({'de', 'bug'})\n"
@@ -247,6 +256,7 @@ static void test_file(void) {
         c.opts.heartbeat_grace == 1 && c.opts.reconnect_grace == 2 &&
         c.opts.connect_timeout == 600 && c.opts.handshake_timeout == 5, "times");
   CHECK(c.opts.head_timeout == 2.5 && c.opts.max_unauthenticated_per_address == 8, "hardening");
+  CHECK(c.opts.policy_timeout == 0.5, "policy_timeout %g", c.opts.policy_timeout);
   CHECK(c.opts.log_format == DCM_LOG_JSON && c.opts.log_level == DCM_LOG_DEBUG, "log");
   CHECK(strcmp(c.opts.token, "file-token") == 0 && strcmp(c.opts.auth, "file-auth") == 0, "secrets");
   dcm__config_free(&c);
@@ -338,6 +348,26 @@ static void test_bad_files(void) {
   BAD_FILE("%s:3: instruction budget exceeded",
            "local t = {}\nfor i = 1, 1 << 19 do t[i] = true end for i = 1, 1 << 19 do t[i] = nil end\n"
            "while true do next(t) end\n");
+  /* work no count sees, stopped by the time budget (1 s): comparisons of
+   * NUL-laden strings, numeric strings converted by a for loop, lookups
+   * along one chain of colliding integer keys */
+  BAD_FILE("%s:2: time budget exceeded",
+           "local z = string.rep('\\0', 4095) local a, b = z .. 'a', z .. 'b'\n"
+           "while true do if a < b then end end\n");
+  BAD_FILE("%s:3: time budget exceeded",
+           "local d = '1' .. string.rep('0', 300) .. '.' .. string.rep('0', 3700) .. '1'\n"
+           "local a, b = '-' .. d, d\nwhile true do for _ = a, b, a do end end\n");
+  BAD_FILE("%s:3: time budget exceeded",
+           "local m, t = (1 << 13) - 1, {}\nfor i = 1, (1 << 12) + 1 do t[i * m] = true end\n"
+           "while true do local _ = t[3 * m] end\n");
+  /* one VM step no hook interrupts (a rehash over 65,536 colliding keys,
+   * seconds): refused at the time budget plus the grace; its thread frees
+   * the sandbox, wiped, when the step ends (at most a minute here) */
+  BAD_FILE("%s: still running 250 ms past its time budget of 1000 ms; abandoned",
+           "local m, t = (1 << 17) - 1, {}\nfor i = 1, 1 << 16 do t[i * m] = true end\n"
+           "t[((1 << 16) + 1) * m] = true\n");
+  for (int i = 0; i < 6000 && dcm__sandbox_abandoned() > 0; i++) usleep(10000);
+  CHECK(dcm__sandbox_abandoned() == 0, "the abandoned config run has not ended");
   BAD_FILE("%s:1: more than 64 extra arguments",
            "local t = {} for i = 1, 100 do t[i] = i end (function(...) end)(table.unpack(t))\n");
   /* no finalizers: Lua runs them with hooks off, beyond the instruction limit */
@@ -482,6 +512,7 @@ static void test_help_version(void) {
                          "--heartbeat-interval", "--heartbeat-grace", "--reconnect-grace",
                          "--connect-timeout", "--handshake-timeout", "--log-format",
                          "--log-level", "--head-timeout", "--max-unauthenticated-per-address",
+                         "--policy-timeout S",
                          "--tls-cert FILE", "--tls-key FILE", "--no-auth ", "--allow-plaintext ",
                          "--help", "--version", "DISCORD_TOKEN", "DISCLUSTER_STATUS_AUTH",
                          "DISCLUSTER_AUTH", "(127.0.0.1:8642)", "(45)", "(600)", NULL};

@@ -103,11 +103,14 @@ static int is_split(const dcm__pmachine_t *m, const int *owner, int shards,
   return s == shards;
 }
 
+/* The policies' time budget (seconds); 0: the default. */
+static double policy_time;
+
 static dcm__policy_t *open_policy(const char *path) {
   dcm__policy_t *p = NULL;
   static dcm__log_t lg;
   dcm__log_init(&lg, DCM_LOG_DEBUG, DCM_LOG_TEXT, capture, NULL);
-  int rc = dcm__policy_new(path, policy_dir, &lg, &p);
+  int rc = dcm__policy_new(path, policy_dir, policy_time, &lg, &p);
   if (rc != 0) {
     fprintf(stderr, "dcm__policy_new(%s): %s\n%s", path ? path : "NULL",
             dcm_strerror(rc), logbuf);
@@ -119,7 +122,7 @@ static dcm__policy_t *open_policy(const char *path) {
 static int try_open(const char *path, const char *dir, dcm__policy_t **p) {
   static dcm__log_t lg;
   dcm__log_init(&lg, DCM_LOG_DEBUG, DCM_LOG_TEXT, capture, NULL);
-  return dcm__policy_new(path, dir, &lg, p);
+  return dcm__policy_new(path, dir, policy_time, &lg, p);
 }
 
 /* ---- the default policy through C ---- */
@@ -275,6 +278,9 @@ static const char *bytecode_file(void) {
 }
 
 static void test_bad_loads(void) {
+  /* a time budget no attack here reaches first, even where sanitizers
+   * intercept strcmp: each is stopped by what it attacks */
+  policy_time = 60;
   for (size_t i = 0; i < sizeof bad_loads / sizeof bad_loads[0]; i++) {
     dcm__policy_t *p = NULL;
     log_clear();
@@ -295,6 +301,7 @@ static void test_bad_loads(void) {
   /* default.lua found without a policy_dir */
   CHECK(try_open(NULL, NULL, &p) == 0);
   dcm__policy_free(p);
+  policy_time = 0;
 }
 
 /* The sandbox from inside: what must be there and what must not. */
@@ -517,6 +524,115 @@ static void test_default_fails(void) {
   dcm__policy_free(p);
 }
 
+/* ---- the time budget ---- */
+
+/* Work no count sees: each is one VM instruction of some length, repeated;
+ * the time budget stops them. As load-time fixtures and as allocate
+ * bodies (the self-check passes, the call with 100 shards attacks). */
+static const struct {
+  const char *fixture, *body;
+} time_attacks[] = {
+    /* (a) lookups along one chain of colliding integer keys */
+    {"collide_bomb.lua",
+     "local m, t = (1 << 13) - 1, {} for i = 1, (1 << 12) + 1 do t[i * m] = true end "
+     "while true do local _ = t[3 * m] end"},
+    /* (b) comparisons of 4 KiB strings of NULs (strcoll per piece) */
+    {"compare_nul_bomb.lua",
+     "local z = string.rep('\\0', 4095) local a, b = z .. 'a', z .. 'b' "
+     "while true do if a < b then end end"},
+    /* (c) 4 KiB numeric strings converted by a for loop's FORPREP */
+    {"convert_bomb.lua",
+     "local d = '1' .. string.rep('0', 300) .. '.' .. string.rep('0', 3700) .. '1' "
+     "local a, b = '-' .. d, d while true do for _ = a, b, a do end end"},
+    /* a weak table's collection (quadratic in one step): abandoned */
+    {"weak_bomb.lua", NULL},
+};
+
+/* Abandoned steps (tests end with none) finish: at most a minute. */
+static void wait_abandoned(void) {
+  for (int i = 0; i < 6000 && dcm__sandbox_abandoned() > 0; i++) usleep(10000);
+  CHECK(dcm__sandbox_abandoned() == 0);
+}
+
+static void test_time_budget(void) {
+  policy_time = 0.1; /* 0.1 s a call, 0.2 s a load, plus the grace */
+  dcm__pctx_t ctx = {100, 1};
+  int owner[100];
+  for (size_t i = 0; i < sizeof time_attacks / sizeof time_attacks[0]; i++) {
+    dcm__policy_t *p = NULL;
+    log_clear();
+    /* at load: the file is refused, with the budget's error */
+    int rc = try_open(fixture(time_attacks[i].fixture), policy_dir, &p);
+    if (rc != DCM_EPOLICY || !logged("time budget"))
+      fprintf(stderr, "loading %s\n", time_attacks[i].fixture);
+    CHECK(rc == DCM_EPOLICY);
+    CHECK_LOG("time budget");
+    wait_abandoned();
+    if (time_attacks[i].body == NULL) continue;
+    /* at call time: rejected like any failure, the default decides, and
+     * the policy still answers the next call */
+    const char *path = write_file("p.lua", misbehave(time_attacks[i].body, "return nil"));
+    p = open_policy(path);
+    log_clear();
+    rc = dcm__policy_allocate(p, fleet3, 3, &ctx, owner);
+    if (rc != 0 || !logged("time budget exceeded"))
+      fprintf(stderr, "time attack %zu: %s\n%s", i, time_attacks[i].body, logbuf);
+    CHECK(rc == 0);
+    CHECK_LOG("p.lua:9: time budget exceeded");
+    CHECK_LOG("this decision uses the default policy");
+    check_default_allocation(owner, 100);
+    dcm__pctx_t small = {16, 1};
+    log_clear();
+    CHECK(dcm__policy_allocate(p, fleet3, 3, &small, owner) == 0);
+    CHECK(!logged("rejected"));
+    for (int s = 0; s < 16; s++) CHECK(owner[s] == 0); /* the user's split */
+    dcm__policy_free(p);
+  }
+  policy_time = 0;
+}
+
+/*
+ * One VM step no hook interrupts: a table insert whose rehash reinserts
+ * 32768 colliding keys, seconds in one instruction. The call returns at
+ * its time budget plus the grace, the default decides, and the state is
+ * abandoned to its thread: later decisions use the default alone until a
+ * reload. The thread frees the state when the step ends.
+ */
+static void test_abandoned(void) {
+  policy_time = 0.05;
+  const char *body = "local m, t = (1 << 16) - 1, {} "
+                     "for i = 1, 1 << 15 do t[i * m] = true end "
+                     "t[((1 << 15) + 1) * m] = true";
+  const char *path = write_file("p.lua", misbehave(body, "return nil"));
+  dcm__policy_t *p = open_policy(path);
+  dcm__pctx_t ctx = {100, 1};
+  int owner[100];
+  log_clear();
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  CHECK_LOG("past its time budget of 50 ms; abandoned");
+  CHECK_LOG("decisions use the default policy until the next reload");
+  CHECK_LOG("this decision uses the default policy");
+  check_default_allocation(owner, 100);
+  /* the next decision: the default alone, nothing rejected */
+  log_clear();
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  CHECK(!logged("rejected"));
+  check_default_allocation(owner, 100);
+  dcm__policy_stats_t st;
+  dcm__policy_stats(p, &st);
+  CHECK(st.calls == 2 && st.errors == 1);
+  /* a reload brings the user's policy back */
+  write_file("p.lua", "return { allocate = function(machines, ctx)\n"
+                      "  local t = {} for s = 0, ctx.shard_count - 1 do t[s + 1] = s end\n"
+                      "  return { [machines[3].id] = t } end }\n");
+  CHECK(dcm__policy_reload(p, NULL, 0, NULL) == 0);
+  CHECK(dcm__policy_allocate(p, fleet3, 3, &ctx, owner) == 0);
+  for (int s = 0; s < 100; s++) CHECK(owner[s] == 2);
+  dcm__policy_free(p);
+  wait_abandoned();
+  policy_time = 0;
+}
+
 /* ---- reload ---- */
 
 static void test_reload(void) {
@@ -607,6 +723,8 @@ int main(void) {
   test_bad_results();
   test_bad_failovers();
   test_default_fails();
+  test_time_budget();
+  test_abandoned();
   test_reload();
   test_overlay();
   char cmd[600];
