@@ -36,12 +36,14 @@ int dcm__valid_id(const char *id, size_t len) {
   do { snprintf(err, errlen, __VA_ARGS__); return (code); } while (0)
 
 void dcm__packet_clear(dcm__packet_t *p) {
-  free(p->shards);
-  free(p->failed_json);
-  free(p->sessions);
-  p->shards = NULL;
-  p->failed_json = NULL;
-  p->sessions = NULL;
+  if (p->shards || p->failed_json || p->sessions) { /* most packets hold nothing */
+    free(p->shards);
+    free(p->failed_json);
+    free(p->sessions);
+    p->shards = NULL;
+    p->failed_json = NULL;
+    p->sessions = NULL;
+  }
   p->nshards = p->nsessions = 0;
 }
 

@@ -421,7 +421,41 @@ static void fail_close(dcm__ws_t *ws, uint16_t code) {
   if (ws->cbs->on_write(ws, f, n) < 0) ws->write_failed = 1;
 }
 
+/*
+ * Whole unfragmented ASCII text messages of at most 125 bytes from a
+ * client, at the start of buf while the session borrows no context (so
+ * wslay holds nothing for it: between frames, no pong held, not closing):
+ * delivered from an unmasked copy on the stack without a context, as
+ * wslay would deliver them. wslay checks nothing else for such a frame
+ * (FIN, no RSV bit, text, masked, a 7-bit length within the bound; ASCII
+ * is valid UTF-8). Returns the bytes used; anything else, a partial frame
+ * or a byte over 0x7f included, is left to wslay.
+ */
+static size_t short_messages(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
+  char text[125];
+  size_t used = 0;
+  while (ws->slot == NULL && !ws->write_failed && !ws->client && len - used >= 6) {
+    const uint8_t *f = buf + used;
+    size_t n = f[1] & 0x7fu;
+    uint8_t high = 0;
+    if (f[0] != (0x80u | WSLAY_TEXT_FRAME) || !(f[1] & 0x80u) || n > 125 || n > ws->max ||
+        len - used - 6 < n)
+      break;
+    for (size_t i = 0; i < n; i++) high |= (uint8_t)(text[i] = (char)(f[6 + i] ^ f[2 + (i & 3)]));
+    if (high & 0x80u) break;
+    used += 6 + n;
+    ws->depth++;
+    ws->cbs->on_message(ws, text, n);
+    ws->depth--;
+  }
+  return used;
+}
+
 int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
+  size_t used = short_messages(ws, buf, len);
+  if (used > 0 && used == len && ws->slot == NULL) return ws->write_failed ? DCM_EINVAL : 0;
+  buf += used;
+  len -= used;
   int r = attach(ws);
   if (r != 0) return r;
   ws->depth++;
@@ -446,6 +480,19 @@ int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
 int dcm__ws_send(dcm__ws_t *ws, const char *text, size_t len) {
   dcm__ws_pool_t *p = ws->pool;
   if (closed_by_us(ws) || ws->write_failed) return DCM_ESTATE;
+  if (!ws->client && len <= 125) { /* a server's short frame: two bytes of header */
+    uint8_t f[2 + 125];
+    f[0] = 0x80u | WSLAY_TEXT_FRAME;
+    f[1] = (uint8_t)len;
+    memcpy(f + 2, text, len);
+    if (ws->cbs->on_write(ws, f, 2 + len) < 0) {
+      ws->write_failed = 1;
+      return DCM_EINVAL;
+    }
+    int r = send_pong(ws);
+    detach(ws);
+    return r;
+  }
   struct wslay_frame_iocb iocb = {1, 0, WSLAY_TEXT_FRAME, len, (uint8_t)ws->client,
                                   (const uint8_t *)text, len};
   size_t off = 0;

@@ -14,6 +14,13 @@
  * the caller's bytes: no allocation per message, one on_write per frame up
  * to DCM_WS_JOIN bytes.
  *
+ * The heartbeat path skips wslay: on a server session that borrows no
+ * context, a read that starts with whole unfragmented ASCII text frames of
+ * at most 125 bytes delivers them from an unmasked stack copy (nothing
+ * else about such a frame needs checking), and a server's text message of
+ * at most 125 bytes goes out as two header bytes and the text. Anything
+ * else goes through wslay as before.
+ *
  * Bounds: wslay's per-frame buffering is off; a message is assembled here
  * in one buffer that never exceeds max_message (over it: close 1009), so
  * memory per session stays near the message bound however the peer

@@ -419,10 +419,13 @@ static void idle_sessions_hold_no_context(void) {
   enum { N = 100 };
   static dcm__ws_t ws[N];
   static sink_t s;
-  uint8_t buf[64];
+  static char text[200];
+  uint8_t buf[256];
   dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
   CHECK(pool != NULL);
   memset(&s, 0, sizeof s);
+  memset(text, 't', sizeof text);
+  /* short ASCII messages (heartbeats) never borrow a context */
   size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
   for (int i = 0; i < N; i++) {
     pooled(&ws[i], pool, &s);
@@ -435,15 +438,102 @@ static void idle_sessions_hold_no_context(void) {
     CHECK(s.outlen == 9 && s.out[0] == (0x80 | WSLAY_TEXT_FRAME) && s.out[1] == 7);
     CHECK(ws[i].slot == NULL && ws[i].msg == NULL);
   }
-  CHECK_EQ(dcm__ws_pool_contexts(pool), 1); /* one, lent in turn */
+  CHECK_EQ(dcm__ws_pool_contexts(pool), 0);
+  /* longer ones go through wslay: one context, lent in turn */
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, text, sizeof text, 1);
+  for (int i = 0; i < N; i++) {
+    s.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&ws[i], buf, n), 0);
+    CHECK(s.nmsgs == 1 && s.msglen[0] == sizeof text);
+    CHECK(ws[i].slot == NULL && ws[i].msg == NULL);
+  }
+  CHECK_EQ(dcm__ws_pool_contexts(pool), 1);
   for (int i = 0; i < N; i++) dcm__ws_free(&ws[i]);
+  dcm__ws_pool_free(pool);
+}
+
+/* What the short-message path delivers (without wslay) is what wslay
+   delivers: in order with other frames, and every frame it does not take
+   (non-ASCII, over the bound, partial, invalid) gets wslay's answer. */
+static void short_messages_match_wslay(void) {
+  static sink_t s;
+  static uint8_t buf[1024];
+  dcm__ws_t ws;
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  size_t n;
+  /* several in one read, a ping among them, an empty one */
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "one", 3, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "two", 3, 1);
+  n += frame(buf + n, 1, WSLAY_PING, "abc", 3, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "", 0, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "\x01\x7f", 2, 1); /* control bytes are ASCII */
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.nmsgs, 4);
+  CHECK(s.msglen[0] == 3 && memcmp(s.msgs[0], "one", 3) == 0);
+  CHECK(s.msglen[1] == 3 && memcmp(s.msgs[1], "two", 3) == 0);
+  CHECK_EQ(s.msglen[2], 0);
+  CHECK(s.msglen[3] == 2 && memcmp(s.msgs[3], "\x01\x7f", 2) == 0);
+  CHECK(s.outlen == 5 && s.out[0] == (0x80 | WSLAY_PONG) && memcmp(s.out + 2, "abc", 3) == 0);
+  CHECK(ws.slot == NULL);
+  /* a frame cut anywhere: delivered once, when whole */
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
+  for (size_t cut = 1; cut < n; cut++) {
+    s.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&ws, buf, cut), 0);
+    CHECK_EQ(s.nmsgs, 0);
+    CHECK_EQ(dcm__ws_feed(&ws, buf + cut, n - cut), 0);
+    CHECK(s.nmsgs == 1 && s.msglen[0] == 7 && memcmp(s.msgs[0], "{\"o\":9}", 7) == 0);
+  }
+  /* valid UTF-8 beyond ASCII: wslay delivers it */
+  s.nmsgs = 0;
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "caf\xc3\xa9", 5, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "ok", 2, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK(s.nmsgs == 2 && s.msglen[0] == 5 && memcmp(s.msgs[0], "caf\xc3\xa9", 5) == 0);
+  CHECK(s.msglen[1] == 2 && memcmp(s.msgs[1], "ok", 2) == 0);
+  dcm__ws_free(&ws);
+  /* invalid or unfinished UTF-8 after a good message: 1007, nothing more */
+  static const char *const bad[] = {"\xff", "ab\xc3", "\xed\xa0\x80"};
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    memset(&s, 0, sizeof s);
+    pooled(&ws, pool, &s);
+    n = frame(buf, 1, WSLAY_TEXT_FRAME, "fine", 4, 1);
+    n += frame(buf + n, 1, WSLAY_TEXT_FRAME, bad[k], strlen(bad[k]), 1);
+    n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "late", 4, 1);
+    dcm__ws_feed(&ws, buf, n);
+    CHECK(s.nmsgs == 1 && memcmp(s.msgs[0], "fine", 4) == 0);
+    CHECK_EQ(server_close_code(&s), 1007);
+    dcm__ws_free(&ws);
+  }
+  /* over a small bound: 1009 as before */
+  memset(&s, 0, sizeof s);
+  CHECK_EQ(dcm__ws_init_pooled(&ws, pool, 4, &cbs, &s), 0);
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "four", 4, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "fives", 5, 1);
+  dcm__ws_feed(&ws, buf, n);
+  CHECK(s.nmsgs == 1 && s.msglen[0] == 4);
+  CHECK_EQ(server_close_code(&s), 1009);
+  dcm__ws_free(&ws);
+  /* after a close from inside a message, the rest goes to wslay as before */
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  s.echo_close = 1;
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "x", 1, 1);
+  n += frame(buf + n, 1, WSLAY_PING, "p", 1, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.nmsgs, 1);
+  CHECK_EQ(server_close_code(&s), 4002);
+  CHECK(s.out[0] == (0x80 | WSLAY_CONNECTION_CLOSE) && ws.slot != NULL);
+  dcm__ws_free(&ws);
   dcm__ws_pool_free(pool);
 }
 
 static void a_session_inside_a_frame_keeps_its_context(void) {
   static sink_t sa, sb;
   dcm__ws_t a, b;
-  uint8_t buf[256], one[64];
+  uint8_t buf[256], one[256];
   dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
   pooled(&a, pool, &sa);
   pooled(&b, pool, &sb);
@@ -452,7 +542,9 @@ static void a_session_inside_a_frame_keeps_its_context(void) {
   /* a: one whole frame, then the first bytes of the next (header cut short) */
   size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "first", 5, 1);
   size_t m = frame(buf + n, 1, WSLAY_TEXT_FRAME, "second", 6, 1);
-  size_t one_n = frame(one, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
+  char big[200]; /* over the short-message bound: b goes through wslay */
+  memset(big, 'b', sizeof big);
+  size_t one_n = frame(one, 1, WSLAY_TEXT_FRAME, big, sizeof big, 1);
   size_t cuts[] = {1, 2, 4, 6, 9}; /* in the header, the mask, the payload */
   for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
     sa.nmsgs = sb.nmsgs = 0;
@@ -589,6 +681,7 @@ int main(void) {
   RUN(client_framing_error_close_is_masked);
   RUN(only_the_latest_pong_waits);
   RUN(idle_sessions_hold_no_context);
+  RUN(short_messages_match_wslay);
   RUN(a_session_inside_a_frame_keeps_its_context);
   RUN(a_held_pong_or_a_close_keeps_the_context);
   RUN(spare_contexts_are_bounded);
