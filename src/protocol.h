@@ -1,7 +1,9 @@
 /*
  * protocol.h: protocol v1 packets ({"o": op, "d": {...}}) decoded from JSON
- * into validated C structs, and encoded back, through lua-cjson (json.h).
- * Opcodes, close codes and error codes live here and nowhere else.
+ * into validated C structs, and encoded back, through lua-cjson (json.h);
+ * the one exception is the canonical heartbeat, recognised byte for byte
+ * with the same result as cjson's. Opcodes, close codes and error codes
+ * live here and nowhere else.
  * Pure: no sockets, no state beyond the caller's cjson lua_State.
  */
 #ifndef DCM_PROTOCOL_H
