@@ -12,6 +12,8 @@
 #define MSG_KEEP 1024
 /* The first message buffer: most messages (heartbeats) fit, so it is reused as is. */
 #define MSG_FIRST 256
+/* A client's text frame up to this payload may skip the event context. */
+#define SHORT_MAX 125
 
 struct dcm__ws_slot_s {
   struct wslay_event_context *ctx; /* its user data is the slot */
@@ -32,6 +34,13 @@ struct dcm__ws_pool_s {
   dcm__ws_t *writer;               /* the session writing through out */
   uint8_t join[DCM_WS_JOIN];       /* header and payload, one on_write */
   size_t joinlen;
+  /* reads short messages of sessions without an event context (server
+     side; made at the first read): between reads it is at a frame boundary
+     with its buffer empty */
+  struct wslay_frame_context *in;
+  const uint8_t *rin; /* what in's recv callback hands over next */
+  size_t rinlen;
+  int reading; /* in is in use: a feed from inside on_message skips it */
 };
 
 static void fill_mask(uint8_t *buf, size_t len) {
@@ -101,10 +110,17 @@ void dcm__ws_pool_free(dcm__ws_pool_t *p) {
     slot_free(p, s);
   }
   wslay_frame_context_free(p->out);
+  if (p->in) wslay_frame_context_free(p->in);
   free(p);
 }
 
 size_t dcm__ws_pool_contexts(const dcm__ws_pool_t *p) { return p->nslots; }
+
+/* Header and payload bytes of a frame wslay accepted (it requires the
+   shortest length encoding). */
+static uint64_t frame_size(uint64_t payload, int masked) {
+  return 2 + (payload < 126 ? 0 : payload < 65536 ? 2 : 8) + (masked ? 4 : 0) + payload;
+}
 
 /* ---- wslay callbacks (user data: the slot) ------------------------------ */
 
@@ -196,7 +212,7 @@ static void frame_start_cb(wslay_event_context_ptr ctx,
   (void)ctx;
   /* wslay accepts only minimal lengths, masked towards a server only */
   ws->in_frame = 1;
-  ws->frame_len = 2 + (n < 126 ? 0 : n < 65536 ? 2 : 8) + (ws->client ? 0 : 4) + n;
+  ws->frame_len = frame_size(n, !ws->client);
   ws->in_text = 0;
   if (wslay_is_ctrl_frame(arg->opcode)) return; /* wslay buffers those (<= 125 bytes) */
   ws->in_msg = !arg->fin;
@@ -421,33 +437,72 @@ static void fail_close(dcm__ws_t *ws, uint16_t code) {
   if (ws->cbs->on_write(ws, f, n) < 0) ws->write_failed = 1;
 }
 
+/* ---- short messages through the pool's frame reader --------------------- */
+
+static ssize_t in_cb(uint8_t *buf, size_t len, int flags, void *user) {
+  dcm__ws_pool_t *p = user;
+  size_t n = len < p->rinlen ? len : p->rinlen;
+  (void)flags;
+  memcpy(buf, p->rin, n);
+  p->rin += n;
+  p->rinlen -= n;
+  return (ssize_t)n; /* 0: wslay says WSLAY_ERR_WANT_READ */
+}
+
+static int plain_ascii(const uint8_t *s, size_t len) {
+  uint8_t high = 0;
+  for (size_t i = 0; i < len; i++) high |= s[i];
+  return !(high & 0x80u);
+}
+
 /*
- * Whole unfragmented ASCII text messages of at most 125 bytes from a
- * client, at the start of buf while the session borrows no context (so
- * wslay holds nothing for it: between frames, no pong held, not closing):
- * delivered from an unmasked copy on the stack without a context, as
- * wslay would deliver them. wslay checks nothing else for such a frame
- * (FIN, no RSV bit, text, masked, a 7-bit length within the bound; ASCII
- * is valid UTF-8). Returns the bytes used; anything else, a partial frame
- * or a byte over 0x7f included, is left to wslay.
+ * A server session that borrows no event context (so wslay holds nothing
+ * for it) reads the frames at the start of buf with the pool's frame
+ * context, which unmasks them. Each whole unfragmented text frame from the
+ * client, without RSV bits, of at most SHORT_MAX bytes and the message
+ * bound, plain ASCII (so valid UTF-8) is delivered as wslay's event path
+ * would deliver it. The first frame that is anything else (cut short, a
+ * control frame, a fragment, longer, not ASCII, invalid) stops it: the
+ * bytes from that frame's start on are left to the event path. Returns the
+ * bytes used.
  */
 static size_t short_messages(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
-  char text[125];
-  size_t used = 0;
-  while (ws->slot == NULL && !ws->write_failed && !ws->client && len - used >= 6) {
-    const uint8_t *f = buf + used;
-    size_t n = f[1] & 0x7fu;
-    uint8_t high = 0;
-    if (f[0] != (0x80u | WSLAY_TEXT_FRAME) || !(f[1] & 0x80u) || n > 125 || n > ws->max ||
-        len - used - 6 < n)
+  static const struct wslay_frame_callbacks icbs = {NULL, in_cb, NULL};
+  dcm__ws_pool_t *p = ws->pool;
+  size_t used = 0; /* bytes of the frames delivered */
+  size_t seen = 0; /* used, and a whole frame not taken after them */
+  if (ws->client || p->reading || len == 0) return 0;
+  if (p->in == NULL && wslay_frame_context_init(&p->in, &icbs, p) != 0) {
+    p->in = NULL; /* tried again at the next read */
+    return 0;
+  }
+  p->reading = 1;
+  p->rin = buf;
+  p->rinlen = len;
+  while (used < len && ws->slot == NULL && !ws->write_failed) {
+    struct wslay_frame_iocb f;
+    ssize_t r = wslay_frame_recv(p->in, &f);
+    if (r < 0 || f.data_length != f.payload_length) break; /* an error, or not all here */
+    seen = used + (size_t)frame_size(f.payload_length, f.mask);
+    if (!f.fin || f.rsv || f.opcode != WSLAY_TEXT_FRAME || !f.mask ||
+        f.payload_length > SHORT_MAX || f.payload_length > ws->max ||
+        !plain_ascii(f.data, f.data_length))
       break;
-    for (size_t i = 0; i < n; i++) high |= (uint8_t)(text[i] = (char)(f[6 + i] ^ f[2 + (i & 3)]));
-    if (high & 0x80u) break;
-    used += 6 + n;
+    used = seen;
     ws->depth++;
-    ws->cbs->on_message(ws, text, n);
+    ws->cbs->on_message(ws, (const char *)f.data, f.data_length);
     ws->depth--;
   }
+  /* Anything read past the last whole frame (a frame cut short, the frames
+     after one not taken) stays in wslay's buffer and state: wslay has no
+     reset, so a fresh context replaces it. Not on the heartbeat path. */
+  if (len - p->rinlen != seen) {
+    wslay_frame_context_free(p->in);
+    if (wslay_frame_context_init(&p->in, &icbs, p) != 0) p->in = NULL;
+  }
+  p->rin = NULL;
+  p->rinlen = 0;
+  p->reading = 0;
   return used;
 }
 
@@ -480,19 +535,6 @@ int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
 int dcm__ws_send(dcm__ws_t *ws, const char *text, size_t len) {
   dcm__ws_pool_t *p = ws->pool;
   if (closed_by_us(ws) || ws->write_failed) return DCM_ESTATE;
-  if (!ws->client && len <= 125) { /* a server's short frame: two bytes of header */
-    uint8_t f[2 + 125];
-    f[0] = 0x80u | WSLAY_TEXT_FRAME;
-    f[1] = (uint8_t)len;
-    memcpy(f + 2, text, len);
-    if (ws->cbs->on_write(ws, f, 2 + len) < 0) {
-      ws->write_failed = 1;
-      return DCM_EINVAL;
-    }
-    int r = send_pong(ws);
-    detach(ws);
-    return r;
-  }
   struct wslay_frame_iocb iocb = {1, 0, WSLAY_TEXT_FRAME, len, (uint8_t)ws->client,
                                   (const uint8_t *)text, len};
   size_t off = 0;

@@ -14,12 +14,16 @@
  * the caller's bytes: no allocation per message, one on_write per frame up
  * to DCM_WS_JOIN bytes.
  *
- * The heartbeat path skips wslay: on a server session that borrows no
- * context, a read that starts with whole unfragmented ASCII text frames of
- * at most 125 bytes delivers them from an unmasked stack copy (nothing
- * else about such a frame needs checking), and a server's text message of
- * at most 125 bytes goes out as two header bytes and the text. Anything
- * else goes through wslay as before.
+ * The heartbeat path borrows no event context: on a server session that
+ * holds none, the frames at the start of a read are read by the pool's one
+ * wslay frame context (wslay_frame_recv, which unmasks them in its 4 KiB
+ * buffer), and each whole unfragmented text frame without RSV bits, masked,
+ * of at most 125 bytes and the message bound, plain ASCII (so valid UTF-8)
+ * is delivered from there. The first frame that is anything else, and all
+ * that follows it in the read, goes to wslay's event path as before; the
+ * frame context is then replaced by a fresh one (wslay has no reset), so
+ * it never carries bytes from one read to the next. Replies go out through
+ * the pool's other frame context (wslay_frame_send), above.
  *
  * Bounds: wslay's per-frame buffering is off; a message is assembled here
  * in one buffer that never exceeds max_message (over it: close 1009), so

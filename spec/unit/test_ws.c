@@ -530,6 +530,107 @@ static void short_messages_match_wslay(void) {
   dcm__ws_pool_free(pool);
 }
 
+/* Counts messages "m0000", "m0001", ... and checks their order. */
+typedef struct {
+  int n, wrong;
+  dcm__ws_t *other; /* fed other_buf from inside the first message */
+  const uint8_t *other_buf;
+  size_t other_len;
+} numbered_t;
+
+static void numbered_message(dcm__ws_t *ws, const char *msg, size_t len) {
+  numbered_t *c = ws->data;
+  char want[16];
+  snprintf(want, sizeof want, "m%04d", c->n++);
+  if (len != 5 || memcmp(msg, want, 5) != 0) c->wrong++;
+  if (c->other) {
+    dcm__ws_t *o = c->other;
+    c->other = NULL;
+    CHECK_EQ(dcm__ws_feed(o, c->other_buf, c->other_len), 0);
+  }
+}
+
+static int discard(dcm__ws_t *ws, const uint8_t *data, size_t len) {
+  (void)ws;
+  (void)data;
+  (void)len;
+  return 0;
+}
+
+static size_t numbered(uint8_t *buf, int from, int count) {
+  size_t n = 0;
+  char text[16];
+  for (int i = from; i < from + count; i++) {
+    snprintf(text, sizeof text, "m%04d", i);
+    n += frame(buf + n, 1, WSLAY_TEXT_FRAME, text, 5, 1);
+  }
+  return n;
+}
+
+/* The pool's frame reader holds nothing from one read to the next: what
+   a read leaves in it (frames after one it did not take, a frame cut
+   short) is never delivered again, nor to another session. */
+static void the_frame_reader_starts_clean_every_read(void) {
+  static const dcm__ws_cbs_t ncbs = {numbered_message, discard, NULL};
+  static uint8_t buf[8192], other[64];
+  static sink_t s;
+  numbered_t c = {0}, d = {0};
+  dcm__ws_t a, b, ws;
+  size_t n;
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  CHECK_EQ(dcm__ws_init_pooled(&a, pool, 1024, &ncbs, &c), 0);
+  CHECK_EQ(dcm__ws_init_pooled(&b, pool, 1024, &ncbs, &d), 0);
+  /* a ping, then short messages: all of them after the ping go to wslay */
+  n = frame(buf, 1, WSLAY_PING, "p", 1, 1);
+  n += numbered(buf + n, 0, 2);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  n = numbered(buf, 2, 1);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 3 && c.wrong == 0 && a.slot == NULL);
+  /* a message, then part of the next: the rest comes in the next read */
+  n = numbered(buf, 3, 2);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n - 4), 0);
+  CHECK(c.n == 4 && a.slot != NULL);
+  CHECK_EQ(dcm__ws_feed(&b, buf, numbered(buf, 0, 1)), 0); /* b meanwhile */
+  CHECK(d.n == 1 && d.wrong == 0 && b.slot == NULL);
+  n = numbered(buf, 3, 2);
+  CHECK_EQ(dcm__ws_feed(&a, buf + n - 4, 4), 0);
+  CHECK(c.n == 5 && c.wrong == 0 && a.slot == NULL);
+  /* more than wslay's 4096-byte read buffer at once: a frame across its
+     end goes to wslay with the rest */
+  n = numbered(buf, 5, 700);
+  CHECK(n > 4096 && n <= sizeof buf);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 705 && c.wrong == 0 && a.slot == NULL);
+  n = numbered(buf, 705, 1);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 706 && c.wrong == 0);
+  /* a feed from inside a message (another session of the pool) leaves the
+     read under way alone */
+  c.other = &b;
+  c.other_buf = other;
+  c.other_len = numbered(other, 1, 2);
+  n = numbered(buf, 706, 3);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 709 && c.wrong == 0 && d.n == 3 && d.wrong == 0);
+  CHECK(a.slot == NULL && b.slot == NULL);
+  dcm__ws_free(&a);
+  dcm__ws_free(&b);
+  /* RSV bits (no extension was agreed): 1002, as wslay answers */
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "ok", 2, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "rsv", 3, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "late", 4, 1);
+  buf[n - 19] |= 0x40; /* RSV1 of "rsv" */
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK(s.nmsgs == 1 && memcmp(s.msgs[0], "ok", 2) == 0);
+  CHECK_EQ(server_close_code(&s), 1002);
+  CHECK(dcm__ws_close_sent(&ws) && ws.slot != NULL);
+  dcm__ws_free(&ws);
+  dcm__ws_pool_free(pool);
+}
+
 static void a_session_inside_a_frame_keeps_its_context(void) {
   static sink_t sa, sb;
   dcm__ws_t a, b;
@@ -682,6 +783,7 @@ int main(void) {
   RUN(only_the_latest_pong_waits);
   RUN(idle_sessions_hold_no_context);
   RUN(short_messages_match_wslay);
+  RUN(the_frame_reader_starts_clean_every_read);
   RUN(a_session_inside_a_frame_keeps_its_context);
   RUN(a_held_pong_or_a_close_keeps_the_context);
   RUN(spare_contexts_are_bounded);
