@@ -180,6 +180,7 @@ struct dcm_master_s {
   dcm__log_t log;
   lua_State *json;  /* cjson state for packets and /status */
   char heartbeat_ack[32];
+  size_t heartbeat_ack_len; /* encoded once, at the first heartbeat */
   dcm_event_cb cb;
   void *cb_arg;
   dcm__link_t events; /* queued for the embedder; delivered by `flush` */

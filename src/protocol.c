@@ -3,6 +3,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,12 +36,14 @@ int dcm__valid_id(const char *id, size_t len) {
   do { snprintf(err, errlen, __VA_ARGS__); return (code); } while (0)
 
 void dcm__packet_clear(dcm__packet_t *p) {
-  free(p->shards);
-  free(p->failed_json);
-  free(p->sessions);
-  p->shards = NULL;
-  p->failed_json = NULL;
-  p->sessions = NULL;
+  if (p->shards || p->failed_json || p->sessions) { /* most packets hold nothing */
+    free(p->shards);
+    free(p->failed_json);
+    free(p->sessions);
+    p->shards = NULL;
+    p->failed_json = NULL;
+    p->sessions = NULL;
+  }
   p->nshards = p->nsessions = 0;
 }
 
@@ -329,9 +332,78 @@ int dcm__packet_open(lua_State *L, const char *buf, size_t len, int *op,
   return r;
 }
 
+/* ---- the canonical heartbeat ------------------------------------------- */
+
+/* Powers of ten a double holds exactly. */
+static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* (0|[1-9][0-9]*)(.[0-9]+)?, all n bytes, n <= DCM_HEARTBEAT_NUM_MAX.
+   With m the integer of its digits (at most 2^53, checked digit by digit)
+   and d decimals (at most 22), m and 10^d are exact doubles and IEEE
+   division rounds once, so m / 10^d is the correctly rounded value strtod
+   returns. Anything else: 0. */
+static int exact_number(const char *s, size_t n, double *out) {
+  uint64_t m = 0;
+  size_t i = 0, point = 0, digits = 0;
+  if (n == 0 || n > DCM_HEARTBEAT_NUM_MAX) return 0;
+  if (s[0] == '0' && n > 1 && s[1] != '.') return 0; /* a leading zero */
+  for (; i < n; i++) {
+    if (s[i] == '.') {
+      if (point || digits == 0) return 0;
+      point = i + 1;
+      continue;
+    }
+    if (s[i] < '0' || s[i] > '9') return 0;
+    m = m * 10 + (uint64_t)(s[i] - '0');
+    if (m > (1ull << 53)) return 0;
+    digits++;
+  }
+  if (point == n) return 0; /* "1." */
+  size_t decimals = point ? n - point : 0;
+  if (decimals >= sizeof pow10_exact / sizeof pow10_exact[0]) return 0;
+  *out = (double)m / pow10_exact[decimals];
+  return 1;
+}
+
+int dcm__heartbeat_canonical(const char *buf, size_t len, double *loadavg) {
+  static const char head[] = DCM_HEARTBEAT_HEAD, tail[] = DCM_HEARTBEAT_TAIL;
+  const size_t h = sizeof head - 1, t = sizeof tail - 1;
+  if (len <= h + t || len > h + t + DCM_HEARTBEAT_NUM_MAX || memcmp(buf, head, h) != 0 ||
+      memcmp(buf + len - t, tail, t) != 0)
+    return 0;
+  return exact_number(buf + h, len - h - t, loadavg);
+}
+
+size_t dcm__heartbeat_format(char *buf, size_t cap, double loadavg) {
+  if (!isfinite(loadavg)) return 0;
+  int n = snprintf(buf, cap, DCM_HEARTBEAT_HEAD "%.14g" DCM_HEARTBEAT_TAIL, loadavg);
+  return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+/* ---- decoding ---------------------------------------------------------- */
+
 int dcm__packet_decode(lua_State *L, const char *buf, size_t len,
                        size_t max_shards, dcm__packet_t *p, char *err,
                        size_t errlen) {
+  double loadavg;
+  if (!dcm__heartbeat_canonical(buf, len, &loadavg))
+    return dcm__packet_decode_json(L, buf, len, max_shards, p, err, errlen);
+  memset(p, 0, sizeof(*p));
+  /* what cjson's path makes of it: failed_clusters [] is a valid empty list */
+  p->op = DCM_OP_HEARTBEAT;
+  p->shard = -1;
+  p->loadavg = loadavg;
+  p->has_loadavg = 1;
+  p->has_failed = 1;
+  if (errlen) err[0] = '\0';
+  return 0;
+}
+
+int dcm__packet_decode_json(lua_State *L, const char *buf, size_t len,
+                            size_t max_shards, dcm__packet_t *p, char *err,
+                            size_t errlen) {
   memset(p, 0, sizeof(*p));
   p->shard = -1;
   int top = lua_gettop(L);

@@ -1,7 +1,9 @@
 /*
  * protocol.h: protocol v1 packets ({"o": op, "d": {...}}) decoded from JSON
- * into validated C structs, and encoded back, through lua-cjson (json.h).
- * Opcodes, close codes and error codes live here and nowhere else.
+ * into validated C structs, and encoded back, through lua-cjson (json.h);
+ * the one exception is the canonical heartbeat, recognised byte for byte
+ * with the same result as cjson's. Opcodes, close codes and error codes
+ * live here and nowhere else.
  * Pure: no sockets, no state beyond the caller's cjson lua_State.
  */
 #ifndef DCM_PROTOCOL_H
@@ -125,10 +127,40 @@ const char *dcm__packet_seal(lua_State *L, int op, size_t *len);
  * with a short reason in err. An invalid info report is DCM_ERR_MALFORMED
  * too; the caller turns it into close 4002 during the handshake.
  * max_shards bounds the arrays. Release with dcm__packet_clear.
+ * The canonical heartbeat (below) is read without cjson: no Lua value, no
+ * allocation; everything else goes to dcm__packet_decode_json.
  */
 int dcm__packet_decode(lua_State *L, const char *buf, size_t len,
                        size_t max_shards, dcm__packet_t *p, char *err,
                        size_t errlen);
+/* The same through cjson only, whatever the bytes: the reference the
+   canonical heartbeat's result is tested against. */
+int dcm__packet_decode_json(lua_State *L, const char *buf, size_t len,
+                            size_t max_shards, dcm__packet_t *p, char *err,
+                            size_t errlen);
+
+/*
+ * The canonical heartbeat: the exact bytes discluster-control sends while
+ * no cluster failed (docs/protocol.md, a non-normative note), HEAD, the
+ * load average as dcm__heartbeat_format writes it, TAIL. MASTER recognises
+ * them with memcmp and one bounded number; any other form of a heartbeat,
+ * however valid, is decoded by cjson as before.
+ */
+#define DCM_HEARTBEAT_HEAD "{\"o\":9,\"d\":{\"loadavg\":"
+#define DCM_HEARTBEAT_TAIL ",\"failed_clusters\":[],\"failed_clusters_more\":0}}"
+/* Bytes of the number the fast path reads at most (longer: cjson's). */
+#define DCM_HEARTBEAT_NUM_MAX 24
+
+/* 1 and *loadavg set if buf is exactly the canonical form with a number
+   (0|[1-9][0-9]*)(.[0-9]+)? that converts exactly (Clinger's fast path:
+   at most 2^53 as an integer of its digits, at most 22 decimals), giving
+   the double strtod (so cjson) gives; else 0, *loadavg untouched. */
+int dcm__heartbeat_canonical(const char *buf, size_t len, double *loadavg);
+
+/* Writes the canonical heartbeat for loadavg (%.14g, as json.c writes a
+   number) and a NUL into buf; its length, or 0 when it does not fit or
+   loadavg is not finite. */
+size_t dcm__heartbeat_format(char *buf, size_t cap, double loadavg);
 void dcm__packet_clear(dcm__packet_t *p);
 
 /* 1 if id is 1-128 characters of [A-Za-z0-9._:-]. */

@@ -133,9 +133,11 @@ static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
     return;
   }
   x->failed_warned = 0;
-  free(x->failed_clusters); /* the latest text, for /status */
-  x->failed_clusters = p->failed_json;
-  p->failed_json = NULL;
+  if (x->failed_clusters || p->failed_json) { /* the latest text, for /status */
+    free(x->failed_clusters);
+    x->failed_clusters = p->failed_json;
+    p->failed_json = NULL;
+  }
   if (x->nfailed == p->nshards &&
       (p->nshards == 0 || memcmp(x->failed, p->shards, p->nshards * sizeof(int)) == 0))
     return;
@@ -157,13 +159,16 @@ static void heartbeat(dcm__conn_t *c, dcm__packet_t *p) {
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
   if (p->has_loadavg) c->machine->loadavg = p->loadavg;
   if (p->has_failed || p->message[0]) failed_clusters(c->machine, p);
-  if (m->heartbeat_ack[0] == '\0') { /* the same bytes every time: encode once */
+  if (m->heartbeat_ack_len == 0) { /* the same bytes every time: encode once */
     size_t n;
     const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);
-    if (s && n < sizeof m->heartbeat_ack) memcpy(m->heartbeat_ack, s, n + 1);
+    if (s && n < sizeof m->heartbeat_ack) {
+      memcpy(m->heartbeat_ack, s, n + 1);
+      m->heartbeat_ack_len = n;
+    }
     lua_settop(m->json, 0);
   }
-  dcm__conn_send(c, m->heartbeat_ack, strlen(m->heartbeat_ack));
+  dcm__conn_send(c, m->heartbeat_ack, m->heartbeat_ack_len);
 }
 
 static void active(dcm__conn_t *c, dcm__packet_t *p) {

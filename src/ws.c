@@ -12,6 +12,8 @@
 #define MSG_KEEP 1024
 /* The first message buffer: most messages (heartbeats) fit, so it is reused as is. */
 #define MSG_FIRST 256
+/* A client's text frame up to this payload may skip the event context. */
+#define SHORT_MAX 125
 
 struct dcm__ws_slot_s {
   struct wslay_event_context *ctx; /* its user data is the slot */
@@ -34,6 +36,13 @@ struct dcm__ws_pool_s {
   dcm__ws_t *writer;               /* the session writing through out */
   uint8_t join[DCM_WS_JOIN];       /* header and payload, one on_write */
   size_t joinlen;
+  /* reads short messages of sessions without an event context (server
+     side; made at the first read): between reads it is at a frame boundary
+     with its buffer empty */
+  struct wslay_frame_context *in;
+  const uint8_t *rin; /* what in's recv callback hands over next */
+  size_t rinlen;
+  int reading; /* in is in use: a feed from inside on_message skips it */
 };
 
 static void fill_mask(uint8_t *buf, size_t len) {
@@ -103,10 +112,17 @@ void dcm__ws_pool_free(dcm__ws_pool_t *p) {
     slot_free(p, s);
   }
   wslay_frame_context_free(p->out);
+  if (p->in) wslay_frame_context_free(p->in);
   free(p);
 }
 
 size_t dcm__ws_pool_contexts(const dcm__ws_pool_t *p) { return p->nslots; }
+
+/* Header and payload bytes of a frame wslay accepted (it requires the
+   shortest length encoding). */
+static uint64_t frame_size(uint64_t payload, int masked) {
+  return 2 + (payload < 126 ? 0 : payload < 65536 ? 2 : 8) + (masked ? 4 : 0) + payload;
+}
 
 /* ---- wslay callbacks (user data: the slot) ------------------------------ */
 
@@ -198,7 +214,7 @@ static void frame_start_cb(wslay_event_context_ptr ctx,
   (void)ctx;
   /* wslay accepts only minimal lengths, masked towards a server only */
   ws->in_frame = 1;
-  ws->frame_len = 2 + (n < 126 ? 0 : n < 65536 ? 2 : 8) + (ws->client ? 0 : 4) + n;
+  ws->frame_len = frame_size(n, !ws->client);
   ws->in_text = 0;
   if (wslay_is_ctrl_frame(arg->opcode)) return; /* wslay buffers those (<= 125 bytes) */
   ws->in_msg = !arg->fin;
@@ -431,7 +447,80 @@ static void fail_close(dcm__ws_t *ws, uint16_t code) {
   if (ws->cbs->on_write(ws, f, n) < 0) ws->write_failed = 1;
 }
 
+/* ---- short messages through the pool's frame reader --------------------- */
+
+static ssize_t in_cb(uint8_t *buf, size_t len, int flags, void *user) {
+  dcm__ws_pool_t *p = user;
+  size_t n = len < p->rinlen ? len : p->rinlen;
+  (void)flags;
+  memcpy(buf, p->rin, n);
+  p->rin += n;
+  p->rinlen -= n;
+  return (ssize_t)n; /* 0: wslay says WSLAY_ERR_WANT_READ */
+}
+
+static int plain_ascii(const uint8_t *s, size_t len) {
+  uint8_t high = 0;
+  for (size_t i = 0; i < len; i++) high |= s[i];
+  return !(high & 0x80u);
+}
+
+/*
+ * A server session that borrows no event context (so wslay holds nothing
+ * for it) reads the frames at the start of buf with the pool's frame
+ * context, which unmasks them. Each whole unfragmented text frame from the
+ * client, without RSV bits, of at most SHORT_MAX bytes and the message
+ * bound, plain ASCII (so valid UTF-8) is delivered as wslay's event path
+ * would deliver it. The first frame that is anything else (cut short, a
+ * control frame, a fragment, longer, not ASCII, invalid) stops it: the
+ * bytes from that frame's start on are left to the event path. Returns the
+ * bytes used.
+ */
+static size_t short_messages(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
+  static const struct wslay_frame_callbacks icbs = {NULL, in_cb, NULL};
+  dcm__ws_pool_t *p = ws->pool;
+  size_t used = 0; /* bytes of the frames delivered */
+  size_t seen = 0; /* used, and a whole frame not taken after them */
+  if (ws->client || p->reading || len == 0) return 0;
+  if (p->in == NULL && wslay_frame_context_init(&p->in, &icbs, p) != 0) {
+    p->in = NULL; /* tried again at the next read */
+    return 0;
+  }
+  p->reading = 1;
+  p->rin = buf;
+  p->rinlen = len;
+  while (used < len && ws->slot == NULL && !ws->write_failed) {
+    struct wslay_frame_iocb f;
+    ssize_t r = wslay_frame_recv(p->in, &f);
+    if (r < 0 || f.data_length != f.payload_length) break; /* an error, or not all here */
+    seen = used + (size_t)frame_size(f.payload_length, f.mask);
+    if (!f.fin || f.rsv || f.opcode != WSLAY_TEXT_FRAME || !f.mask ||
+        f.payload_length > SHORT_MAX || f.payload_length > ws->max ||
+        !plain_ascii(f.data, f.data_length))
+      break;
+    used = seen;
+    ws->depth++;
+    ws->cbs->on_message(ws, (const char *)f.data, f.data_length);
+    ws->depth--;
+  }
+  /* Anything read past the last whole frame (a frame cut short, the frames
+     after one not taken) stays in wslay's buffer and state: wslay has no
+     reset, so a fresh context replaces it. Not on the heartbeat path. */
+  if (len - p->rinlen != seen) {
+    wslay_frame_context_free(p->in);
+    if (wslay_frame_context_init(&p->in, &icbs, p) != 0) p->in = NULL;
+  }
+  p->rin = NULL;
+  p->rinlen = 0;
+  p->reading = 0;
+  return used;
+}
+
 int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
+  size_t used = short_messages(ws, buf, len);
+  if (used > 0 && used == len && ws->slot == NULL) return ws->write_failed ? DCM_EINVAL : 0;
+  buf += used;
+  len -= used;
   int r = attach(ws);
   if (r != 0) return r;
   ws->depth++;

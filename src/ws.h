@@ -9,10 +9,22 @@
  * state for them: inside a frame or a fragmented message, a held pong, a
  * close under way. At a frame boundary with nothing queued the context goes
  * back, so N idle sessions cost N small structs plus at most
- * DCM_WS_POOL_SPARE spare contexts (about 8.6 KiB each). Outgoing text
- * frames are written by the pool's one wslay frame context straight from
- * the caller's bytes: no allocation per message, one on_write per frame up
- * to DCM_WS_JOIN bytes.
+ * DCM_WS_POOL_SPARE spare contexts (about 8.6 KiB each) and the pool's two
+ * wslay frame contexts (about 4.2 KiB each). Outgoing text frames are
+ * written by the pool's writing frame context (wslay_frame_send) straight
+ * from the caller's bytes: no allocation per message, one on_write per
+ * frame up to DCM_WS_JOIN bytes.
+ *
+ * The heartbeat path borrows no event context: on a server session that
+ * holds none, the frames at the start of a read are read by the pool's
+ * reading frame context (wslay_frame_recv, which unmasks them in its 4 KiB
+ * buffer), and each whole unfragmented text frame without RSV bits, masked,
+ * of at most 125 bytes and the message bound, plain ASCII (so valid UTF-8)
+ * is delivered from there. The first frame that is anything else, and all
+ * that follows it in the read, goes to wslay's event path as before; if
+ * the frame context then holds bytes past the last whole frame it read, it
+ * is replaced by a fresh one (wslay has no reset), so it never carries
+ * bytes from one read to the next. No framing is parsed by hand.
  *
  * Bounds: wslay's per-frame buffering is off; a message is assembled here
  * in one buffer that never exceeds max_message (over it: close 1009), so

@@ -39,7 +39,7 @@ static conn_t *conns;
 static int N, port, started, identified, next_beat;
 static double rate, seconds, warmup = 1.5;
 static uint64_t acks, sent, t_identify, t_beat0, t_window, acks0;
-static uint8_t hb[64];
+static uint8_t hb[128];
 static size_t hblen;
 static uv_timer_t tick;
 static int window_open;
@@ -250,7 +250,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
-  hblen = frame(hb, "{\"o\":9,\"d\":{\"loadavg\":0.5}}");
+  /* the canonical heartbeat, byte for byte what discluster-control sends
+     while nothing failed (docs/protocol.md; DCM_HEARTBEAT_HEAD/TAIL) */
+  hblen = frame(hb, "{\"o\":9,\"d\":{\"loadavg\":0.5,\"failed_clusters\":[],"
+                    "\"failed_clusters_more\":0}}");
   conns = calloc((size_t)N, sizeof *conns);
   if (conns == NULL) die("calloc", 0);
   loop = uv_default_loop();

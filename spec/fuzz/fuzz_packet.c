@@ -4,7 +4,8 @@
  * and the agent's (dcm__ctl_decode, unbounded before `initialise` and with
  * a small shard_count after it). Checks what the decoders promise: the Lua
  * stack is left as found, a failure says why and keeps nothing, a success
- * holds only bounded, valid fields.
+ * holds only bounded, valid fields; and MASTER's decoder (whose canonical
+ * heartbeat skips cjson) gives what cjson alone gives, field for field.
  */
 #include <lua.h>
 #include <math.h>
@@ -26,11 +27,39 @@ static void check_shards(const int *v, size_t n, size_t max) {
   for (size_t i = 0; i < n; i++) FUZZ_CHECK(v[i] >= 0);
 }
 
+static int same_text(const char *a, const char *b) {
+  return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* dcm__packet_decode against cjson alone: the same result in every field. */
+static void same_as_cjson(const uint8_t *data, size_t size, int r, const dcm__packet_t *p,
+                          const char *err) {
+  dcm__packet_t q;
+  char qerr[192];
+  int rq = dcm__packet_decode_json(L, (const char *)data, size, MASTER_MAX, &q, qerr, sizeof qerr);
+  FUZZ_CHECK(lua_gettop(L) == 0);
+  FUZZ_CHECK(r == rq && strcmp(err, qerr) == 0);
+  if (r != 0) return;
+  FUZZ_CHECK(p->op == q.op && strcmp(p->id, q.id) == 0 && p->cores == q.cores &&
+             memcmp(&p->loadavg, &q.loadavg, sizeof q.loadavg) == 0 &&
+             p->standby == q.standby && p->has_shards == q.has_shards &&
+             strcmp(p->version, q.version) == 0 && p->identify_queue == q.identify_queue &&
+             p->handoff == q.handoff && p->shard_count == q.shard_count);
+  FUZZ_CHECK(p->nshards == q.nshards &&
+             (q.nshards == 0 || memcmp(p->shards, q.shards, q.nshards * sizeof(int)) == 0));
+  FUZZ_CHECK(p->code == q.code && strcmp(p->message, q.message) == 0 && p->shard == q.shard &&
+             p->ack_op == q.ack_op && p->has_loadavg == q.has_loadavg &&
+             p->has_failed == q.has_failed && same_text(p->failed_json, q.failed_json) &&
+             p->nsessions == q.nsessions && p->nbad == q.nbad);
+  dcm__packet_clear(&q);
+}
+
 static void master(const uint8_t *data, size_t size) {
   dcm__packet_t p;
   char err[192];
   int r = dcm__packet_decode(L, (const char *)data, size, MASTER_MAX, &p, err, sizeof err);
   FUZZ_CHECK(lua_gettop(L) == 0);
+  same_as_cjson(data, size, r, &p, err);
   if (r != 0) {
     FUZZ_CHECK(r == DCM_ERR_MALFORMED || r == DCM_ERR_UNKNOWN_OP);
     FUZZ_CHECK(err[0] != '\0' && memchr(err, '\0', sizeof err) != NULL);

@@ -386,9 +386,18 @@ static void test_encode(void) {
   s = dcm__ctl_enc_offload(L, &len);
   CHECK(strstr(s, "\"o\":3") && strstr(s, "\"d\":{}"));
   lua_settop(L, 0);
+  /* nothing failed: the canonical heartbeat, byte for byte (MASTER's fast path) */
   s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 0, &len);
-  CHECK(strstr(s, "\"failed_clusters\":[]") && strstr(s, "\"loadavg\":0.5") &&
-        strstr(s, "\"o\":9") && strstr(s, "\"failed_clusters_more\":0"));
+  CHECK_STR(s, "{\"o\":9,\"d\":{\"loadavg\":0.5,\"failed_clusters\":[],\"failed_clusters_more\":0}}");
+  CHECK_EQ(len, strlen(s));
+  double v;
+  CHECK(dcm__heartbeat_canonical(s, len, &v) && v == 0.5);
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_heartbeat(L, 12.37, NULL, 0, 0, &len);
+  CHECK(dcm__heartbeat_canonical(s, len, &v) && v == 12.37);
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 2, &len); /* entries left out: not canonical */
+  CHECK(strstr(s, "\"failed_clusters_more\":2") && !dcm__heartbeat_canonical(s, len, &v));
   lua_settop(L, 0);
   dcm__ctl_failed_t f = {2, shards, 2, 7, 0, 0, 0};
   s = dcm__ctl_enc_heartbeat(L, 0, &f, 1, 3, &len);

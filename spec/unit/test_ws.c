@@ -445,10 +445,13 @@ static void idle_sessions_hold_no_context(void) {
   enum { N = 100 };
   static dcm__ws_t ws[N];
   static sink_t s;
-  uint8_t buf[64];
+  static char text[200];
+  uint8_t buf[256];
   dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
   CHECK(pool != NULL);
   memset(&s, 0, sizeof s);
+  memset(text, 't', sizeof text);
+  /* short ASCII messages (heartbeats) never borrow a context */
   size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
   for (int i = 0; i < N; i++) {
     pooled(&ws[i], pool, &s);
@@ -461,15 +464,203 @@ static void idle_sessions_hold_no_context(void) {
     CHECK(s.outlen == 9 && s.out[0] == (0x80 | WSLAY_TEXT_FRAME) && s.out[1] == 7);
     CHECK(ws[i].slot == NULL && ws[i].msg == NULL);
   }
-  CHECK_EQ(dcm__ws_pool_contexts(pool), 1); /* one, lent in turn */
+  CHECK_EQ(dcm__ws_pool_contexts(pool), 0);
+  /* longer ones go through wslay: one context, lent in turn */
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, text, sizeof text, 1);
+  for (int i = 0; i < N; i++) {
+    s.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&ws[i], buf, n), 0);
+    CHECK(s.nmsgs == 1 && s.msglen[0] == sizeof text);
+    CHECK(ws[i].slot == NULL && ws[i].msg == NULL);
+  }
+  CHECK_EQ(dcm__ws_pool_contexts(pool), 1);
   for (int i = 0; i < N; i++) dcm__ws_free(&ws[i]);
+  dcm__ws_pool_free(pool);
+}
+
+/* What the short-message path delivers (without wslay) is what wslay
+   delivers: in order with other frames, and every frame it does not take
+   (non-ASCII, over the bound, partial, invalid) gets wslay's answer. */
+static void short_messages_match_wslay(void) {
+  static sink_t s;
+  static uint8_t buf[1024];
+  dcm__ws_t ws;
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  size_t n;
+  /* several in one read, a ping among them, an empty one */
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "one", 3, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "two", 3, 1);
+  n += frame(buf + n, 1, WSLAY_PING, "abc", 3, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "", 0, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "\x01\x7f", 2, 1); /* control bytes are ASCII */
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.nmsgs, 4);
+  CHECK(s.msglen[0] == 3 && memcmp(s.msgs[0], "one", 3) == 0);
+  CHECK(s.msglen[1] == 3 && memcmp(s.msgs[1], "two", 3) == 0);
+  CHECK_EQ(s.msglen[2], 0);
+  CHECK(s.msglen[3] == 2 && memcmp(s.msgs[3], "\x01\x7f", 2) == 0);
+  CHECK(s.outlen == 5 && s.out[0] == (0x80 | WSLAY_PONG) && memcmp(s.out + 2, "abc", 3) == 0);
+  CHECK(ws.slot == NULL);
+  /* a frame cut anywhere: delivered once, when whole */
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
+  for (size_t cut = 1; cut < n; cut++) {
+    s.nmsgs = 0;
+    CHECK_EQ(dcm__ws_feed(&ws, buf, cut), 0);
+    CHECK_EQ(s.nmsgs, 0);
+    CHECK_EQ(dcm__ws_feed(&ws, buf + cut, n - cut), 0);
+    CHECK(s.nmsgs == 1 && s.msglen[0] == 7 && memcmp(s.msgs[0], "{\"o\":9}", 7) == 0);
+  }
+  /* valid UTF-8 beyond ASCII: wslay delivers it */
+  s.nmsgs = 0;
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "caf\xc3\xa9", 5, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "ok", 2, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK(s.nmsgs == 2 && s.msglen[0] == 5 && memcmp(s.msgs[0], "caf\xc3\xa9", 5) == 0);
+  CHECK(s.msglen[1] == 2 && memcmp(s.msgs[1], "ok", 2) == 0);
+  dcm__ws_free(&ws);
+  /* invalid or unfinished UTF-8 after a good message: 1007, nothing more */
+  static const char *const bad[] = {"\xff", "ab\xc3", "\xed\xa0\x80"};
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    memset(&s, 0, sizeof s);
+    pooled(&ws, pool, &s);
+    n = frame(buf, 1, WSLAY_TEXT_FRAME, "fine", 4, 1);
+    n += frame(buf + n, 1, WSLAY_TEXT_FRAME, bad[k], strlen(bad[k]), 1);
+    n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "late", 4, 1);
+    dcm__ws_feed(&ws, buf, n);
+    CHECK(s.nmsgs == 1 && memcmp(s.msgs[0], "fine", 4) == 0);
+    CHECK_EQ(server_close_code(&s), 1007);
+    dcm__ws_free(&ws);
+  }
+  /* over a small bound: 1009 as before */
+  memset(&s, 0, sizeof s);
+  CHECK_EQ(dcm__ws_init_pooled(&ws, pool, 4, &cbs, &s), 0);
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "four", 4, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "fives", 5, 1);
+  dcm__ws_feed(&ws, buf, n);
+  CHECK(s.nmsgs == 1 && s.msglen[0] == 4);
+  CHECK_EQ(server_close_code(&s), 1009);
+  dcm__ws_free(&ws);
+  /* after a close from inside a message, the rest goes to wslay as before */
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  s.echo_close = 1;
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "x", 1, 1);
+  n += frame(buf + n, 1, WSLAY_PING, "p", 1, 1);
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK_EQ(s.nmsgs, 1);
+  CHECK_EQ(server_close_code(&s), 4002);
+  CHECK(s.out[0] == (0x80 | WSLAY_CONNECTION_CLOSE) && ws.slot != NULL);
+  dcm__ws_free(&ws);
+  dcm__ws_pool_free(pool);
+}
+
+/* Counts messages "m0000", "m0001", ... and checks their order. */
+typedef struct {
+  int n, wrong;
+  dcm__ws_t *other; /* fed other_buf from inside the first message */
+  const uint8_t *other_buf;
+  size_t other_len;
+} numbered_t;
+
+static void numbered_message(dcm__ws_t *ws, const char *msg, size_t len) {
+  numbered_t *c = ws->data;
+  char want[16];
+  snprintf(want, sizeof want, "m%04d", c->n++);
+  if (len != 5 || memcmp(msg, want, 5) != 0) c->wrong++;
+  if (c->other) {
+    dcm__ws_t *o = c->other;
+    c->other = NULL;
+    CHECK_EQ(dcm__ws_feed(o, c->other_buf, c->other_len), 0);
+  }
+}
+
+static int discard(dcm__ws_t *ws, const uint8_t *data, size_t len) {
+  (void)ws;
+  (void)data;
+  (void)len;
+  return 0;
+}
+
+static size_t numbered(uint8_t *buf, int from, int count) {
+  size_t n = 0;
+  char text[16];
+  for (int i = from; i < from + count; i++) {
+    snprintf(text, sizeof text, "m%04d", i);
+    n += frame(buf + n, 1, WSLAY_TEXT_FRAME, text, 5, 1);
+  }
+  return n;
+}
+
+/* The pool's frame reader holds nothing from one read to the next: what
+   a read leaves in it (frames after one it did not take, a frame cut
+   short) is never delivered again, nor to another session. */
+static void the_frame_reader_starts_clean_every_read(void) {
+  static const dcm__ws_cbs_t ncbs = {numbered_message, discard, NULL};
+  static uint8_t buf[8192], other[64];
+  static sink_t s;
+  numbered_t c = {0}, d = {0};
+  dcm__ws_t a, b, ws;
+  size_t n;
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
+  CHECK_EQ(dcm__ws_init_pooled(&a, pool, 1024, &ncbs, &c), 0);
+  CHECK_EQ(dcm__ws_init_pooled(&b, pool, 1024, &ncbs, &d), 0);
+  /* a ping, then short messages: all of them after the ping go to wslay */
+  n = frame(buf, 1, WSLAY_PING, "p", 1, 1);
+  n += numbered(buf + n, 0, 2);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  n = numbered(buf, 2, 1);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 3 && c.wrong == 0 && a.slot == NULL);
+  /* a message, then part of the next: the rest comes in the next read */
+  n = numbered(buf, 3, 2);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n - 4), 0);
+  CHECK(c.n == 4 && a.slot != NULL);
+  CHECK_EQ(dcm__ws_feed(&b, buf, numbered(buf, 0, 1)), 0); /* b meanwhile */
+  CHECK(d.n == 1 && d.wrong == 0 && b.slot == NULL);
+  n = numbered(buf, 3, 2);
+  CHECK_EQ(dcm__ws_feed(&a, buf + n - 4, 4), 0);
+  CHECK(c.n == 5 && c.wrong == 0 && a.slot == NULL);
+  /* more than wslay's 4096-byte read buffer at once: a frame across its
+     end goes to wslay with the rest */
+  n = numbered(buf, 5, 700);
+  CHECK(n > 4096 && n <= sizeof buf);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 705 && c.wrong == 0 && a.slot == NULL);
+  n = numbered(buf, 705, 1);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 706 && c.wrong == 0);
+  /* a feed from inside a message (another session of the pool) leaves the
+     read under way alone */
+  c.other = &b;
+  c.other_buf = other;
+  c.other_len = numbered(other, 1, 2);
+  n = numbered(buf, 706, 3);
+  CHECK_EQ(dcm__ws_feed(&a, buf, n), 0);
+  CHECK(c.n == 709 && c.wrong == 0 && d.n == 3 && d.wrong == 0);
+  CHECK(a.slot == NULL && b.slot == NULL);
+  dcm__ws_free(&a);
+  dcm__ws_free(&b);
+  /* RSV bits (no extension was agreed): 1002, as wslay answers */
+  memset(&s, 0, sizeof s);
+  pooled(&ws, pool, &s);
+  n = frame(buf, 1, WSLAY_TEXT_FRAME, "ok", 2, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "rsv", 3, 1);
+  n += frame(buf + n, 1, WSLAY_TEXT_FRAME, "late", 4, 1);
+  buf[n - 19] |= 0x40; /* RSV1 of "rsv" */
+  CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
+  CHECK(s.nmsgs == 1 && memcmp(s.msgs[0], "ok", 2) == 0);
+  CHECK_EQ(server_close_code(&s), 1002);
+  CHECK(dcm__ws_close_sent(&ws) && ws.slot != NULL);
+  dcm__ws_free(&ws);
   dcm__ws_pool_free(pool);
 }
 
 static void a_session_inside_a_frame_keeps_its_context(void) {
   static sink_t sa, sb;
   dcm__ws_t a, b;
-  uint8_t buf[256], one[64];
+  uint8_t buf[256], one[256];
   dcm__ws_pool_t *pool = dcm__ws_pool_new(0);
   pooled(&a, pool, &sa);
   pooled(&b, pool, &sb);
@@ -478,7 +669,9 @@ static void a_session_inside_a_frame_keeps_its_context(void) {
   /* a: one whole frame, then the first bytes of the next (header cut short) */
   size_t n = frame(buf, 1, WSLAY_TEXT_FRAME, "first", 5, 1);
   size_t m = frame(buf + n, 1, WSLAY_TEXT_FRAME, "second", 6, 1);
-  size_t one_n = frame(one, 1, WSLAY_TEXT_FRAME, "{\"o\":9}", 7, 1);
+  char big[200]; /* over the short-message bound: b goes through wslay */
+  memset(big, 'b', sizeof big);
+  size_t one_n = frame(one, 1, WSLAY_TEXT_FRAME, big, sizeof big, 1);
   size_t cuts[] = {1, 2, 4, 6, 9}; /* in the header, the mask, the payload */
   for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
     sa.nmsgs = sb.nmsgs = 0;
@@ -616,6 +809,8 @@ int main(void) {
   RUN(client_framing_error_close_is_masked);
   RUN(only_the_latest_pong_waits);
   RUN(idle_sessions_hold_no_context);
+  RUN(short_messages_match_wslay);
+  RUN(the_frame_reader_starts_clean_every_read);
   RUN(a_session_inside_a_frame_keeps_its_context);
   RUN(a_held_pong_or_a_close_keeps_the_context);
   RUN(spare_contexts_are_bounded);

@@ -104,7 +104,9 @@ int dcm__ctl_gateway_url_ok(const char *s, size_t n);
 const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double loadavg,
                               int standby, const int *shards, size_t n, int shard_count,
                               const char *version, size_t *len);
-/* more: entries left out of failed_clusters (failed_clusters_more). */
+/* more: entries left out of failed_clusters (failed_clusters_more). With
+   nothing failed it is the canonical heartbeat (protocol.h), which MASTER
+   reads without a JSON decode. */
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
                                    const dcm__ctl_failed_t *failed, size_t nfailed,
                                    size_t more, size_t *len);
