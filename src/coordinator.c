@@ -216,6 +216,11 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
 
 /* Sends every `connect` owed, all in this turn: pacing is the queue's job. */
 void dcm__coord_pump(dcm_master_t *m) {
+  /* A policy call may have taken a while since leadership was last checked. */
+  if (m->o.etcd) {
+    uv_update_time(m->loop);
+    if (!dcm__ha_leading(m)) return;
+  }
   while (!dcm__list_empty(&m->connect_queue)) {
     dcm__link_t *l = m->connect_queue.next;
     dcm__machine_t *x = DCM_CONTAINER(l, dcm__machine_t, queue_link);
@@ -550,7 +555,7 @@ static void grace_timer_cb(uv_timer_t *t) {
 }
 
 void dcm__coord_lost(dcm_master_t *m, dcm__machine_t *x, int timed_out) {
-  if (m->stopping) return;
+  if (m->stopping || !dcm__ha_leading(m)) return;
   int was_pending = x->info_pending;
   x->info_pending = 0;
   /* Its waiting requests go; after a reconnect it asks again. */

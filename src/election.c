@@ -276,7 +276,7 @@ static void arm_validity(dcm__elect_t *e) {
                  e->valid_until > now ? e->valid_until - now : 0, 0);
 }
 
-/* The next renewal: ttl/3 after the last one was sent. */
+/* The next renewal: ttl/4 after the last one was sent. */
 static void schedule_renewal(dcm__elect_t *e) {
   uint64_t now = uv_now(e->loop), at = e->lease_sent + e->renew_ms;
   schedule(e, at > now ? at - now : 0);
@@ -579,7 +579,8 @@ int dcm__elect_new(uv_loop_t *loop, dcm__log_t *log, const dcm__elect_opts_t *o,
   e->cb_arg = arg;
   e->ttl = o->ttl;
   e->ttl_ms = dcm__ms(o->ttl);
-  e->margin_ms = e->renew_ms = e->ttl_ms / 3;
+  e->margin_ms = e->ttl_ms / 3; /* valid_until: renewal sent + 2 ttl/3 */
+  e->renew_ms = e->ttl_ms / 4;
   e->campaign_ms = e->ttl_ms / 8 < MAX_CAMPAIGN_MS ? e->ttl_ms / 8 : MAX_CAMPAIGN_MS;
   e->lease_ttl_s = (int64_t)ceil(o->ttl);
   e->backoff_ms = FIRST_BACKOFF_MS;
@@ -601,9 +602,10 @@ int dcm__elect_new(uv_loop_t *loop, dcm__log_t *log, const dcm__elect_opts_t *o,
   eo.cacert = o->cacert;
   eo.cert = o->cert;
   eo.key = o->key;
-  /* One attempt may take ttl/3: a renewal that hangs still leaves time to
-   * try the next endpoint before valid_until. */
-  uint64_t attempt = e->renew_ms < MAX_ATTEMPT_MS ? e->renew_ms : MAX_ATTEMPT_MS;
+  /* One attempt may take ttl/6: a renewal sent at ttl/4 that hangs on one
+   * endpoint times out at 5 ttl/12 and the next endpoint's answer is due by
+   * 7 ttl/12, still before valid_until (8 ttl/12). */
+  uint64_t attempt = e->ttl_ms / 6 < MAX_ATTEMPT_MS ? e->ttl_ms / 6 : MAX_ATTEMPT_MS;
   eo.timeout = (double)attempt / 1000.0;
   int rc = dcm__etcd_new(loop, log, &eo, &e->etcd);
   if (rc != 0) {

@@ -3,7 +3,7 @@
  * MASTER campaigns for /discluster/<cluster>/leader with a txn that
  * creates the key bound to its own lease when the key is absent; the
  * winner's epoch is that key's create_revision (strictly increasing from
- * term to term). The leader renews its lease every ttl/3 and trusts its
+ * term to term). The leader renews its lease every ttl/4 and trusts its
  * leadership only until valid_until = send time of the last successful
  * renewal (or grant) + ttl - ttl/3, on the loop's monotonic clock; a
  * renewal not through by then steps it down. Followers campaign again every

@@ -105,16 +105,15 @@ out:
   lua_settop(L, 0);
 }
 
-/* Turns wall-clock figures into waits on the loop's clock: the earlier
-   leader's grant at `last` holds the bucket until last + interval, never
-   longer than one interval (a clock ahead of ours counts as "just now"). */
-static uint64_t hold_ms(long long last, long long now, uint64_t interval) {
-  if (last <= 0) return 0;
-  if (last > now) return interval;
-  uint64_t since = (uint64_t)(now - last);
-  return since >= interval ? 0 : interval - since;
-}
-
+/*
+ * Pacing after a takeover does not trust the record's times: every grant of
+ * an earlier leader was sent while its lease held, and this leader was
+ * elected only after that lease ended (expired, revoked, or given up before
+ * its expiry), so one whole interval from now is always enough, whatever the
+ * clocks of the two machines say and whether the earlier leader's last
+ * record write reached etcd. The record's budget is applied (it can only
+ * lower what Discord says), and its grant times are logged for operators.
+ */
 void dcm__ha_identify_start(dcm_master_t *m) {
   if (m->o.etcd == NULL || m->idq == NULL) return;
   int nb = dcm__idq_buckets(m->idq);
@@ -124,20 +123,18 @@ void dcm__ha_identify_start(dcm_master_t *m) {
   free(m->ha_last);
   m->ha_last = calloc((size_t)nb, sizeof *m->ha_last);
   m->ha_nlast = m->ha_last ? nb : 0;
-  if (r == NULL || !r->have || r->mc != nb) {
-    /* Unknown pacing: an earlier leader may have granted a moment ago. */
-    for (int b = 0; b < nb; b++) dcm__idq_hold(m->idq, b, now + interval);
-    dcm__info(&m->log, NULL, "identify: no usable record of the last leader's grants; every "
-              "bucket waits %.1fs", (double)interval / 1000.0);
-    return;
-  }
-  uint64_t longest = 0;
-  for (int b = 0; b < nb; b++) {
-    uint64_t wait = hold_ms(r->last[b], wall, interval);
-    if (wait) dcm__idq_hold(m->idq, b, now + wait);
-    if (wait > longest) longest = wait;
-    m->ha_last[b] = r->last[b];
-  }
+  for (int b = 0; b < nb; b++) dcm__idq_hold(m->idq, b, now + interval);
+  long long latest = 0;
+  for (long long b = 0; r && r->have && b < r->mc; b++)
+    if (r->last[b] > latest) latest = r->last[b];
+  if (latest > 0)
+    dcm__info(&m->log, NULL, "identify: every bucket waits %.1fs after the takeover (the last "
+              "leader's latest grant was %.1fs ago by the two clocks)", (double)interval / 1000.0,
+              (double)(wall - latest) / 1000.0);
+  else
+    dcm__info(&m->log, NULL, "identify: every bucket waits %.1fs after the takeover",
+              (double)interval / 1000.0);
+  if (r == NULL || !r->have) return;
   long spendable = dcm__idq_remaining(m->idq);
   if (r->remaining >= 0 && r->reset_at > wall && (spendable < 0 || r->remaining < spendable)) {
     /* Discord may not have counted the last leader's newest identifies yet. */
@@ -145,9 +142,6 @@ void dcm__ha_identify_start(dcm_master_t *m) {
     dcm__info(&m->log, NULL, "identify: %lld left in the budget as the last leader counted",
               r->remaining);
   }
-  if (longest)
-    dcm__info(&m->log, NULL, "identify: the last leader's grants hold buckets for up to %.1fs",
-              (double)longest / 1000.0);
 }
 
 void dcm__ha_granted(dcm_master_t *m, int bucket) {

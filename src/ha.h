@@ -5,7 +5,7 @@
  * call here is a no-op that says "leading". With it the master starts as a
  * follower: its server answers /healthz and /status and refuses CONTROL
  * upgrades naming the leader. Once elected it reads what the previous leader
- * left in etcd (identify pacing and budget) and starts the coordinator,
+ * left in etcd (the identify budget, its machines) and starts the coordinator,
  * which adopts the running fleet from the CONTROLs' reports. Once it cannot
  * prove its lease any more it steps down: the whole master stops (close code
  * 4020 to every CONTROL, every timer closed) and the embedder starts a fresh

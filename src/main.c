@@ -68,7 +68,8 @@ static void on_event(dcm_master_t *m, const dcm_event_t *ev, void *arg) {
     uv_timer_start(&cli->again, again_cb, 0, 0);
     return;
   }
-  cli->status = ev->code;
+  /* An operator's stop that overtook a step down ends cleanly. */
+  cli->status = ev->code == DCM_EXIT_STEPPED_DOWN ? 0 : ev->code;
   close_signals(cli);
 }
 
@@ -171,6 +172,7 @@ int main(int argc, char **argv) {
   uv_run(&loop, UV_RUN_DEFAULT);
 
   status = cli.master ? dcm_master_exit_status(cli.master) : cli.status;
+  if (status == DCM_EXIT_STEPPED_DOWN) status = 0; /* stopped by the operator meanwhile */
   rc = uv_loop_close(&loop);
   if (rc != 0) {
     uv_walk(&loop, report_handle, &cli.log);

@@ -238,15 +238,16 @@ class HA(FleetCase):
                               "--identify-interval", "3", "--etcd", self.etcd.url,
                               "--lease-ttl", str(TTL), "--cluster", "bot", token=TOKEN)
         m.wait_log(r"identify: 900 left in the budget as the last leader counted", 15)
-        m.wait_log(r"identify: the last leader's grants hold buckets for up to", 5)
+        m.wait_log(r"identify: every bucket waits 3\.0s after the takeover \(the last leader's "
+                   r"latest grant was", 5)
         self.m = m
         self.agents = {"m0": self.fleet.agent(m.port, "m0", command=CLUSTER)}
         self.wait_open(range(8), 60)
         st = self.check_sessions()
         self.assertEqual(st["identify_count"], 8)
         first = min(i["t"] for i in st["identifies"])
-        # The record's grants hold each bucket for the interval (3 s) from when
-        # they were made; the fake's clock and ours are both monotonic here.
+        # Every bucket waits one interval (3 s) from the takeover, so the planted
+        # grants of a moment ago are respected; both clocks here are monotonic.
         self.assertGreaterEqual(first - written, 2.5)
         # It spent from the record's 900, not from Discord's 1000.
         self.assertEqual(status(m)["session_start_limit"]["remaining"], 900 - 8)
