@@ -197,7 +197,7 @@ static void send_connect(dcm_master_t *m, dcm__machine_t *x) {
   x->sent = copy;
   x->nsent = x->nshards;
   const char *s = dcm__enc_connect(m->json, x->shards, x->nshards, x->nshards == 0,
-                                   handed ? sess : NULL, dcm__ha_epoch(m), &len);
+                                   handed ? sess : NULL, dcm__ha_term(m), &len);
   free(sess);
   if (s) dcm__conn_send(x->conn, s, len);
   lua_settop(m->json, 0);

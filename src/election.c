@@ -59,6 +59,7 @@ struct dcm__elect_s {
   int64_t stale_lease;   /* the lease of the term just ended: may hold the key */
   /* the term */
   uint64_t epoch, valid_until;
+  char cluster_id[24];   /* etcd's cluster id when elected: epochs count within it */
   char *leader_url;      /* learnt from etcd, NULL when unknown */
   dcm__etcd_op_t *op;    /* the campaign or renewal step in flight */
   uint64_t op_sent;
@@ -282,9 +283,10 @@ static void schedule_renewal(dcm__elect_t *e) {
   schedule(e, at > now ? at - now : 0);
 }
 
-static void lead(dcm__elect_t *e, uint64_t epoch) {
+static void lead(dcm__elect_t *e, uint64_t epoch, const char *cluster_id) {
   e->state = ST_LEADING;
   e->epoch = epoch;
+  snprintf(e->cluster_id, sizeof e->cluster_id, "%s", cluster_id);
   e->stale_lease = 0;
   set_leader(e, e->self_url, strlen(e->self_url));
   arm_validity(e);
@@ -354,13 +356,13 @@ static void on_campaign(void *arg, const dcm__etcd_result_t *r) {
   }
   reachable(e, r);
   if (r->succeeded) {
-    lead(e, (uint64_t)r->create_revision);
+    lead(e, (uint64_t)r->create_revision, r->cluster_id);
     return;
   }
   if (r->found && r->lease == e->lease && r->create_revision > 0) {
     /* Our own earlier txn went through though its answer was lost (a
      * timeout): the key is ours, bound to the lease we keep alive. */
-    lead(e, (uint64_t)r->create_revision);
+    lead(e, (uint64_t)r->create_revision, r->cluster_id);
     return;
   }
   if (!r->found || (e->stale_lease && r->lease == e->stale_lease)) {
@@ -635,6 +637,8 @@ int dcm__elect_start(dcm__elect_t *e) {
 int dcm__elect_leading(dcm__elect_t *e) {
   return e && e->state == ST_LEADING && uv_now(e->loop) < e->valid_until;
 }
+
+const char *dcm__elect_cluster_id(const dcm__elect_t *e) { return e->cluster_id; }
 
 uint64_t dcm__elect_epoch(const dcm__elect_t *e) {
   return e && e->state == ST_LEADING && uv_now(e->loop) < e->valid_until ? e->epoch : 0;

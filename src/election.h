@@ -60,6 +60,9 @@ int dcm__elect_start(dcm__elect_t *e);
  * valid_until. Cheap: call it before every decision. */
 int dcm__elect_leading(dcm__elect_t *e);
 
+/* etcd's cluster id (decimal text) the epoch counts in: a new etcd cluster
+   (a restore into an empty data dir) starts its revisions again. "" if unknown. */
+const char *dcm__elect_cluster_id(const dcm__elect_t *e);
 uint64_t dcm__elect_epoch(const dcm__elect_t *e);     /* 0 unless leading */
 const char *dcm__elect_leader(const dcm__elect_t *e); /* known leader URL or NULL */
 double dcm__elect_ttl(const dcm__elect_t *e);         /* seconds, as given */

@@ -347,7 +347,15 @@ static int parse_ok(lua_State *L, const dcm__etcd_op_t *op, dcm__etcd_result_t *
     obj = lua_gettop(L);
   }
   if (dcm__json_field(L, obj, "header") == LUA_TTABLE) {
-    if (!i64_field(L, lua_gettop(L), "revision", &r->revision)) goto proto;
+    int h = lua_gettop(L);
+    if (!i64_field(L, h, "revision", &r->revision)) goto proto;
+    if (dcm__json_field(L, h, "cluster_id") == LUA_TSTRING) { /* a uint64: kept as text */
+      size_t idlen;
+      const char *id = lua_tolstring(L, -1, &idlen);
+      if (idlen < sizeof r->cluster_id && strspn(id, "0123456789") == idlen)
+        memcpy(r->cluster_id, id, idlen + 1);
+    }
+    lua_pop(L, 1);
   }
   lua_pop(L, 1);
   switch (op->kind) {

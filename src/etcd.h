@@ -52,6 +52,7 @@ typedef struct {
   const char *detail;    /* err: what failed, for logs (curl's or etcd's words) */
   int succeeded;         /* txn: the compare held */
   int64_t revision;      /* the store's revision in the answer's header */
+  char cluster_id[24];   /* the header's cluster_id (decimal), "" if absent */
   int64_t id, ttl;       /* lease grant and keepalive */
   int found;             /* get, create's failure branch: the key exists */
   int64_t create_revision, mod_revision, lease; /* that key's */

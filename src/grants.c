@@ -43,7 +43,7 @@ static int grant_cb(void *arg, int shard, void *owner) {
     send_not_yours(m, x, shard, "no longer assigned to this machine");
     return -1;
   }
-  const char *s = dcm__enc_grant(m->json, shard, dcm__ha_epoch(m), &len);
+  const char *s = dcm__enc_grant(m->json, shard, dcm__ha_term(m), &len);
   if (s) dcm__conn_send(x->conn, s, len);
   lua_settop(m->json, 0);
   if (s == NULL) return -1;

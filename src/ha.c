@@ -44,6 +44,10 @@ int dcm__ha_follower(const dcm_master_t *m) { return m->o.etcd != NULL && !m->ha
 
 uint64_t dcm__ha_epoch(const dcm_master_t *m) { return m->ha_leading ? m->ha_epoch : 0; }
 
+const dcm__epoch_t *dcm__ha_term(const dcm_master_t *m) {
+  return m->ha_leading ? &m->ha_term : NULL;
+}
+
 const char *dcm__ha_role(const dcm_master_t *m) {
   return m->o.etcd == NULL ? "standalone" : m->ha_leading ? "leader" : "follower";
 }
@@ -293,7 +297,9 @@ static void on_elect(void *arg, dcm__elect_event ev) {
   switch (ev) {
     case DCM_ELECT_LEADING:
       if (m->ha_leading || m->ha_reading) return;
-      m->ha_epoch = dcm__elect_epoch(m->elect);
+      m->ha_epoch = m->ha_term.n = dcm__elect_epoch(m->elect);
+      snprintf(m->ha_term.source, sizeof m->ha_term.source, "%s",
+               dcm__elect_cluster_id(m->elect));
       dcm__info(&m->log, NULL, "elected leader of cluster %s (epoch %" PRIu64 "); adopting the "
                 "fleet from the CONTROLs' reports", m->o.cluster, m->ha_epoch);
       dcm__emit(m, DCM_EVENT_LEADER, NULL, (int)(m->ha_epoch & 0x7fffffff), m->ha_self);

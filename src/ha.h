@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "discluster/master.h"
+#include "protocol.h"
 
 int dcm__ha_start(dcm_master_t *m);  /* standalone: starts the coordinator */
 /* 1: this master may decide now. 0: not the leader; when it was, the step
@@ -27,6 +28,8 @@ int dcm__ha_start(dcm_master_t *m);  /* standalone: starts the coordinator */
 int dcm__ha_leading(dcm_master_t *m);
 int dcm__ha_follower(const dcm_master_t *m); /* with etcd and not leading */
 uint64_t dcm__ha_epoch(const dcm_master_t *m); /* 0: standalone */
+/* The term packets carry (epoch and etcd's cluster id); NULL unless leading. */
+const dcm__epoch_t *dcm__ha_term(const dcm_master_t *m);
 const char *dcm__ha_role(const dcm_master_t *m); /* "standalone", "leader", "follower" */
 const char *dcm__ha_leader(const dcm_master_t *m); /* leader URL known, or NULL */
 /* JSON object body for /healthz, /status on a follower and the refusal. */

@@ -248,6 +248,7 @@ struct dcm_master_s {
   int ha_stepping;  /* lost leadership: the stop is under way */
   int ha_closed;    /* the elector is closing or closed */
   uint64_t ha_epoch;
+  dcm__epoch_t ha_term;     /* what packets carry: the epoch and etcd's cluster id */
   char ha_self[128];        /* this master's URL: the leader key's value */
   char ha_last_leader[128]; /* the leader last logged while following */
   struct dcm__ha_record_s *ha_rec; /* the last leader's identify record */

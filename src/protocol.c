@@ -434,18 +434,21 @@ const char *dcm__enc_info_request(lua_State *L, size_t *len) {
   return dcm__packet_seal(L, DCM_OP_INFO, len);
 }
 
-/* The leader's term (HA); 0 = a master running alone: no field. */
-static void push_epoch(lua_State *L, uint64_t epoch) {
-  if (epoch == 0) return;
-  lua_pushinteger(L, (lua_Integer)epoch);
+/* The leader's term (HA); NULL = a master running alone: no field. */
+static void push_epoch(lua_State *L, const dcm__epoch_t *epoch) {
+  if (epoch == NULL || epoch->n == 0) return;
+  lua_pushinteger(L, (lua_Integer)epoch->n);
   lua_setfield(L, -2, "epoch");
+  if (epoch->source[0] == '\0') return;
+  lua_pushstring(L, epoch->source);
+  lua_setfield(L, -2, "epoch_source");
 }
 
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
                                 int max_concurrency, const char *gateway_url,
-                                uint64_t epoch, size_t *len) {
-  lua_createtable(L, 0, 7);
+                                const dcm__epoch_t *epoch, size_t *len) {
+  lua_createtable(L, 0, 8);
   push_epoch(L, epoch);
   lua_pushinteger(L, 1);
   lua_setfield(L, -2, "protocol");
@@ -464,8 +467,8 @@ const char *dcm__enc_initialise(lua_State *L, const char *token,
 
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
                              int redundant, const dcm__session_t *const *sess,
-                             uint64_t epoch, size_t *len) {
-  lua_createtable(L, 0, 4);
+                             const dcm__epoch_t *epoch, size_t *len) {
+  lua_createtable(L, 0, 5);
   push_epoch(L, epoch);
   dcm__json_push_int_array(L, shards, n);
   lua_setfield(L, -2, "shards");
@@ -505,8 +508,8 @@ const char *dcm__enc_error(lua_State *L, int code, const char *message,
   return dcm__packet_seal(L, DCM_OP_ERROR, len);
 }
 
-const char *dcm__enc_grant(lua_State *L, int shard, uint64_t epoch, size_t *len) {
-  lua_createtable(L, 0, 2);
+const char *dcm__enc_grant(lua_State *L, int shard, const dcm__epoch_t *epoch, size_t *len) {
+  lua_createtable(L, 0, 3);
   push_epoch(L, epoch);
   lua_pushinteger(L, shard);
   lua_setfield(L, -2, "shard");

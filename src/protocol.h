@@ -64,6 +64,13 @@ static inline int dcm__discord_fatal_code(int code) {
 #define DCM_RESUME_URL_MAX 512
 #define DCM_SESSIONS_MAX 1000 /* entries in one `sessions` packet */
 
+/* A leader's term (HA): `epoch` n > 0, counted within `epoch_source`, etcd's
+   cluster id (a new etcd cluster starts its revisions again). */
+typedef struct {
+  uint64_t n;
+  char source[24];
+} dcm__epoch_t;
+
 /* One shard's Discord session, as a cluster reported it. */
 typedef struct {
   int shard;
@@ -177,13 +184,13 @@ const char *dcm__enc_info_request(lua_State *L, size_t *len);
 const char *dcm__enc_initialise(lua_State *L, const char *token,
                                 long long heartbeat_ms, int shard_count,
                                 int max_concurrency, const char *gateway_url,
-                                uint64_t epoch, size_t *len);
+                                const dcm__epoch_t *epoch, size_t *len);
 /* sess: NULL, or one entry per shard (NULL = no session to hand over). */
 const char *dcm__enc_connect(lua_State *L, const int *shards, size_t n,
                              int redundant, const dcm__session_t *const *sess,
-                             uint64_t epoch, size_t *len);
-/* epoch: the leader's term (HA), 0 when running alone (no field). */
-const char *dcm__enc_grant(lua_State *L, int shard, uint64_t epoch, size_t *len);
+                             const dcm__epoch_t *epoch, size_t *len);
+/* epoch: the leader's term (HA); NULL when running alone (no field). */
+const char *dcm__enc_grant(lua_State *L, int shard, const dcm__epoch_t *epoch, size_t *len);
 /* shard < 0: no d.shard. */
 const char *dcm__enc_error(lua_State *L, int code, const char *message,
                            int shard, size_t *len);

@@ -50,7 +50,7 @@ void dcm__session_initialise(dcm__conn_t *c) {
   const char *s = dcm__enc_initialise(m->json, m->o.token,
                                       (long long)dcm__ms(m->o.heartbeat_interval),
                                       m->shard_count, m->max_concurrency, m->gateway_url,
-                                      dcm__ha_epoch(m), &n);
+                                      dcm__ha_term(m), &n);
   send_text(c, s, n);
 }
 

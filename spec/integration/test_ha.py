@@ -17,7 +17,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from control_harness import MASTER_FAST, http_get, status, wait_for  # noqa: E402
+from control_harness import MASTER_FAST, free_port, http_get, status, wait_for  # noqa: E402
 from etcd_harness import Etcd  # noqa: E402
 from fake_gateway import FakeGateway  # noqa: E402
 from test_fleet_identify import (CLUSTER, GW_INTERVAL, MASTER_INTERVAL, TOKEN,  # noqa: E402
@@ -272,6 +272,37 @@ class HA(FleetCase):
         self.etcd.delete("/discluster/bot/leader")
         wait_for(lambda: role(m)[0] == "leader", 15, "the master to lead")
         m.stop()
+
+    def test_a_new_etcd_cluster_starts_epochs_again(self):
+        """Epochs count within one etcd cluster: after etcd is replaced by an
+        empty one (its revisions start again), agents follow the new leader's
+        lower epoch rather than refusing it with 4021 forever."""
+        self.gw = FakeGateway(token=TOKEN, shards=4, max_concurrency=1,
+                              identify_interval=GW_INTERVAL, dispatch_interval=0.5).start()
+        for i in range(30):  # a high revision, so the first leader's epoch is high
+            self.etcd.put("/warmup/%d" % i, "x")
+        a = self.master("--expected-machines", "1")
+        wait_for(lambda: role(a)[0] == "leader", 15, "a to lead")
+        b_port = free_port()
+        ag = self.fleet.agent(a.port, "m0", "--master", "ws://127.0.0.1:%d" % b_port,
+                              command=CLUSTER)
+        self.m = a
+        self.wait_open(range(4), 30)
+        e_old = status(a)["ha"]["epoch"]
+        self.assertGreater(e_old, 30)
+        a.proc.send_signal(signal.SIGKILL)
+        self.etcd.close()
+        self.etcd = Etcd()  # a new, empty etcd cluster
+        b = self.master("--expected-machines", "1", "--listen", "127.0.0.1:%d" % b_port,
+                        etcd=self.etcd.url)
+        wait_for(lambda: role(b)[0] == "leader", 15, "b to lead on the new etcd")
+        self.assertLess(status(b)["ha"]["epoch"], e_old)
+        wait_for(lambda: self.all_connected(b, 1), 15, "the agent on the new leader")
+        ag.wait_log(r"counts epochs in another etcd cluster", 5)
+        self.assertEqual(ag.count(r"4021"), 0)
+        self.m = b
+        self.wait_open(range(4), 30)
+        self.assertEqual(self.check_sessions()["identify_count"], 4)
 
     def test_bad_ha_options_are_refused(self):
         from harness import Master

@@ -827,7 +827,7 @@ static void test_connect_sessions(void) {
   dcm__session_t x = mk(6, "zz", 99, "wss://resume.example");
   const dcm__session_t *sess[] = {NULL, &x};
   size_t len;
-  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, 0, &len);
+  const char *s = dcm__enc_connect(L, shards, 2, 0, sess, NULL, &len);
   char copy[512];
   snprintf(copy, sizeof copy, "%s", s);
   lua_settop(L, 0);
@@ -970,6 +970,19 @@ static void test_masters_walk(void) {
   CHECK_EQ(dcm__ctl_masters_stale(&m, &p), 0);
   p.epoch = 5;
   CHECK(dcm__ctl_masters_stale(&m, &p) == 1 && m.epoch == 8);
+  /* epochs count within one etcd cluster: the first source seen is kept, a
+   * lower epoch of the same cluster is stale, one of another cluster (etcd
+   * restored into an empty data dir) starts the count again */
+  strcpy(p.epoch_source, "111");
+  p.epoch = 9;
+  CHECK(dcm__ctl_masters_stale(&m, &p) == 0 && m.epoch == 9 && strcmp(m.epoch_source, "111") == 0);
+  p.epoch = 6;
+  CHECK(dcm__ctl_masters_stale(&m, &p) == 1 && m.epoch == 9);
+  strcpy(p.epoch_source, "222");
+  p.epoch = 2;
+  CHECK(dcm__ctl_masters_stale(&m, &p) == 0 && m.epoch == 2 && strcmp(m.epoch_source, "222") == 0);
+  p.epoch = 1;
+  CHECK_EQ(dcm__ctl_masters_stale(&m, &p), 1);
   dcm__ctl_masters_session(&m);
   CHECK_EQ(dcm__ctl_masters_next(&m, &failed, 1, "", "kept", now + 62000, 0), 0u);
   CHECK(m.cur == 1 && m.stale == 0);

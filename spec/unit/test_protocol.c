@@ -157,18 +157,18 @@ static void other_ops(void) {
 
 static void encoders(void) {
   size_t n;
-  const char *s = dcm__enc_connect(L, NULL, 0, 1, NULL, 0, &n);
+  const char *s = dcm__enc_connect(L, NULL, 0, 1, NULL, NULL, &n);
   CHECK(s != NULL);
   CHECK(strstr(s, "\"shards\":[]") != NULL);
   CHECK(strstr(s, "\"redundant\":true") != NULL);
   CHECK(strstr(s, "\"o\":6") != NULL);
   lua_settop(L, 0);
   int sh[] = {4, 5, 6};
-  s = dcm__enc_connect(L, sh, 3, 0, NULL, 7, &n);
+  s = dcm__enc_connect(L, sh, 3, 0, NULL, &(dcm__epoch_t){7, ""}, &n);
   CHECK(strstr(s, "\"shards\":[4,5,6]") != NULL);
   CHECK(strstr(s, "\"epoch\":7") != NULL); /* a leader's term (HA) */
   lua_settop(L, 0);
-  s = dcm__enc_initialise(L, "tok", 30000, 16, 2, "wss://gw.example", 0, &n);
+  s = dcm__enc_initialise(L, "tok", 30000, 16, 2, "wss://gw.example", NULL, &n);
   CHECK(strstr(s, "\"heartbeat_interval\":30000") && strstr(s, "\"protocol\":1") &&
         strstr(s, "\"shard_count\":16") && strstr(s, "\"max_concurrency\":2") &&
         strstr(s, "\"gateway_url\":\"wss:\\/\\/gw.example\"") && strstr(s, "\"o\":5"));
@@ -179,11 +179,12 @@ static void encoders(void) {
   s = dcm__enc_error(L, 4007, "not yours", 12, &n);
   CHECK(strstr(s, "\"code\":4007") && strstr(s, "\"shard\":12"));
   lua_settop(L, 0);
-  s = dcm__enc_grant(L, 3, 0, &n);
+  s = dcm__enc_grant(L, 3, NULL, &n);
   CHECK(strstr(s, "\"o\":12") && strstr(s, "\"d\":{\"shard\":3}")); /* alone: no epoch */
   lua_settop(L, 0);
-  s = dcm__enc_grant(L, 3, 9007199254740993ULL, &n);
-  CHECK(strstr(s, "\"epoch\":9007199254740993") && strstr(s, "\"shard\":3"));
+  s = dcm__enc_grant(L, 3, &(dcm__epoch_t){9007199254740993ULL, "14841639068965178418"}, &n);
+  CHECK(strstr(s, "\"epoch\":9007199254740993") && strstr(s, "\"shard\":3") &&
+        strstr(s, "\"epoch_source\":\"14841639068965178418\""));
   lua_settop(L, 0);
   s = dcm__enc_ack(L, 9, &n);
   CHECK(strstr(s, "\"o\":8") && strstr(s, "\"d\":{\"o\":9}"));
@@ -217,7 +218,7 @@ static void sessions(void) {
   const dcm__session_t *sess[] = {NULL, &s1};
   int sh[] = {4, 5};
   size_t n;
-  const char *s = dcm__enc_connect(L, sh, 2, 0, sess, 0, &n);
+  const char *s = dcm__enc_connect(L, sh, 2, 0, sess, NULL, &n);
   CHECK(strstr(s, "\"sessions\":{\"5\":{") && strstr(s, "\"seq\":17") &&
         strstr(s, "\"session_id\":\"sid\"") && !strstr(s, "\"4\":"));
   lua_settop(L, 0);

@@ -53,6 +53,18 @@ void dcm__ctl_masters_session(dcm__ctl_masters_t *m) {
 int dcm__ctl_masters_stale(dcm__ctl_masters_t *m, const dcm__ctl_packet_t *p) {
   uint64_t e = (uint64_t)p->epoch;
   if (!p->has_epoch) return 0; /* a MASTER without etcd */
+  if (p->epoch_source[0] && m->epoch_source[0] && strcmp(p->epoch_source, m->epoch_source) != 0) {
+    /* Another etcd cluster (restored into an empty data dir): its revisions
+       start again, so epochs compare only within one cluster. */
+    dcm__warn(m->log, m->id, "MASTER at %s counts epochs in another etcd cluster (%s, was %s): "
+              "epochs start again from %llu", m->urls[m->cur].hostport, p->epoch_source,
+              m->epoch_source, (unsigned long long)e);
+    memcpy(m->epoch_source, p->epoch_source, sizeof m->epoch_source);
+    m->epoch = e;
+    return 0;
+  }
+  if (p->epoch_source[0] && !m->epoch_source[0])
+    memcpy(m->epoch_source, p->epoch_source, sizeof m->epoch_source);
   if (e >= m->epoch) {
     if (e > m->epoch)
       dcm__debug(m->log, m->id, "epoch %llu from MASTER at %s", (unsigned long long)e,

@@ -42,6 +42,7 @@ typedef struct {
   unsigned retry_attempt;  /* failed attempts since the last session: the backoff */
   uint64_t last_fast_retry; /* when a lost session last retried without the backoff */
   uint64_t epoch;          /* the highest `epoch` seen (process lifetime); 0 none */
+  char epoch_source[24];   /* the etcd cluster it counts in ("" unknown) */
   long session_master;     /* index of the last session's MASTER, -1 before one */
   uint64_t switches;       /* sessions with another MASTER than the one before */
   char unlisted[DCM_CTL_URL_MAX + 1]; /* the last leader logged as not in the list */

@@ -205,6 +205,17 @@ static int decode_epoch(lua_State *L, int d, dcm__ctl_packet_t *p, char *err, si
     FAIL(DCM_ERR_MALFORMED, "%s: d.epoch must be an integer from 0 to 2^53",
          dcm__op_name(p->op));
   p->has_epoch = 1;
+  size_t n;
+  if (dcm__json_field(L, d, "epoch_source") == LUA_TSTRING) { /* optional */
+    const char *s = lua_tolstring(L, -1, &n);
+    if (n == 0 || n >= sizeof p->epoch_source || strspn(s, "0123456789") != n) {
+      lua_pop(L, 1);
+      FAIL(DCM_ERR_MALFORMED, "%s: d.epoch_source must be 1-23 decimal digits",
+           dcm__op_name(p->op));
+    }
+    memcpy(p->epoch_source, s, n + 1);
+  }
+  lua_pop(L, 1);
   return 0;
 }
 

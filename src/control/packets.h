@@ -48,6 +48,7 @@ typedef struct {
    * the field is absent (a MASTER without etcd) */
   int has_epoch;
   long long epoch;
+  char epoch_source[24]; /* d.epoch_source: etcd's cluster id the epoch counts in, or "" */
 } dcm__ctl_packet_t;
 
 /* d.epoch's largest value (JSON's exact integers). */
