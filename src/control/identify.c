@@ -4,7 +4,7 @@
  * the request waits while the agent asks MASTER (`identify`) and is
  * answered 200 when MASTER sends `grant`. The path is the cluster run's
  * random key, so other local users cannot spend the bot's budget and an
- * old run's URL stops working. Request heads go through http-parser with
+ * old run's URL stops working. Request heads are read by httphead.c with
  * the bounds in agent.h; every answer closes the connection.
  */
 #include <stddef.h>
@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "httphead.h"
 #include "outq.h"
 
 #define CLOSE_LINGER_MS 2000
@@ -33,12 +34,9 @@ struct dcm__ident_conn_s {
   int handles;
   int overflow; /* counted in noverflow: answered 503 at once */
   ident_phase phase;
-  http_parser parser;
-  int head_done;
-  size_t head_bytes, extra_bytes;
+  dcm__ctl_head_t head;
   char url[DCM_CTL_IDENT_URL_MAX + 1];
-  size_t urllen;
-  int url_long;
+  size_t extra_bytes;
   dcm__cluster_t *cl; /* while waiting */
   int shard;
   dcm__outq_t out;
@@ -156,19 +154,19 @@ static void route(dcm__ident_conn_t *c) {
   dcm__agent_t *a = s->a;
   char key[DCM_CTL_KEY_HEX + 1];
   int shard = -1;
-  if (c->parser.http_major != 1) {
+  if (c->head.parser.http_major != 1) {
     answer(c, 400, "HTTP/1.x only");
     return;
   }
-  if (c->parser.method != HTTP_GET) {
+  if (c->head.parser.method != HTTP_GET) {
     answer(c, 405, "GET only");
     return;
   }
-  if (c->url_long) {
+  if (c->head.path_long) {
     answer(c, 414, "request target too long");
     return;
   }
-  dcm__ctl_target_kind k = dcm__ctl_identify_target(c->url, c->urllen, key, &shard);
+  dcm__ctl_target_kind k = dcm__ctl_identify_target(c->url, c->head.pathlen, key, &shard);
   dcm__cluster_t *cl = NULL;
   if (k != DCM_CTL_TARGET_NO_PATH)
     for (dcm__cluster_t *x = a->clusters; x && !cl; x = x->next)
@@ -209,47 +207,18 @@ static void route(dcm__ident_conn_t *c) {
 
 /* ---- reading ------------------------------------------------------------- */
 
-static int on_url(http_parser *p, const char *at, size_t n) {
-  dcm__ident_conn_t *c = p->data;
-  size_t room = DCM_CTL_IDENT_URL_MAX - c->urllen;
-  if (n > room) {
-    c->url_long = 1;
-    n = room;
-  }
-  memcpy(c->url + c->urllen, at, n);
-  c->urllen += n;
-  c->url[c->urllen] = '\0';
-  return 0;
-}
-
-static int on_headers_complete(http_parser *p) {
-  dcm__ident_conn_t *c = p->data;
-  c->head_done = 1;
-  http_parser_pause(p, 1); /* the head is all we read; the rest is ignored */
-  return 0;
-}
-
-static const http_parser_settings settings = {
-    .on_url = on_url,
-    .on_headers_complete = on_headers_complete,
-};
-
 static void feed_head(dcm__ident_conn_t *c, const char *data, size_t n) {
-  size_t room = DCM_CTL_IDENT_HEAD_MAX - c->head_bytes;
-  size_t take = n < room ? n : room;
-  size_t used = http_parser_execute(&c->parser, &settings, data, take);
-  c->head_bytes += used;
-  if (c->head_done) {
+  size_t used;
+  int r = dcm__ctl_head_feed(&c->head, data, n, &used);
+  if (r == DCM_CTL_HEAD_DONE) {
     uv_timer_stop(&c->timer);
     c->extra_bytes = n - used;
     route(c);
-    return;
-  }
-  enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-  if (e != HPE_OK)
-    answer(c, 400, http_errno_description(e));
-  else if (c->head_bytes >= DCM_CTL_IDENT_HEAD_MAX)
+  } else if (r == 400) {
+    answer(c, 400, http_errno_description(HTTP_PARSER_ERRNO(&c->head.parser)));
+  } else if (r == 431) {
     answer(c, 431, "request head too long");
+  }
 }
 
 /* The waiting client is gone: withdraw its request at MASTER. */
@@ -353,8 +322,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     answer(c, 503, "too many open requests");
     return;
   }
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
+  dcm__ctl_head_init(&c->head, c->url, DCM_CTL_IDENT_URL_MAX, DCM_CTL_IDENT_HEAD_MAX);
   uv_timer_start(&c->timer, head_deadline_cb, DCM_CTL_IDENT_HEAD_MS, 0);
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) conn_abort(c);
 }

@@ -12,6 +12,7 @@
 
 #include "agent.h"
 #include "discluster/master.h"
+#include "httphead.h"
 #include "metrics.h"
 
 #define CLOSE_LINGER_MS 2000
@@ -21,12 +22,9 @@ struct dcm__ctl_mconn_s {
   dcm__ctl_mconn_t *prev, *next;
   uv_tcp_t tcp;
   uv_timer_t timer; /* head deadline, then close linger */
-  int handles, answered, head_done;
-  size_t head_bytes;
-  http_parser parser;
+  int handles, answered;
+  dcm__ctl_head_t head;
   char path[64];
-  size_t pathlen;
-  int path_long;
   dcm__outq_t out;
 };
 
@@ -153,13 +151,13 @@ static void error(dcm__ctl_mconn_t *c, int status, const char *reason) {
 }
 
 static void route(dcm__ctl_mconn_t *c) {
-  char *q = memchr(c->path, '?', c->pathlen);
+  char *q = memchr(c->path, '?', c->head.pathlen);
   if (q) *q = '\0';
-  if (c->parser.http_major != 1) {
+  if (c->head.parser.http_major != 1) {
     error(c, 400, "Bad Request");
-  } else if (c->path_long || strcmp(c->path, "/metrics") != 0) {
+  } else if (c->head.path_long || strcmp(c->path, "/metrics") != 0) {
     error(c, 404, "Not Found");
-  } else if (c->parser.method != HTTP_GET) {
+  } else if (c->head.parser.method != HTTP_GET) {
     error(c, 405, "Method Not Allowed");
   } else {
     size_t len;
@@ -173,31 +171,6 @@ static void route(dcm__ctl_mconn_t *c) {
 }
 
 /* ---- reading ------------------------------------------------------------- */
-
-static int on_url(http_parser *p, const char *at, size_t n) {
-  dcm__ctl_mconn_t *c = p->data;
-  size_t room = sizeof c->path - 1 - c->pathlen;
-  if (n > room) {
-    c->path_long = 1;
-    n = room;
-  }
-  memcpy(c->path + c->pathlen, at, n);
-  c->pathlen += n;
-  c->path[c->pathlen] = '\0';
-  return 0;
-}
-
-static int on_headers_complete(http_parser *p) {
-  dcm__ctl_mconn_t *c = p->data;
-  c->head_done = 1;
-  http_parser_pause(p, 1); /* the head is all we read */
-  return 0;
-}
-
-static const http_parser_settings settings = {
-    .on_url = on_url,
-    .on_headers_complete = on_headers_complete,
-};
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   dcm__ctl_mconn_t *c = h->data;
@@ -214,15 +187,13 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0 || c->answered) return;
-  size_t room = DCM_CTL_METRICS_HEAD_MAX - c->head_bytes;
-  size_t take = (size_t)nread < room ? (size_t)nread : room;
-  c->head_bytes += http_parser_execute(&c->parser, &settings, buf->base, take);
-  if (c->head_done) {
+  int r = dcm__ctl_head_feed(&c->head, buf->base, (size_t)nread, NULL);
+  if (r == DCM_CTL_HEAD_DONE) {
     uv_timer_stop(&c->timer);
     route(c);
-  } else if (HTTP_PARSER_ERRNO(&c->parser) != HPE_OK) {
+  } else if (r == 400) {
     error(c, 400, "Bad Request");
-  } else if (c->head_bytes >= DCM_CTL_METRICS_HEAD_MAX) {
+  } else if (r == 431) {
     error(c, 431, "Request Header Fields Too Large");
   }
 }
@@ -261,8 +232,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     conn_abort(c);
     return;
   }
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
+  dcm__ctl_head_init(&c->head, c->path, sizeof c->path - 1, DCM_CTL_METRICS_HEAD_MAX);
   uv_timer_start(&c->timer, head_deadline_cb, DCM_CTL_METRICS_HEAD_MS, 0);
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) conn_abort(c);
 }
