@@ -694,6 +694,9 @@ void dcm__elect_close(dcm__elect_t *e, void (*done)(void *arg), void *arg) {
   uv_timer_stop(&e->event_timer);
   if (e->op) dcm__etcd_cancel(e->op);
   e->op = NULL;
+  /* A step down's revoke still on its way is sent again below rather than
+     dropped: the next leader then takes over at once, not at the expiry. */
+  int64_t lease = e->lease ? e->lease : e->revoke_op ? e->stale_lease : 0;
   if (e->revoke_op) dcm__etcd_cancel(e->revoke_op);
   e->revoke_op = NULL;
   drop_puts(e, was_leading ? "closing" : NULL);
@@ -704,9 +707,9 @@ void dcm__elect_close(dcm__elect_t *e, void (*done)(void *arg), void *arg) {
     free(g);
   }
   if (!was_leading) e->epoch = 0;
-  if (e->lease) {
+  if (lease) {
     dcm__etcd_set_timeout(e->etcd, CLOSE_REVOKE_MS);
-    if (dcm__etcd_revoke(e->etcd, e->lease, on_close_revoked, e, NULL) == 0) return;
+    if (dcm__etcd_revoke(e->etcd, lease, on_close_revoked, e, NULL) == 0) return;
   }
   finish_close(e);
 }

@@ -15,7 +15,7 @@
 /* What the previous leader left under `identify`, kept until the queue exists. */
 struct dcm__ha_record_s {
   int have;             /* 0: unknown (absent, unreadable): hold every bucket */
-  long long mc, interval_ms, remaining, total, reset_at;
+  long long mc, remaining, total, reset_at;
   long long *last;      /* [mc]: wall ms of the bucket's last grant, 0 = none */
 };
 
@@ -89,11 +89,10 @@ static void parse_record(dcm_master_t *m, const char *s, size_t len, struct dcm_
   if (s == NULL || dcm__json_decode(L, s, len) != 0) return;
   if (!dcm__json_isobject(L, -1)) goto out;
   rec->mc = int_field(L, "max_concurrency", 0);
-  rec->interval_ms = int_field(L, "interval_ms", 0);
   rec->remaining = int_field(L, "remaining", -1);
   rec->total = int_field(L, "total", 0);
   rec->reset_at = int_field(L, "reset_at", 0);
-  if (rec->mc < 1 || rec->mc > 1024 || rec->interval_ms < 0) goto out;
+  if (rec->mc < 1 || rec->mc > 1024) goto out;
   rec->last = calloc((size_t)rec->mc, sizeof *rec->last);
   if (rec->last == NULL) goto out;
   if (dcm__json_field(L, -1, "buckets") == LUA_TTABLE) {
