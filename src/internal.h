@@ -81,31 +81,32 @@ typedef struct dcm__http_head_s {
 
 struct dcm__conn_s {
   uv_tcp_t tcp;
-  uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
+  /* What every heartbeat touches follows tcp (which libuv touches too), so
+     a read and its ack cost few cache lines: at 10,000 connections these
+     lines are cold by the next heartbeat. */
   dcm_master_t *m;
-  dcm__link_t link;
-  dcm__conn_phase phase;
-  int handles_open; /* freed when both handles have closed */
-  int counted_unauth;
-  char peer[64];
-  struct dcm__http_head_s *h; /* the request head's state; freed once routed */
-  /* WebSocket */
-  dcm__ws_t ws;
-  int ws_ready;
-  dcm__outq_t out;  /* bounded outbound queue: ciphertext under TLS */
-  dcm__tls_t tls;   /* when tls_on: between the socket and HTTP/WebSocket */
-  int tls_on;
-  /* Protocol */
   dcm__machine_t *machine;
   uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
   uint64_t last_heartbeat;
-  int timed_out; /* closed for a missed heartbeat: fail over at once */
-  int send_failed; /* a write failed: the timer aborts it next turn */
-  int finishing;   /* shutdown requested; the close follows */
-  /* Unidentified: counted against its source address (unauth.c) */
-  dcm__addr_t *addr;
-  dcm__link_t addr_link; /* in addr->conns, oldest first */
-  int reads_paused;      /* the peer does not read our replies */
+  dcm__conn_phase phase;
+  int tls_on;
+  int ws_ready;
+  int send_failed;  /* a write failed: the timer aborts it next turn */
+  int reads_paused; /* the peer does not read our replies */
+  int counted_unauth;
+  dcm__addr_t *addr; /* unidentified: counted against its address (unauth.c) */
+  dcm__outq_t out;   /* bounded outbound queue: ciphertext under TLS */
+  dcm__ws_t ws;      /* WebSocket */
+  /* the rest */
+  uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
+  dcm__link_t link;
+  int handles_open; /* freed when both handles have closed */
+  int timed_out;    /* closed for a missed heartbeat: fail over at once */
+  int finishing;    /* shutdown requested; the close follows */
+  char peer[64];
+  struct dcm__http_head_s *h; /* the request head's state; freed once routed */
+  dcm__tls_t tls;             /* when tls_on: between the socket and HTTP/WebSocket */
+  dcm__link_t addr_link;      /* in addr->conns, oldest first */
 };
 
 typedef enum {
@@ -124,8 +125,13 @@ typedef enum {
 
 struct dcm__machine_s {
   char id[DCM_ID_MAX + 1];
-  int cores;
+  /* what a heartbeat touches, together (one cache line) */
   double loadavg;
+  char *failed_clusters; /* JSON array from its heartbeat, NULL if none */
+  size_t nfailed;        /* its shards in failed_clusters, sorted: */
+  int *failed;
+  int failed_warned;     /* a bad failed_clusters was logged */
+  int cores;
   int standby;
   char version[64];
   dcm__machine_state state;
@@ -153,12 +159,8 @@ struct dcm__machine_s {
                              `connect` waits (stop before start) */
   uint64_t handoff_deadline; /* the wait ends then, stopped or not */
   int info_pending;       /* refresh `info` asked, not yet answered */
-  char *failed_clusters;  /* JSON array from its heartbeat, NULL if none */
   int *sent;              /* shards of the last `connect` sent */
   size_t nsent;
-  int *failed;            /* its shards in failed_clusters, sorted */
-  size_t nfailed;
-  int failed_warned;      /* a bad failed_clusters was logged */
 };
 
 
@@ -179,8 +181,8 @@ struct dcm_master_s {
   char *owned[16];
   dcm__log_t log;
   lua_State *json;  /* cjson state for packets and /status */
-  char heartbeat_ack[32];
-  size_t heartbeat_ack_len; /* encoded once, at the first heartbeat */
+  uint8_t heartbeat_ack[32]; /* the ack's frame, */
+  size_t heartbeat_ack_len;  /* made at the first heartbeat */
   dcm_event_cb cb;
   void *cb_arg;
   dcm__link_t events; /* queued for the embedder; delivered by `flush` */
@@ -275,6 +277,11 @@ void dcm__server_stop(dcm_master_t *m); /* closes the listener */
    it); an error: fd is still the caller's. */
 int dcm__server_adopt(dcm_master_t *m, uv_os_sock_t fd);
 int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len);
+/* A message sent often, framed once (dcm__ws_encode): its frame's length
+   in out, or 0 (then send the text). */
+size_t dcm__conn_frame(dcm_master_t *m, const char *text, size_t len, uint8_t *out,
+                       size_t cap);
+int dcm__conn_send_frame(dcm__conn_t *c, const uint8_t *frame, size_t len);
 void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason);
 void dcm__conn_abort(dcm__conn_t *c);
 void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline);

@@ -23,19 +23,19 @@ typedef struct dcm__outq_s dcm__outq_t;
 typedef struct dcm__outq_buf_s dcm__outq_buf_t;
 
 struct dcm__outq_s {
-  size_t bytes; /* memory held by the queue, overhead included */
-  size_t cap;   /* a write that would hold more fails with UV_ENOBUFS */
-  int wipe;     /* zero queued copies before freeing them (secrets) */
+  size_t bytes;              /* memory held by the queue, overhead included */
+  dcm__outq_buf_t *inflight; /* handed to libuv */
+  uv_stream_t *stream;       /* the stream of the queued writes */
+  int shut;                  /* shutdown asked: no more writes */
+  int wipe;                  /* zero queued copies before freeing them (secrets) */
+  size_t cap;                /* a write that would hold more fails with UV_ENOBUFS */
+  dcm__outq_buf_t *pending;  /* coalesces writes made meanwhile */
   /* A queued write failed (not on cancel); the owner usually closes. */
   void (*on_error)(dcm__outq_t *q, int status);
   /* Everything queued is on the wire; may write again. Optional. */
   void (*on_drain)(dcm__outq_t *q);
-  dcm__outq_buf_t *inflight; /* handed to libuv */
-  dcm__outq_buf_t *pending;  /* coalesces writes made meanwhile */
-  uv_stream_t *stream;       /* the stream of the queued writes */
-  uv_shutdown_t *shutdown;   /* deferred until pending is handed over */
+  uv_shutdown_t *shutdown; /* deferred until pending is handed over */
   uv_shutdown_cb shutdown_cb;
-  int shut;                  /* shutdown asked: no more writes */
 };
 
 /* 0, or a libuv error; on error nothing was queued and on_error is not called. */

@@ -154,10 +154,11 @@ static int ws_idle(dcm__ws_t *ws) {
   return c->out.bytes == 0;
 }
 
-int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len) {
-  if (c->phase != DCM_CONN_HELLO && c->phase != DCM_CONN_ACTIVE) return DCM_ESTATE;
-  if (c->send_failed) return DCM_ESTATE;
-  int r = dcm__ws_send(&c->ws, text, len);
+static int can_send(const dcm__conn_t *c) {
+  return (c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed;
+}
+
+static int sent(dcm__conn_t *c, int r) {
   c->m->counters.packets_out += r == 0;
   if (r != 0) {
     /* Callers are in the middle of a change: abort on the next loop turn
@@ -166,6 +167,19 @@ int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len) {
     dcm__conn_set_deadline(c, uv_now(c->m->loop));
   }
   return r;
+}
+
+int dcm__conn_send(dcm__conn_t *c, const char *text, size_t len) {
+  return can_send(c) ? sent(c, dcm__ws_send(&c->ws, text, len)) : DCM_ESTATE;
+}
+
+size_t dcm__conn_frame(dcm_master_t *m, const char *text, size_t len, uint8_t *out,
+                       size_t cap) {
+  return m->wspool ? dcm__ws_encode(m->wspool, text, len, out, cap) : 0;
+}
+
+int dcm__conn_send_frame(dcm__conn_t *c, const uint8_t *frame, size_t len) {
+  return can_send(c) ? sent(c, dcm__ws_send_frame(&c->ws, frame, len)) : DCM_ESTATE;
 }
 
 void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason) {
@@ -639,7 +653,8 @@ static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   c->m->counters.packets_in++;
   if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed) {
     dcm__session_message(c, msg, len);
-    if (!c->counted_unauth) dcm__unauth_unlink(c); /* identified (session.c uncounts it) */
+    /* identified (session.c uncounts it): its address slot goes */
+    if (!c->counted_unauth && c->addr) dcm__unauth_unlink(c);
   }
 }
 

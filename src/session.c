@@ -125,50 +125,57 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
 
 /* heartbeat.failed_clusters: an extension, so a bad one is logged once and
    ignored; the heartbeat itself always counts. */
+/* p: the heartbeat, or NULL for the canonical one (failed_clusters: []). */
 static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
-  if (!p->has_failed) {
+  if (p && !p->has_failed) {
     if (!x->failed_warned)
       dcm__warn(&x->m->log, x->id, "heartbeat: ignoring failed_clusters: %s", p->message);
     x->failed_warned = 1;
     return;
   }
-  x->failed_warned = 0;
-  if (x->failed_clusters || p->failed_json) { /* the latest text, for /status */
+  char *json = p ? p->failed_json : NULL;
+  size_t n = p ? p->nshards : 0;
+  if (x->failed_warned) x->failed_warned = 0;
+  if (x->failed_clusters || json) { /* the latest text, for /status */
     free(x->failed_clusters);
-    x->failed_clusters = p->failed_json;
-    p->failed_json = NULL;
+    x->failed_clusters = json;
+    if (p) p->failed_json = NULL;
   }
-  if (x->nfailed == p->nshards &&
-      (p->nshards == 0 || memcmp(x->failed, p->shards, p->nshards * sizeof(int)) == 0))
+  if (x->nfailed == n && (n == 0 || memcmp(x->failed, p->shards, n * sizeof(int)) == 0))
     return;
-  if (p->nshards)
-    dcm__warn(&x->m->log, x->id, "reports %zu shards in failed clusters: %.300s", p->nshards,
+  if (n)
+    dcm__warn(&x->m->log, x->id, "reports %zu shards in failed clusters: %.300s", n,
               x->failed_clusters ? x->failed_clusters : "(list too long to show)");
   else
     dcm__info(&x->m->log, x->id, "reports no failed clusters any more");
-  int *shards = p->shards; /* sorted, unique */
-  size_t n = p->nshards;
-  p->shards = NULL;
-  p->nshards = 0;
+  int *shards = NULL; /* sorted, unique */
+  if (p) {
+    shards = p->shards;
+    p->shards = NULL;
+    p->nshards = 0;
+  }
   dcm__coord_failed(x->m, x, shards, n);
 }
 
-static void heartbeat(dcm__conn_t *c, dcm__packet_t *p) {
+/* p as for failed_clusters; has_loadavg and loadavg are p's or the
+   canonical heartbeat's. */
+static void heartbeat(dcm__conn_t *c, dcm__packet_t *p, int has_loadavg, double loadavg) {
   dcm_master_t *m = c->m;
   c->last_heartbeat = uv_now(m->loop);
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
-  if (p->has_loadavg) c->machine->loadavg = p->loadavg;
-  if (p->has_failed || p->message[0]) failed_clusters(c->machine, p);
-  if (m->heartbeat_ack_len == 0) { /* the same bytes every time: encode once */
+  if (has_loadavg) c->machine->loadavg = loadavg;
+  if (p == NULL || p->has_failed || p->message[0]) failed_clusters(c->machine, p);
+  if (m->heartbeat_ack_len == 0) { /* the same frame every time: encode once */
     size_t n;
     const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);
-    if (s && n < sizeof m->heartbeat_ack) {
-      memcpy(m->heartbeat_ack, s, n + 1);
-      m->heartbeat_ack_len = n;
+    if (s) m->heartbeat_ack_len = dcm__conn_frame(m, s, n, m->heartbeat_ack, sizeof m->heartbeat_ack);
+    if (m->heartbeat_ack_len == 0) {
+      send_text(c, s, n);
+      return;
     }
     lua_settop(m->json, 0);
   }
-  dcm__conn_send(c, m->heartbeat_ack, m->heartbeat_ack_len);
+  dcm__conn_send_frame(c, m->heartbeat_ack, m->heartbeat_ack_len);
 }
 
 static void active(dcm__conn_t *c, dcm__packet_t *p) {
@@ -177,7 +184,7 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
   char why[128];
   switch (p->op) {
     case DCM_OP_HEARTBEAT:
-      heartbeat(c, p);
+      heartbeat(c, p, p->has_loadavg, p->loadavg);
       break;
     case DCM_OP_INFO:
       if (strcmp(p->id, x->id) != 0) {
@@ -222,6 +229,11 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
 void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
   dcm_master_t *m = c->m;
   if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
+  double loadavg;
+  if (c->phase == DCM_CONN_ACTIVE && dcm__heartbeat_canonical(msg, len, &loadavg)) {
+    heartbeat(c, NULL, 1, loadavg); /* the common packet: no decode, no packet */
+    return;
+  }
   dcm__packet_t p;
   char err[192];
   /* Not shard_count: info.shards may name shards of an older, larger fleet

@@ -460,9 +460,14 @@ static ssize_t in_cb(uint8_t *buf, size_t len, int flags, void *user) {
 }
 
 static int plain_ascii(const uint8_t *s, size_t len) {
-  uint8_t high = 0;
-  for (size_t i = 0; i < len; i++) high |= s[i];
-  return !(high & 0x80u);
+  uint64_t high = 0, w;
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) { /* a word at a time: every heartbeat passes here */
+    memcpy(&w, s + i, 8);
+    high |= w;
+  }
+  for (; i < len; i++) high |= s[i];
+  return !(high & 0x8080808080808080ull);
 }
 
 /*
@@ -542,6 +547,14 @@ int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len) {
   return r;
 }
 
+/* After a message went out: a held pong follows, and the context may go. */
+static int sent(dcm__ws_t *ws) {
+  if (ws->write_failed) return DCM_EINVAL;
+  int r = send_pong(ws);
+  detach(ws);
+  return r;
+}
+
 int dcm__ws_send(dcm__ws_t *ws, const char *text, size_t len) {
   dcm__ws_pool_t *p = ws->pool;
   if (closed_by_us(ws) || ws->write_failed) return DCM_ESTATE;
@@ -561,10 +574,27 @@ int dcm__ws_send(dcm__ws_t *ws, const char *text, size_t len) {
   } while (off < len);
   join_flush(p);
   p->writer = NULL;
-  if (ws->write_failed) return DCM_EINVAL;
-  int r = send_pong(ws);
-  detach(ws);
-  return r;
+  return sent(ws);
+}
+
+size_t dcm__ws_encode(dcm__ws_pool_t *p, const char *text, size_t len, uint8_t *out,
+                      size_t cap) {
+  struct wslay_frame_iocb iocb = {1, 0, WSLAY_TEXT_FRAME, len, 0, (const uint8_t *)text, len};
+  /* with no writer out_cb only collects: the frame must fit in join */
+  if (p->client || p->writer || frame_size(len, 0) > sizeof p->join) return 0;
+  p->joinlen = 0;
+  ssize_t n = wslay_frame_send(p->out, &iocb);
+  size_t got = p->joinlen;
+  p->joinlen = 0;
+  if (n != (ssize_t)len || got != frame_size(len, 0) || got > cap) return 0;
+  memcpy(out, p->join, got);
+  return got;
+}
+
+int dcm__ws_send_frame(dcm__ws_t *ws, const uint8_t *frame, size_t len) {
+  if (closed_by_us(ws) || ws->write_failed) return DCM_ESTATE;
+  if (ws->cbs->on_write(ws, frame, len) < 0) ws->write_failed = 1;
+  return sent(ws);
 }
 
 int dcm__ws_close(dcm__ws_t *ws, uint16_t code, const char *reason) {

@@ -66,19 +66,20 @@ typedef struct {
 #define DCM_WS_PONG_MAX (2 + 4 + 125)
 
 struct dcm__ws_s {
+  /* what a heartbeat's read and ack touch come first */
   dcm__ws_pool_t *pool;
   dcm__ws_slot_t *slot; /* the borrowed wslay context, or NULL when idle */
-  int own_pool;         /* dcm__ws_init made the pool: freed with the session */
-  int depth;            /* inside feed/send/close: the context stays */
   const dcm__ws_cbs_t *cbs;
   void *data; /* the owner's */
-  const uint8_t *in;
-  size_t inlen;
+  uint64_t max;
+  int depth; /* inside feed/send/close: the context stays */
   int write_failed;
   int client;
   uint16_t fail_code; /* close code written after a framing error, or 0 */
+  int own_pool;       /* dcm__ws_init made the pool: freed with the session */
+  const uint8_t *in;
+  size_t inlen;
   /* the incoming text message */
-  uint64_t max;
   char *msg;
   size_t msglen, msgcap;
   int in_text; /* the current frame's payload belongs to msg */
@@ -116,6 +117,17 @@ int dcm__ws_feed(dcm__ws_t *ws, const uint8_t *buf, size_t len);
 
 /* Queues one text message and writes it. DCM_ESTATE after a close. */
 int dcm__ws_send(dcm__ws_t *ws, const char *text, size_t len);
+
+/*
+ * A server's frames are not masked, so a message sent often (the heartbeat
+ * ack) is framed once: dcm__ws_encode writes text as one frame (by
+ * wslay_frame_send) into out and returns its length, or 0 for a client
+ * pool or a frame over cap or DCM_WS_JOIN; dcm__ws_send_frame then sends
+ * those bytes as dcm__ws_send would send text.
+ */
+size_t dcm__ws_encode(dcm__ws_pool_t *pool, const char *text, size_t len, uint8_t *out,
+                      size_t cap);
+int dcm__ws_send_frame(dcm__ws_t *ws, const uint8_t *frame, size_t len);
 
 /* Starts the close handshake with code and a short reason. */
 int dcm__ws_close(dcm__ws_t *ws, uint16_t code, const char *reason);
