@@ -90,7 +90,7 @@ static void rehash(dcm_master_t *m) {
 }
 
 dcm__machine_t *dcm__fleet_add(dcm_master_t *m, const char *id) {
-  dcm__machine_t *x = calloc(1, sizeof *x);
+  dcm__machine_t *x = dcm__calloc_lines(sizeof *x);
   if (x == NULL) return NULL;
   snprintf(x->id, sizeof x->id, "%s", id);
   x->m = m;

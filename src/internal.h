@@ -10,6 +10,8 @@
 #include <http_parser.h>
 #include <lua.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
 #include "discluster/master.h"
@@ -35,6 +37,15 @@ typedef struct dcm__link_s {
 
 #define DCM_CONTAINER(ptr, type, field) \
   ((type *)((char *)(ptr) - offsetof(type, field)))
+
+/* Zeroed memory that starts a cache line, for the structs whose hot fields
+   are laid out by line (connection, machine); freed with free(). */
+static inline void *dcm__calloc_lines(size_t size) {
+  size_t n = (size + 63) & ~(size_t)63;
+  void *p = aligned_alloc(64, n);
+  if (p) memset(p, 0, n);
+  return p;
+}
 
 static inline void dcm__list_init(dcm__link_t *h) { h->prev = h->next = h; }
 static inline int dcm__list_empty(const dcm__link_t *h) { return h->next == h; }
@@ -80,10 +91,9 @@ typedef struct dcm__http_head_s {
 } dcm__http_head_t;
 
 struct dcm__conn_s {
-  uv_tcp_t tcp;
-  /* What every heartbeat touches follows tcp (which libuv touches too), so
-     a read and its ack cost few cache lines: at 10,000 connections these
-     lines are cold by the next heartbeat. */
+  /* What every heartbeat touches comes first, then tcp, whose lines libuv
+     touches anyway (dcm__calloc_lines: this line is the first): at 10,000
+     connections these lines are cold by the next heartbeat. */
   dcm_master_t *m;
   dcm__machine_t *machine;
   uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
@@ -93,16 +103,17 @@ struct dcm__conn_s {
   int ws_ready;
   int send_failed;  /* a write failed: the timer aborts it next turn */
   int reads_paused; /* the peer does not read our replies */
-  int counted_unauth;
+  int finishing;    /* shutdown requested; the close follows */
   dcm__addr_t *addr; /* unidentified: counted against its address (unauth.c) */
-  dcm__outq_t out;   /* bounded outbound queue: ciphertext under TLS */
-  dcm__ws_t ws;      /* WebSocket */
+  uv_tcp_t tcp;
+  _Alignas(64) dcm__ws_t ws; /* WebSocket: its hot fields lead, one line */
+  dcm__outq_t out; /* bounded outbound queue: ciphertext under TLS; hot fields lead */
   /* the rest */
   uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
   dcm__link_t link;
   int handles_open; /* freed when both handles have closed */
+  int counted_unauth;
   int timed_out;    /* closed for a missed heartbeat: fail over at once */
-  int finishing;    /* shutdown requested; the close follows */
   char peer[64];
   struct dcm__http_head_s *h; /* the request head's state; freed once routed */
   dcm__tls_t tls;             /* when tls_on: between the socket and HTTP/WebSocket */
@@ -125,7 +136,7 @@ typedef enum {
 
 struct dcm__machine_s {
   char id[DCM_ID_MAX + 1];
-  /* what a heartbeat touches, together (one cache line) */
+  /* what a heartbeat touches, together (the line at 128) */
   double loadavg;
   char *failed_clusters; /* JSON array from its heartbeat, NULL if none */
   size_t nfailed;        /* its shards in failed_clusters, sorted: */

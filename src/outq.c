@@ -80,7 +80,7 @@ static void write_cb(uv_write_t *req, int status) {
 int dcm__outq_write(dcm__outq_t *q, uv_stream_t *s, const void *data, size_t len) {
   if (q->shut || uv_is_closing((uv_handle_t *)s)) return UV_EPIPE;
   if (len == 0) return 0;
-  q->stream = s;
+  if (q->stream != s) q->stream = s; /* no store: the line stays clean */
   if (q->inflight == NULL) { /* nothing queued: the kernel may take it all */
     uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
     int n = uv_try_write(s, &buf, 1);

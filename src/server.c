@@ -682,7 +682,7 @@ static void refuse(dcm_master_t *m, uv_stream_t *server) {
 static int conn_open(dcm_master_t *m, uv_stream_t *server, uv_os_sock_t fd) {
   unsigned char key[16];
   char addr[INET6_ADDRSTRLEN + 4];
-  dcm__conn_t *c = calloc(1, sizeof *c);
+  dcm__conn_t *c = dcm__calloc_lines(sizeof *c);
   if (c == NULL) {
     if (server) refuse(m, server);
     return DCM_ENOMEM;

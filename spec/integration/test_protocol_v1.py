@@ -160,6 +160,26 @@ class ProtocolV1(unittest.TestCase):
             self.assertEqual((await recv(ws))["o"], OP_ACK)
             self.m.wait_log(r"\[fc-1\] heartbeat: ignoring failed_clusters: failed_clusters "
                             r"must be an array", start=mark)
+            # the canonical bytes (MASTER's fast path) mean what [] means: the
+            # warning is re-armed, a failed set is cleared, loadavg is taken
+            canonical = ('{"o":9,"d":{"loadavg":%s,"failed_clusters":[],'
+                         '"failed_clusters_more":0}}')
+            await ws.send(canonical % "0.5")
+            self.assertEqual((await recv(ws))["o"], OP_ACK)
+            mark = self.m.mark()
+            await send(ws, OP_HEARTBEAT, {"failed_clusters": "nope"})
+            self.assertEqual((await recv(ws))["o"], OP_ACK)
+            self.m.wait_log(r"\[fc-1\] heartbeat: ignoring failed_clusters", start=mark)
+            await send(ws, OP_HEARTBEAT, {"loadavg": 1, "failed_clusters": failed})
+            self.assertEqual((await recv(ws))["o"], OP_ACK)
+            mark = self.m.mark()
+            await ws.send(canonical % "2.5")
+            self.assertEqual(await recv(ws), {"o": OP_ACK, "d": {"o": OP_HEARTBEAT}})
+            self.m.wait_log(r"\[fc-1\] reports no failed clusters any more", start=mark)
+            st = json.loads(http_get(self.m, "/status", self.auth)[1])
+            me = [x for x in st["machines"] if x["id"] == "fc-1"][0]
+            self.assertNotIn("failed_clusters", me)
+            self.assertEqual(me["loadavg"], 2.5)
             await ws.close()
         run(go())
 

@@ -4,6 +4,7 @@
 #include <wslay/wslay.h>
 
 #include "check.h"
+#include "discluster/master.h"
 #include "ws.h"
 
 typedef struct {
@@ -767,11 +768,51 @@ static void heartbeats_allocate_nothing(void) {
     s.outlen = 0;
     CHECK_EQ(dcm__ws_feed(&ws, buf, n), 0);
     CHECK_EQ(dcm__ws_send(&ws, "{\"o\":1,\"d\":{\"o\":9}}", 19), 0);
-    CHECK(s.nmsgs == 1 && s.outlen == 21);
+    CHECK_EQ(dcm__ws_send_frame(&ws, s.out, 21), 0); /* the ack framed once */
+    CHECK(s.nmsgs == 1 && s.outlen == 42);
   }
   CHECK_EQ(heap_used(), before);
   dcm__ws_free(&ws);
   dcm__ws_pool_free(pool);
+}
+
+/* A frame made once by dcm__ws_encode goes out as dcm__ws_send would
+   write the text, under the same rules (nothing after our close). */
+static void a_frame_encoded_once_is_sent_as_text_is(void) {
+  static sink_t s, t;
+  static char big[DCM_WS_JOIN];
+  dcm__ws_t ws, wt;
+  uint8_t f[64], small[8];
+  const char *ack = "{\"o\":1,\"d\":{\"o\":9}}";
+  dcm__ws_pool_t *pool = dcm__ws_pool_new(0), *client = dcm__ws_pool_new(1);
+  size_t n = dcm__ws_encode(pool, ack, strlen(ack), f, sizeof f);
+  CHECK_EQ(n, 2 + strlen(ack));
+  session(&wt, &t, 1024);
+  CHECK_EQ(dcm__ws_send(&wt, ack, strlen(ack)), 0);
+  CHECK(t.outlen == n && memcmp(t.out, f, n) == 0);
+  pooled(&ws, pool, &s);
+  memset(&s, 0, sizeof s);
+  for (int i = 0; i < 3; i++) CHECK_EQ(dcm__ws_send_frame(&ws, f, n), 0);
+  CHECK(s.outlen == 3 * n && memcmp(s.out + 2 * n, f, n) == 0);
+  /* no room, a client's (masked) frame, over the join buffer: 0, nothing written */
+  CHECK_EQ(dcm__ws_encode(pool, ack, strlen(ack), small, sizeof small), 0);
+  CHECK_EQ(dcm__ws_encode(client, ack, strlen(ack), f, sizeof f), 0);
+  memset(big, 'x', sizeof big);
+  static uint8_t bigf[2 * DCM_WS_JOIN];
+  CHECK_EQ(dcm__ws_encode(pool, big, sizeof big, bigf, sizeof bigf), 0);
+  /* the pool's writer is whole after those: a send still frames right */
+  s.outlen = 0;
+  CHECK_EQ(dcm__ws_send(&ws, "{\"o\":5}", 7), 0);
+  CHECK(s.outlen == 9 && s.out[1] == 7 && memcmp(s.out + 2, "{\"o\":5}", 7) == 0);
+  s.outlen = 0;
+  CHECK_EQ(dcm__ws_close(&ws, 4001, "bye"), 0);
+  s.outlen = 0;
+  CHECK_EQ(dcm__ws_send_frame(&ws, f, n), DCM_ESTATE);
+  CHECK_EQ(s.outlen, 0);
+  dcm__ws_free(&ws);
+  dcm__ws_free(&wt);
+  dcm__ws_pool_free(pool);
+  dcm__ws_pool_free(client);
 }
 
 static void a_large_frame_is_written_whole(void) {
@@ -816,5 +857,6 @@ int main(void) {
   RUN(spare_contexts_are_bounded);
   RUN(heartbeats_allocate_nothing);
   RUN(a_large_frame_is_written_whole);
+  RUN(a_frame_encoded_once_is_sent_as_text_is);
   return 0;
 }
