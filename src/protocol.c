@@ -367,18 +367,28 @@ static int exact_number(const char *s, size_t n, double *out) {
   return 1;
 }
 
-int dcm__heartbeat_canonical(const char *buf, size_t len, double *loadavg) {
-  static const char head[] = DCM_HEARTBEAT_HEAD, tail[] = DCM_HEARTBEAT_TAIL;
-  const size_t h = sizeof head - 1, t = sizeof tail - 1;
-  if (len <= h + t || len > h + t + DCM_HEARTBEAT_NUM_MAX || memcmp(buf, head, h) != 0 ||
-      memcmp(buf + len - t, tail, t) != 0)
-    return 0;
-  return exact_number(buf + h, len - h - t, loadavg);
+/* 1 if buf ends with tail and the bytes between head and it are a number
+   exact_number reads. */
+static int ends_with(const char *buf, size_t len, const char *tail, size_t t, double *v) {
+  const size_t h = sizeof DCM_HEARTBEAT_HEAD - 1;
+  return len > h + t && len <= h + t + DCM_HEARTBEAT_NUM_MAX &&
+         memcmp(buf + len - t, tail, t) == 0 && exact_number(buf + h, len - h - t, v);
 }
 
-size_t dcm__heartbeat_format(char *buf, size_t cap, double loadavg) {
+int dcm__heartbeat_canonical(const char *buf, size_t len, double *loadavg) {
+  static const char head[] = DCM_HEARTBEAT_HEAD, tail[] = DCM_HEARTBEAT_TAIL,
+                    same[] = DCM_HEARTBEAT_TAIL_SAME;
+  if (len < sizeof head - 1 || memcmp(buf, head, sizeof head - 1) != 0) return 0;
+  /* the long tail first: its start would not read as a number anyway */
+  if (ends_with(buf, len, tail, sizeof tail - 1, loadavg)) return DCM_HEARTBEAT_EMPTY;
+  if (ends_with(buf, len, same, sizeof same - 1, loadavg)) return DCM_HEARTBEAT_SAME;
+  return 0;
+}
+
+size_t dcm__heartbeat_format(char *buf, size_t cap, double loadavg, int form) {
   if (!isfinite(loadavg)) return 0;
-  int n = snprintf(buf, cap, DCM_HEARTBEAT_HEAD "%.14g" DCM_HEARTBEAT_TAIL, loadavg);
+  int n = snprintf(buf, cap, DCM_HEARTBEAT_HEAD "%.14g%s", loadavg,
+                   form == DCM_HEARTBEAT_SAME ? DCM_HEARTBEAT_TAIL_SAME : DCM_HEARTBEAT_TAIL);
   return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -388,15 +398,15 @@ int dcm__packet_decode(lua_State *L, const char *buf, size_t len,
                        size_t max_shards, dcm__packet_t *p, char *err,
                        size_t errlen) {
   double loadavg;
-  if (!dcm__heartbeat_canonical(buf, len, &loadavg))
-    return dcm__packet_decode_json(L, buf, len, max_shards, p, err, errlen);
+  int form = dcm__heartbeat_canonical(buf, len, &loadavg);
+  if (!form) return dcm__packet_decode_json(L, buf, len, max_shards, p, err, errlen);
   memset(p, 0, sizeof(*p));
   /* what cjson's path makes of it: failed_clusters [] is a valid empty list */
   p->op = DCM_OP_HEARTBEAT;
   p->shard = -1;
   p->loadavg = loadavg;
   p->has_loadavg = 1;
-  p->has_failed = 1;
+  p->has_failed = form == DCM_HEARTBEAT_EMPTY;
   if (errlen) err[0] = '\0';
   return 0;
 }

@@ -147,27 +147,33 @@ int dcm__packet_decode_json(lua_State *L, const char *buf, size_t len,
                             size_t errlen);
 
 /*
- * The canonical heartbeat: the exact bytes discluster-control sends while
- * no cluster failed (docs/protocol.md, a non-normative note), HEAD, the
- * load average as dcm__heartbeat_format writes it, TAIL. MASTER recognises
- * them with memcmp and one bounded number; any other form of a heartbeat,
- * however valid, is decoded by cjson as before.
+ * The canonical heartbeats: the exact bytes discluster-control sends while
+ * no cluster failed (docs/protocol.md, a non-normative note): HEAD, the
+ * load average as dcm__heartbeat_format writes it, then TAIL (failed_clusters
+ * [], the first such heartbeat on a connection) or TAIL_SAME (failed_clusters
+ * left out: as the last heartbeat said, so still none; the later ones).
+ * MASTER recognises them with memcmp and one bounded number; any other form
+ * of a heartbeat, however valid, is decoded by cjson as before.
  */
 #define DCM_HEARTBEAT_HEAD "{\"o\":9,\"d\":{\"loadavg\":"
 #define DCM_HEARTBEAT_TAIL ",\"failed_clusters\":[],\"failed_clusters_more\":0}}"
+#define DCM_HEARTBEAT_TAIL_SAME "}}"
 /* Bytes of the number the fast path reads at most (longer: cjson's). */
 #define DCM_HEARTBEAT_NUM_MAX 24
 
-/* 1 and *loadavg set if buf is exactly the canonical form with a number
-   (0|[1-9][0-9]*)(.[0-9]+)? that converts exactly (Clinger's fast path:
-   at most 2^53 as an integer of its digits, at most 22 decimals), giving
-   the double strtod (so cjson) gives; else 0, *loadavg untouched. */
+enum { DCM_HEARTBEAT_EMPTY = 1, DCM_HEARTBEAT_SAME = 2 }; /* the two forms */
+
+/* The form (DCM_HEARTBEAT_EMPTY or _SAME) and *loadavg set if buf is
+   exactly a canonical heartbeat with a number (0|[1-9][0-9]*)(.[0-9]+)?
+   that converts exactly (Clinger's fast path: at most 2^53 as an integer
+   of its digits, at most 22 decimals), giving the double strtod (so cjson)
+   gives; else 0, *loadavg untouched. */
 int dcm__heartbeat_canonical(const char *buf, size_t len, double *loadavg);
 
-/* Writes the canonical heartbeat for loadavg (%.14g, as json.c writes a
-   number) and a NUL into buf; its length, or 0 when it does not fit or
-   loadavg is not finite. */
-size_t dcm__heartbeat_format(char *buf, size_t cap, double loadavg);
+/* Writes the canonical heartbeat of form for loadavg (%.14g, as json.c
+   writes a number) and a NUL into buf; its length, or 0 when it does not
+   fit or loadavg is not finite. */
+size_t dcm__heartbeat_format(char *buf, size_t cap, double loadavg, int form);
 void dcm__packet_clear(dcm__packet_t *p);
 
 /* 1 if id is 1-128 characters of [A-Za-z0-9._:-]. */

@@ -158,13 +158,15 @@ static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
 }
 
 /* p as for failed_clusters; has_loadavg and loadavg are p's or the
-   canonical heartbeat's. */
-static void heartbeat(dcm__conn_t *c, dcm__packet_t *p, int has_loadavg, double loadavg) {
+   canonical heartbeat's; failed: the heartbeat says something of
+   failed_clusters (else the failed set stays as it is). */
+static void heartbeat(dcm__conn_t *c, dcm__packet_t *p, int has_loadavg, double loadavg,
+                      int failed) {
   dcm_master_t *m = c->m;
   c->last_heartbeat = uv_now(m->loop);
   c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
   if (has_loadavg) c->machine->loadavg = loadavg;
-  if (p == NULL || p->has_failed || p->message[0]) failed_clusters(c->machine, p);
+  if (failed) failed_clusters(c->machine, p);
   if (m->heartbeat_ack_len == 0) { /* the same frame every time: encode once */
     size_t n;
     const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);
@@ -184,7 +186,7 @@ static void active(dcm__conn_t *c, dcm__packet_t *p) {
   char why[128];
   switch (p->op) {
     case DCM_OP_HEARTBEAT:
-      heartbeat(c, p, p->has_loadavg, p->loadavg);
+      heartbeat(c, p, p->has_loadavg, p->loadavg, p->has_failed || p->message[0]);
       break;
     case DCM_OP_INFO:
       if (strcmp(p->id, x->id) != 0) {
@@ -230,8 +232,9 @@ void dcm__session_message(dcm__conn_t *c, const char *msg, size_t len) {
   dcm_master_t *m = c->m;
   if (!dcm__ha_leading(m)) return; /* lost leadership: the step down has begun */
   double loadavg;
-  if (c->phase == DCM_CONN_ACTIVE && dcm__heartbeat_canonical(msg, len, &loadavg)) {
-    heartbeat(c, NULL, 1, loadavg); /* the common packet: no decode, no packet */
+  int form = c->phase == DCM_CONN_ACTIVE ? dcm__heartbeat_canonical(msg, len, &loadavg) : 0;
+  if (form) { /* the common packet: no decode, no packet */
+    heartbeat(c, NULL, 1, loadavg, form == DCM_HEARTBEAT_EMPTY);
     return;
   }
   dcm__packet_t p;

@@ -32,6 +32,7 @@ typedef struct {
   size_t skip;   /* bytes left of the frame being read */
   uint8_t hdr[10];
   size_t hdrlen; /* bytes of the next frame's header seen so far */
+  unsigned long beats; /* heartbeats sent */
 } conn_t;
 
 static uv_loop_t *loop;
@@ -39,8 +40,8 @@ static conn_t *conns;
 static int N, port, started, identified, next_beat;
 static double rate, seconds, warmup = 1.5;
 static uint64_t acks, sent, t_identify, t_beat0, t_window, acks0;
-static uint8_t hb[128];
-static size_t hblen;
+static uint8_t hb[128], hb_first[128]; /* later heartbeats, a connection's first */
+static size_t hblen, hb_firstlen;
 static uv_timer_t tick;
 static int window_open;
 static struct rusage ru0;
@@ -196,7 +197,11 @@ static void tick_cb(uv_timer_t *t) {
   uint64_t now = uv_now(loop);
   uint64_t due = (uint64_t)((double)(now - t_beat0) * rate / 1000.0);
   while (sent < due) {
-    send_bytes(&conns[next_beat], hb, hblen);
+    conn_t *c = &conns[next_beat];
+    if (c->beats++ == 0)
+      send_bytes(c, hb_first, hb_firstlen);
+    else
+      send_bytes(c, hb, hblen);
     next_beat = (next_beat + 1) % N;
     sent++;
   }
@@ -250,10 +255,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
-  /* the canonical heartbeat, byte for byte what discluster-control sends
-     while nothing failed (docs/protocol.md; DCM_HEARTBEAT_HEAD/TAIL) */
-  hblen = frame(hb, "{\"o\":9,\"d\":{\"loadavg\":0.5,\"failed_clusters\":[],"
-                    "\"failed_clusters_more\":0}}");
+  /* the canonical heartbeats, byte for byte what discluster-control sends
+     while nothing failed: failed_clusters [] first on a connection, then
+     left out (docs/protocol.md; DCM_HEARTBEAT_HEAD, _TAIL, _TAIL_SAME) */
+  hb_firstlen = frame(hb_first, "{\"o\":9,\"d\":{\"loadavg\":0.5,\"failed_clusters\":[],"
+                                "\"failed_clusters_more\":0}}");
+  hblen = frame(hb, "{\"o\":9,\"d\":{\"loadavg\":0.5}}");
   conns = calloc((size_t)N, sizeof *conns);
   if (conns == NULL) die("calloc", 0);
   loop = uv_default_loop();

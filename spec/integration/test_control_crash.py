@@ -2,6 +2,7 @@
 then are reported in the heartbeat's failed_clusters; FATAL is relayed and
 MASTER's shutdown stops every agent with status 0."""
 import asyncio
+import json
 import signal
 import unittest
 
@@ -28,6 +29,11 @@ case ",$SHARD_IDS," in
 esac
 exec cat >/dev/null
 """
+
+
+def fmt(x):
+    """A number as C's %.14g writes it (what the agent sends)."""
+    return "%.14g" % x
 
 
 class Crash(unittest.TestCase):
@@ -61,6 +67,38 @@ class Crash(unittest.TestCase):
         a.signal(signal.SIGTERM)
         self.assertEqual(a.wait(15), 0, a.log())
 
+    def test_each_connection_hears_the_empty_list_first(self):
+        """Nothing failed: the first heartbeat on every connection says
+        failed_clusters [] (a MASTER that just took over learns it), the
+        later ones leave it out, byte for byte the canonical forms."""
+        f = self.fleet
+
+        async def go():
+            fm = FakeMaster()
+            await fm.start()
+            a = f.agent(fm.port, "steady", command=self.cmd)
+            for _ in range(2):  # the second time over a new connection
+                peer = await fm.accept()
+                await peer.recv(OP_INFO)
+                await peer.send(OP_INITIALISE, initialise(8, heartbeat_ms=200))
+                raw = []
+                while len(raw) < 3:
+                    text = await asyncio.wait_for(peer.ws.recv(), 10)
+                    if '"o":9' in text:
+                        raw.append(text)
+                load = [json.loads(t)["d"]["loadavg"] for t in raw]
+                self.assertEqual(raw[0], '{"o":9,"d":{"loadavg":%s,"failed_clusters":[],'
+                                         '"failed_clusters_more":0}}' % fmt(load[0]))
+                for t, x in zip(raw[1:], load[1:]):
+                    self.assertEqual(t, '{"o":9,"d":{"loadavg":%s}}' % fmt(x))
+                await peer.ws.close()
+                peer.release()
+            await fm.stop()
+            a.signal(signal.SIGTERM)
+            self.assertEqual(a.wait(10), 0, a.log())
+
+        asyncio.run(go())
+
     def test_failed_cluster_is_reported_in_heartbeats(self):
         f = self.fleet
 
@@ -91,6 +129,10 @@ class Crash(unittest.TestCase):
             await peer.recv(OP_READY, where=lambda d: d["shards"] == [])
             hb = await peer.recv(OP_HEARTBEAT)
             self.assertEqual(hb["d"]["failed_clusters"], [])
+            # then, nothing failing since, the list is left out (MASTER keeps it empty)
+            for _ in range(2):
+                hb = await peer.recv(OP_HEARTBEAT)
+                self.assertEqual(set(hb["d"]), {"loadavg"})
             peer.release()
             await fm.stop()
             a.signal(signal.SIGTERM)

@@ -387,26 +387,31 @@ static void test_encode(void) {
   CHECK(strstr(s, "\"o\":3") && strstr(s, "\"d\":{}"));
   lua_settop(L, 0);
   /* nothing failed: the canonical heartbeat, byte for byte (MASTER's fast path) */
-  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 0, &len);
+  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 0, 0, &len);
   CHECK_STR(s, "{\"o\":9,\"d\":{\"loadavg\":0.5,\"failed_clusters\":[],\"failed_clusters_more\":0}}");
   CHECK_EQ(len, strlen(s));
   double v;
-  CHECK(dcm__heartbeat_canonical(s, len, &v) && v == 0.5);
+  CHECK(dcm__heartbeat_canonical(s, len, &v) == DCM_HEARTBEAT_EMPTY && v == 0.5);
   lua_settop(L, 0);
-  s = dcm__ctl_enc_heartbeat(L, 12.37, NULL, 0, 0, &len);
-  CHECK(dcm__heartbeat_canonical(s, len, &v) && v == 12.37);
+  s = dcm__ctl_enc_heartbeat(L, 12.37, NULL, 0, 0, 0, &len);
+  CHECK(dcm__heartbeat_canonical(s, len, &v) == DCM_HEARTBEAT_EMPTY && v == 12.37);
   lua_settop(L, 0);
-  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 2, &len); /* entries left out: not canonical */
+  /* after an empty list on this connection: failed_clusters left out */
+  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 0, 1, &len);
+  CHECK_STR(s, "{\"o\":9,\"d\":{\"loadavg\":0.5}}");
+  CHECK(dcm__heartbeat_canonical(s, len, &v) == DCM_HEARTBEAT_SAME && v == 0.5);
+  lua_settop(L, 0);
+  s = dcm__ctl_enc_heartbeat(L, 0.5, NULL, 0, 2, 0, &len); /* entries left out: not canonical */
   CHECK(strstr(s, "\"failed_clusters_more\":2") && !dcm__heartbeat_canonical(s, len, &v));
   lua_settop(L, 0);
   dcm__ctl_failed_t f = {2, shards, 2, 7, 0, 0, 0};
-  s = dcm__ctl_enc_heartbeat(L, 0, &f, 1, 3, &len);
+  s = dcm__ctl_enc_heartbeat(L, 0, &f, 1, 3, 0, &len);
   CHECK(strstr(s, "\"cluster\":2") && strstr(s, "\"shards\":[1,2]") && strstr(s, "\"exit\":7") &&
         strstr(s, "\"signal\":0") && strstr(s, "\"failed_clusters_more\":3") &&
         !strstr(s, "over_cap") && !strstr(s, "shards_more"));
   lua_settop(L, 0);
   dcm__ctl_failed_t o = {-1, shards, 2, 0, 0, 1, 5};
-  s = dcm__ctl_enc_heartbeat(L, 0, &o, 1, 0, &len);
+  s = dcm__ctl_enc_heartbeat(L, 0, &o, 1, 0, 0, &len);
   CHECK(strstr(s, "\"cluster\":-1") && strstr(s, "\"over_cap\":true") &&
         strstr(s, "\"shards_more\":5"));
   lua_settop(L, 0);
@@ -455,7 +460,7 @@ static void test_failed_fit(void) {
   CHECK_EQ(dcm__ctl_failed_fit(g, 2), 1u);
   CHECK(g[0].nshards > 1000 && g[0].nshards < 20000);
   CHECK_EQ(g[0].shards_more, 20000 - g[0].nshards);
-  const char *s = dcm__ctl_enc_heartbeat(L, 0.25, g, 1, 1, &len);
+  const char *s = dcm__ctl_enc_heartbeat(L, 0.25, g, 1, 1, 0, &len);
   const char *list = strstr(s, "\"failed_clusters\":[");
   CHECK(list != NULL);
   /* The list is all of the packet but the short fields around it. */
@@ -469,7 +474,7 @@ static void test_failed_fit(void) {
   }
   size_t k = dcm__ctl_failed_fit(h, 10);
   CHECK(k >= 1 && k < 10);
-  s = dcm__ctl_enc_heartbeat(L, 0, h, k, 10 - k, &len);
+  s = dcm__ctl_enc_heartbeat(L, 0, h, k, 10 - k, 0, &len);
   CHECK(len < DCM_CTL_FAILED_JSON_MAX + 100);
   for (size_t i = 0; i < k; i++) CHECK(h[i].nshards == 1000 && h[i].shards_more == 0);
   lua_settop(L, 0);

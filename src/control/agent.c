@@ -151,8 +151,10 @@ static void send_heartbeat(dcm__agent_t *a) {
   }
   if (i < a->nover) total += (a->nover - i + g - 1) / g; /* groups not even looked at */
   nf = dcm__ctl_failed_fit(f, nf);
-  const char *s = dcm__ctl_enc_heartbeat(a->json, dcm__ctl_loadavg(), f, nf, total - nf, &len);
+  const char *s = dcm__ctl_enc_heartbeat(a->json, dcm__ctl_loadavg(), f, nf, total - nf,
+                                         a->empty_sent, &len);
   send_text(a, s, len);
+  a->empty_sent = s && total == 0;
 }
 
 /* An early heartbeat, once for everything that changes within REPORT_MS. */
@@ -533,6 +535,7 @@ static void on_initialise(dcm__agent_t *a, dcm__ctl_packet_t *p) {
   memcpy(a->gateway_url, p->gateway_url, sizeof a->gateway_url);
   a->heartbeat_ms = p->heartbeat_ms < MIN_HEARTBEAT_MS ? MIN_HEARTBEAT_MS : (uint64_t)p->heartbeat_ms;
   a->session = 1;
+  a->empty_sent = 0; /* a new connection: a new MASTER, maybe, hears [] first */
   dcm__ctl_masters_session(&a->masters);
   uv_timer_stop(&a->lease_timer);
   dcm__client_set_idle(a->client, 2 * a->heartbeat_ms + IDLE_GRACE_MS);

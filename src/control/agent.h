@@ -347,6 +347,8 @@ struct dcm__agent_s {
   /* connection */
   dcm__client_t *client; /* NULL between attempts */
   int session;           /* initialise received on the current connection */
+  int empty_sent;        /* a heartbeat on it said failed_clusters []: while
+                            nothing fails the next ones leave it out */
   int shutdown_received;
   uv_timer_t retry_timer;
   uv_timer_t heartbeat_timer;

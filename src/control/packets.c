@@ -328,10 +328,11 @@ size_t dcm__ctl_failed_fit(dcm__ctl_failed_t *f, size_t n) {
 
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
                                    const dcm__ctl_failed_t *failed, size_t nfailed,
-                                   size_t more, size_t *len) {
+                                   size_t more, int same, size_t *len) {
   char canonical[sizeof DCM_HEARTBEAT_HEAD + DCM_HEARTBEAT_NUM_MAX + sizeof DCM_HEARTBEAT_TAIL];
+  int form = same ? DCM_HEARTBEAT_SAME : DCM_HEARTBEAT_EMPTY;
   size_t n = nfailed == 0 && more == 0
-                 ? dcm__heartbeat_format(canonical, sizeof canonical, loadavg) : 0;
+                 ? dcm__heartbeat_format(canonical, sizeof canonical, loadavg, form) : 0;
   if (n > 0) {
     lua_pushlstring(L, canonical, n);
     return lua_tolstring(L, -1, len);

@@ -106,11 +106,12 @@ const char *dcm__ctl_enc_info(lua_State *L, const char *id, int cores, double lo
                               int standby, const int *shards, size_t n, int shard_count,
                               const char *version, size_t *len);
 /* more: entries left out of failed_clusters (failed_clusters_more). With
-   nothing failed it is the canonical heartbeat (protocol.h), which MASTER
-   reads without a JSON decode. */
+   nothing failed it is a canonical heartbeat (protocol.h), which MASTER
+   reads without a JSON decode: without failed_clusters if same (an empty
+   list was sent on this connection already), else with []. */
 const char *dcm__ctl_enc_heartbeat(lua_State *L, double loadavg,
                                    const dcm__ctl_failed_t *failed, size_t nfailed,
-                                   size_t more, size_t *len);
+                                   size_t more, int same, size_t *len);
 const char *dcm__ctl_enc_ready(lua_State *L, const int *shards, size_t n, size_t *len);
 const char *dcm__ctl_enc_fatal(lua_State *L, int code, const char *message, int shard,
                                size_t *len);
