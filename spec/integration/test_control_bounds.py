@@ -172,7 +172,7 @@ class Bounds(unittest.TestCase):
                 command=self.idle)
             await peer.send(OP_CONNECT, {"shards": list(range(n)), "redundant": False})
             beat = await rec.until(
-                lambda: [d for _, d in rec.beats if d["failed_clusters"]], 10,
+                lambda: [d for _, d in rec.beats if d.get("failed_clusters")], 10,
                 "a heartbeat naming the shards over the cap")
             hb = beat[0]
             failed = hb["failed_clusters"]
@@ -201,7 +201,7 @@ class Bounds(unittest.TestCase):
                 "--log-level", "info", command=self.failing)
             await peer.send(OP_CONNECT, {"shards": list(range(70)), "redundant": False})
             beat = await rec.until(
-                lambda: [d for _, d in rec.beats if d["failed_clusters_more"] == 6], 60,
+                lambda: [d for _, d in rec.beats if d.get("failed_clusters_more") == 6], 60,
                 "a heartbeat with all 70 clusters failed")
             failed = beat[0]["failed_clusters"]
             self.assertEqual(failed, [{"cluster": i, "shards": [i], "exit": 7, "signal": 0}
