@@ -124,8 +124,8 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
 }
 
 /* heartbeat.failed_clusters: an extension, so a bad one is logged once and
-   ignored; the heartbeat itself always counts. */
-/* p: the heartbeat, or NULL for the canonical one (failed_clusters: []). */
+   ignored; the heartbeat itself always counts. p: the heartbeat, or NULL
+   for a canonical one with failed_clusters []. */
 static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
   if (p && !p->has_failed) {
     if (!x->failed_warned)
@@ -170,7 +170,9 @@ static void heartbeat(dcm__conn_t *c, dcm__packet_t *p, int has_loadavg, double 
   if (m->heartbeat_ack_len == 0) { /* the same frame every time: encode once */
     size_t n;
     const char *s = dcm__enc_ack(m->json, DCM_OP_HEARTBEAT, &n);
-    if (s) m->heartbeat_ack_len = dcm__conn_frame(m, s, n, m->heartbeat_ack, sizeof m->heartbeat_ack);
+    if (s)
+      m->heartbeat_ack_len =
+          dcm__conn_frame(m, s, n, m->heartbeat_ack, sizeof m->heartbeat_ack);
     if (m->heartbeat_ack_len == 0) {
       send_text(c, s, n);
       return;
