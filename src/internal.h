@@ -139,8 +139,8 @@ struct dcm__machine_s {
   /* what a heartbeat touches, together (the line at 128) */
   double loadavg;
   char *failed_clusters; /* JSON array from its heartbeat, NULL if none */
-  size_t nfailed;        /* its shards in failed_clusters, sorted: */
-  int *failed;
+  int *failed;           /* its shards in failed_clusters, sorted */
+  size_t nfailed;
   int failed_warned;     /* a bad failed_clusters was logged */
   int cores;
   int standby;
