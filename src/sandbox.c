@@ -744,6 +744,7 @@ int dcm__sandbox_open(dcm__sandbox_t *sb, size_t limit, int wipe,
   sb->limit = limit;
   sb->wipe = wipe;
   sb->release = release;
+  sb->idle_ns = DCM__SB_IDLE_NS;
   sb->L = lua_newstate(sb_alloc, sb);
   if (sb->L == NULL) return DCM_ENOMEM;
   lua_pushcfunction(sb->L, open_library);
@@ -759,10 +760,13 @@ int dcm__sandbox_open(dcm__sandbox_t *sb, size_t limit, int wipe,
 /* ---- the thread jobs run on ---- */
 
 /*
- * One per sandbox, started by its first job. The host hands a job over and
- * waits on cv; between jobs the thread waits on cv. Everything below is
- * under mu. Once abandoned, the host forgets the sandbox: the thread alone
- * touches it, and frees it when the job ends.
+ * One per sandbox, started by a job when none runs. The host hands a job
+ * over and waits on cv; between jobs the thread waits on cv, and ends after
+ * sb->idle_ns without one: while a process has a second thread, the kernel
+ * takes a reference on a socket's file on every read and write, which a
+ * busy loop (10,000 heartbeats a second) pays twice per message.
+ * Everything below is under mu. Once abandoned, the host forgets the
+ * sandbox: the thread alone touches it, and frees it when the job ends.
  */
 struct dcm__sb_thread_s {
   uv_thread_t id;
@@ -774,6 +778,7 @@ struct dcm__sb_thread_s {
   int status;       /* lua_pcall's, when it ended */
   int quit;         /* the sandbox closes: the thread ends */
   int abandoned;    /* the host stopped waiting */
+  int idle;         /* ended for want of jobs: the host joins it */
 };
 
 static atomic_int abandoned_jobs;
@@ -794,8 +799,10 @@ static void worker(void *arg) {
   void *job = NULL;
   uv_mutex_lock(&t->mu);
   for (;;) {
-    while (t->fn == NULL && !t->quit) uv_cond_wait(&t->cv, &t->mu);
-    if (t->quit) break;
+    while (t->fn == NULL && !t->quit && !t->idle)
+      if (uv_cond_timedwait(&t->cv, &t->mu, sb->idle_ns) == UV_ETIMEDOUT && t->fn == NULL)
+        t->idle = 1;
+    if (t->quit || t->idle) break;
     lua_CFunction fn = t->fn;
     job = t->job;
     t->fn = NULL;
@@ -813,7 +820,7 @@ static void worker(void *arg) {
   }
   int abandoned = t->abandoned;
   uv_mutex_unlock(&t->mu);
-  if (!abandoned) return; /* quit: the host joins and frees */
+  if (!abandoned) return; /* quit or idle: the host joins and frees */
   thread_free(t);
   sb->thread = NULL;
   dcm__sandbox_close(sb);
@@ -848,7 +855,20 @@ static int thread_start(dcm__sandbox_t *sb) {
   return 0;
 }
 
+/* Joins the thread if it ended idle, so the next job starts another. */
+static void thread_reap(dcm__sandbox_t *sb) {
+  dcm__sb_thread_t *t = sb->thread;
+  uv_mutex_lock(&t->mu);
+  int idle = t->idle;
+  uv_mutex_unlock(&t->mu);
+  if (!idle) return;
+  uv_thread_join(&t->id);
+  thread_free(t);
+  sb->thread = NULL;
+}
+
 int dcm__sandbox_run(dcm__sandbox_t *sb, lua_CFunction fn, void *job, uint64_t time_ns) {
+  if (sb->thread) thread_reap(sb);
   if (sb->thread == NULL && thread_start(sb) != 0) return DCM_ENOMEM;
   dcm__sb_thread_t *t = sb->thread;
   uint64_t start = uv_hrtime();

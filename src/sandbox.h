@@ -65,8 +65,14 @@ struct dcm__sandbox_s {
   /* Frees the host's data once an abandoned job has ended, on the sandbox's
    * thread after the state is closed (sb itself may live in that data). */
   void (*release)(dcm__sandbox_t *sb, void *job);
-  dcm__sb_thread_t *thread; /* where jobs run; NULL until the first */
+  dcm__sb_thread_t *thread; /* where jobs run; NULL until a job starts it */
+  uint64_t idle_ns;          /* the thread ends after this long without a job */
 };
+
+/* Policies run in bursts (a join, a loss, a reload) and starting a thread
+ * costs ~50 us, while a loop with one thread pays less per socket syscall
+ * (glibc's cancellation points, the kernel's file references). */
+#define DCM__SB_IDLE_NS ((uint64_t)1000000000)
 
 enum { DCM__SB_MEMORY = 1, DCM__SB_STRING };
 /* dcm__sandbox_run's status when it stopped waiting (not a LUA_* status). */

@@ -653,8 +653,9 @@ static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   c->m->counters.packets_in++;
   if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed) {
     dcm__session_message(c, msg, len);
-    /* identified (session.c uncounts it): its address slot goes */
-    if (!c->counted_unauth && c->addr) dcm__unauth_unlink(c);
+    /* identified (session.c uncounts it): its address slot goes. addr
+       first: it shares the heartbeat's line, counted_unauth does not */
+    if (c->addr && !c->counted_unauth) dcm__unauth_unlink(c);
   }
 }
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -706,6 +707,49 @@ static void test_overlay(void) {
   dcm__policy_free(p);
 }
 
+/* This process's threads, from /proc. */
+static int threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  int n = 0;
+  if (d == NULL) return -1;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
+
+static int add_job(lua_State *L) {
+  int *x = lua_touserdata(L, 1);
+  *x += 1;
+  return 0;
+}
+
+/* The sandbox's thread ends when idle (a busy single-threaded loop pays
+ * less per socket syscall) and the next job starts another. */
+static void test_idle_thread(void) {
+  dcm__sandbox_t sb;
+  int x = 0;
+  wait_abandoned();
+  int base = threads();
+  CHECK(base >= 1);
+  CHECK(dcm__sandbox_open(&sb, 1 << 20, 0, NULL) == 0);
+  CHECK(sb.idle_ns == DCM__SB_IDLE_NS);
+  sb.idle_ns = 20 * 1000000u;
+  CHECK(threads() == base); /* no job yet, no thread */
+  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 1);
+  CHECK(threads() == base + 1);
+  for (int i = 0; i < 500 && threads() > base; i++) usleep(10000);
+  CHECK(threads() == base);
+  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 2);
+  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 3);
+  for (int i = 0; i < 500 && threads() > base; i++) usleep(10000);
+  dcm__sandbox_close(&sb); /* joins a thread that ended idle */
+  CHECK(dcm__sandbox_open(&sb, 1 << 20, 0, NULL) == 0);
+  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 4);
+  dcm__sandbox_close(&sb); /* stops a waiting one */
+  CHECK(threads() == base);
+}
+
 int main(void) {
   const char *src = getenv("DCM_SOURCE_DIR");
   if (src == NULL) src = ".";
@@ -727,6 +771,7 @@ int main(void) {
   test_abandoned();
   test_reload();
   test_overlay();
+  test_idle_thread();
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
