@@ -60,7 +60,7 @@ static dcm__pmachine_t *policy_view(dcm__machine_t **xs, size_t n) {
   for (size_t i = 0; i < n; i++) {
     pm[i].id = xs[i]->id;
     pm[i].cores = xs[i]->cores;
-    pm[i].loadavg = xs[i]->loadavg;
+    pm[i].loadavg = dcm__machine_loadavg(xs[i]);
     pm[i].standby = xs[i]->standby;
     pm[i].shards = xs[i]->shards;
     pm[i].nshards = xs[i]->nshards;
@@ -534,7 +534,7 @@ static void failover(dcm_master_t *m, dcm__machine_t *x, const char *why) {
   size_t n = x->nshards;
   int *shards = malloc((n ? n : 1) * sizeof *shards);
   char id[DCM_ID_MAX + 1];
-  dcm__pmachine_t dead = {id, x->cores, x->loadavg, x->standby, shards, n};
+  dcm__pmachine_t dead = {id, x->cores, dcm__machine_loadavg(x), x->standby, shards, n};
   snprintf(id, sizeof id, "%s", x->id);
   if (shards && n) memcpy(shards, x->shards, n * sizeof *shards);
   forget(m, x);
@@ -662,7 +662,7 @@ void dcm__coord_offload(dcm_master_t *m, dcm__machine_t *x) {
   int *shards = malloc((n ? n : 1) * sizeof *shards);
   if (shards == NULL) return;
   if (n) memcpy(shards, x->shards, n * sizeof *shards);
-  dcm__pmachine_t dead = {x->id, x->cores, x->loadavg, 1, shards, n};
+  dcm__pmachine_t dead = {x->id, x->cores, dcm__machine_loadavg(x), 1, shards, n};
   dcm__fleet_release(m, x);
   dcm__info(&m->log, x->id, "offload: moving its %zu shards%s; it stands by", n,
             x->handoff ? " once they stopped there, with their sessions" : "");
@@ -684,7 +684,7 @@ void dcm__coord_failed(dcm_master_t *m, dcm__machine_t *x, int *shards, size_t n
     if (shards[i] < m->shard_count && m->owner[shards[i]] == x && dcm__fleet_take(m, x, shards[i]) == 0)
       mine[k++] = shards[i];
   if (k > 0) {
-    dcm__pmachine_t from = {x->id, x->cores, x->loadavg, x->standby, mine, k};
+    dcm__pmachine_t from = {x->id, x->cores, dcm__machine_loadavg(x), x->standby, mine, k};
     dcm__warn(&m->log, x->id, "%zu shards are in clusters it gave up on; moving them", k);
     move_shards(m, &from, NULL, x); /* they failed: nothing runs them */
     dcm__coord_queue_connect(m, x);

@@ -91,24 +91,27 @@ typedef struct dcm__http_head_s {
 } dcm__http_head_t;
 
 struct dcm__conn_s {
-  /* What every heartbeat touches comes first, then tcp, whose lines libuv
-     touches anyway (dcm__calloc_lines: this line is the first): at 10,000
-     connections these lines are cold by the next heartbeat. */
+  /* What every heartbeat touches, in 40 bytes: tcp's first fields (data,
+     loop, type), which libuv reads on every read, share this line, and
+     tcp's next line (close_cb to next_closing) is one a heartbeat never
+     touches (dcm__calloc_lines: this line is the first). At 10,000
+     connections every line is cold by the next heartbeat. */
   dcm_master_t *m;
   dcm__machine_t *machine;
-  uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
-  uint64_t last_heartbeat;
+  uint64_t last_heartbeat; /* uv_now() ms; a sliding deadline counts from it */
+  double loadavg; /* the machine's while bound to it: dcm__machine_loadavg */
   dcm__conn_phase phase;
-  int tls_on;
-  int ws_ready;
-  int send_failed;  /* a write failed: the timer aborts it next turn */
-  int reads_paused; /* the peer does not read our replies */
-  int finishing;    /* shutdown requested; the close follows */
-  dcm__addr_t *addr; /* unidentified: counted against its address (unauth.c) */
+  unsigned tls_on : 1, ws_ready : 1,
+      send_failed : 1,  /* a write failed: the timer aborts it next turn */
+      reads_paused : 1, /* the peer does not read our replies */
+      finishing : 1;    /* shutdown requested; the close follows */
   uv_tcp_t tcp;
   _Alignas(64) dcm__ws_t ws; /* WebSocket: its hot fields lead, one line */
   dcm__outq_t out; /* bounded outbound queue: ciphertext under TLS; hot fields lead */
   /* the rest */
+  uint64_t deadline; /* uv_now() ms; the timer re-arms lazily towards it */
+  uint64_t slide;    /* not 0: the deadline is last_heartbeat + slide */
+  dcm__addr_t *addr; /* unidentified: counted against its address (unauth.c) */
   uv_timer_t timer; /* handshake, heartbeat or close-linger deadline */
   dcm__link_t link;
   int handles_open; /* freed when both handles have closed */
@@ -136,8 +139,9 @@ typedef enum {
 
 struct dcm__machine_s {
   char id[DCM_ID_MAX + 1];
-  /* what a heartbeat touches, together (the line at 128) */
-  double loadavg;
+  /* what a heartbeat touches, together (the line at 128), when it
+     carries failed_clusters (the first on a connection) */
+  double loadavg; /* while conn is set, conn->loadavg is the current one */
   char *failed_clusters; /* JSON array from its heartbeat, NULL if none */
   int *failed;           /* its shards in failed_clusters, sorted */
   size_t nfailed;
@@ -173,6 +177,17 @@ struct dcm__machine_s {
   int *sent;              /* shards of the last `connect` sent */
   size_t nsent;
 };
+
+/* The machine's load average: a heartbeat stores it on the connection
+   alone, whose line it touches anyway (at 10,000 machines the machine's
+   line is one more cache miss per heartbeat). */
+static inline double dcm__machine_loadavg(const dcm__machine_t *x) {
+  return x->conn ? x->conn->loadavg : x->loadavg;
+}
+static inline void dcm__machine_set_loadavg(dcm__machine_t *x, double loadavg) {
+  x->loadavg = loadavg;
+  if (x->conn) x->conn->loadavg = loadavg;
+}
 
 
 /* ---- master ---------------------------------------------------------- */
@@ -296,6 +311,9 @@ int dcm__conn_send_frame(dcm__conn_t *c, const uint8_t *frame, size_t len);
 void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason);
 void dcm__conn_abort(dcm__conn_t *c);
 void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline);
+/* A deadline slide ms after c->last_heartbeat, which the owner moves on
+   (a heartbeat stores nothing else); set_deadline ends it. */
+void dcm__conn_slide_deadline(dcm__conn_t *c, uint64_t slide);
 
 void dcm__conn_evict(dcm__conn_t *c); /* closes with a reset: no TIME_WAIT here */
 

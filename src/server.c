@@ -196,15 +196,19 @@ void dcm__conn_close(dcm__conn_t *c, uint16_t code, const char *reason) {
 
 /* ---- deadlines -------------------------------------------------------- */
 
+static uint64_t deadline(const dcm__conn_t *c) {
+  return c->slide ? c->last_heartbeat + c->slide : c->deadline;
+}
+
 static void timer_cb(uv_timer_t *t) {
   dcm__conn_t *c = t->data;
-  uint64_t now = uv_now(c->m->loop);
+  uint64_t now = uv_now(c->m->loop), due = deadline(c);
   if (c->send_failed) {
     dcm__conn_abort(c);
     return;
   }
-  if (now < c->deadline) { /* moved later since armed: re-arm lazily */
-    uv_timer_start(&c->timer, timer_cb, c->deadline - now, 0);
+  if (now < due) { /* moved later since armed: re-arm lazily */
+    uv_timer_start(&c->timer, timer_cb, due - now, 0);
     return;
   }
   switch (c->phase) {
@@ -223,14 +227,24 @@ static void timer_cb(uv_timer_t *t) {
   }
 }
 
-/* O(1) per heartbeat: only a deadline earlier than the armed one re-arms. */
-void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline) {
-  uint64_t now = uv_now(c->m->loop);
+/* Only a deadline earlier than the armed one re-arms: a later one waits
+   for the timer, which re-arms towards it. */
+static void arm(dcm__conn_t *c) {
+  uint64_t now = uv_now(c->m->loop), due = deadline(c);
   int armed = uv_is_active((uv_handle_t *)&c->timer);
-  uint64_t due = armed ? now + uv_timer_get_due_in(&c->timer) : 0;
+  if (!armed || due < now + uv_timer_get_due_in(&c->timer))
+    uv_timer_start(&c->timer, timer_cb, due > now ? due - now : 0, 0);
+}
+
+void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline) {
   c->deadline = deadline;
-  if (!armed || deadline < due)
-    uv_timer_start(&c->timer, timer_cb, deadline > now ? deadline - now : 0, 0);
+  c->slide = 0;
+  arm(c);
+}
+
+void dcm__conn_slide_deadline(dcm__conn_t *c, uint64_t slide) {
+  c->slide = slide;
+  arm(c);
 }
 
 /* ---- HTTP ------------------------------------------------------------- */
@@ -651,15 +665,20 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 static void ws_message(dcm__ws_t *ws, const char *msg, size_t len) {
   dcm__conn_t *c = ws->data;
   c->m->counters.packets_in++;
-  if ((c->phase == DCM_CONN_HELLO || c->phase == DCM_CONN_ACTIVE) && !c->send_failed) {
+  if (c->send_failed) return;
+  if (c->phase == DCM_CONN_ACTIVE) {
     dcm__session_message(c, msg, len);
-    /* identified (session.c uncounts it): its address slot goes. addr
-       first: it shares the heartbeat's line, counted_unauth does not */
-    if (c->addr && !c->counted_unauth) dcm__unauth_unlink(c);
+  } else if (c->phase == DCM_CONN_HELLO) {
+    dcm__session_message(c, msg, len);
+    /* identified (session.c uncounts it): its address slot goes */
+    if (!c->counted_unauth && c->addr) dcm__unauth_unlink(c);
   }
 }
 
 static const dcm__ws_cbs_t ws_cbs = {ws_message, ws_write, ws_idle};
+
+/* The fields every heartbeat touches share the connection's first line. */
+_Static_assert(offsetof(dcm__conn_t, tcp) <= 40, "the hot block outgrew its line");
 
 /* ---- accept ----------------------------------------------------------- */
 

@@ -29,9 +29,9 @@ static void send_error(dcm__conn_t *c, int code, const char *why) {
   send_text(c, s, n);
 }
 
-static uint64_t heartbeat_deadline(const dcm__conn_t *c) {
-  const dcm_options_t *o = &c->m->o;
-  return c->last_heartbeat + dcm__ms(o->heartbeat_interval) + dcm__ms(o->heartbeat_grace);
+/* How long after its last heartbeat a connection is closed. */
+static uint64_t heartbeat_window(const dcm_options_t *o) {
+  return dcm__ms(o->heartbeat_interval) + dcm__ms(o->heartbeat_grace);
 }
 
 void dcm__session_open(dcm__conn_t *c) {
@@ -56,7 +56,7 @@ void dcm__session_initialise(dcm__conn_t *c) {
 
 static void copy_report(dcm__machine_t *x, dcm__packet_t *p) {
   x->cores = p->cores;
-  x->loadavg = p->loadavg;
+  dcm__machine_set_loadavg(x, p->loadavg);
   snprintf(x->version, sizeof x->version, "%s", p->version);
 }
 
@@ -100,16 +100,17 @@ static void hello(dcm__conn_t *c, dcm__packet_t *p) {
   }
   x->conn = c;
   c->machine = x;
+  c->loadavg = x->loadavg;
   c->phase = DCM_CONN_ACTIVE;
   if (c->counted_unauth) {
     c->counted_unauth = 0;
     m->unauth--;
   }
   c->last_heartbeat = uv_now(m->loop);
-  dcm__conn_set_deadline(c, heartbeat_deadline(c));
+  dcm__conn_slide_deadline(c, heartbeat_window(&m->o));
   dcm__info(&m->log, x->id, "%s from %s: cores=%d loadavg=%.2f standby=%s%s%s",
             resumed ? "reconnected inside the grace" : "identified", c->peer, x->cores,
-            x->loadavg, x->standby ? "yes" : "no", x->version[0] ? " version=" : "",
+            dcm__machine_loadavg(x), x->standby ? "yes" : "no", x->version[0] ? " version=" : "",
             x->version);
   dcm__emit(m, resumed ? DCM_EVENT_RESUMED : DCM_EVENT_CONNECTED, x->id, 0, c->peer);
   if (m->state == DCM_STATE_FETCHING) { /* initialise once Discord gave the count */
@@ -163,9 +164,8 @@ static void failed_clusters(dcm__machine_t *x, dcm__packet_t *p) {
 static void heartbeat(dcm__conn_t *c, dcm__packet_t *p, int has_loadavg, double loadavg,
                       int failed) {
   dcm_master_t *m = c->m;
-  c->last_heartbeat = uv_now(m->loop);
-  c->deadline = heartbeat_deadline(c); /* the timer re-arms lazily */
-  if (has_loadavg) c->machine->loadavg = loadavg;
+  c->last_heartbeat = uv_now(m->loop); /* moves the deadline (it slides) */
+  if (has_loadavg) c->loadavg = loadavg;
   if (failed) failed_clusters(c->machine, p);
   if (m->heartbeat_ack_len == 0) { /* the same frame every time: encode once */
     size_t n;
@@ -284,6 +284,7 @@ void dcm__session_closed(dcm__conn_t *c) {
   if (x == NULL) return;
   c->machine = NULL;
   x->conn = NULL;
+  x->loadavg = c->loadavg;
   dcm__coord_lost(c->m, x, c->timed_out);
 }
 
@@ -297,7 +298,7 @@ static void push_machine(dcm_master_t *m, dcm__machine_t *x, uint64_t now) {
   lua_setfield(L, -2, "id");
   lua_pushinteger(L, x->cores);
   lua_setfield(L, -2, "cores");
-  lua_pushnumber(L, x->loadavg);
+  lua_pushnumber(L, dcm__machine_loadavg(x));
   lua_setfield(L, -2, "loadavg");
   lua_pushboolean(L, x->standby);
   lua_setfield(L, -2, "standby");
