@@ -70,8 +70,8 @@ struct dcm__sandbox_s {
 };
 
 /* Policies run in bursts (a join, a loss, a reload) and starting a thread
- * costs ~50 us, while a loop with one thread pays less per socket syscall
- * (glibc's cancellation points, the kernel's file references). */
+ * costs ~50 us, while the kernel takes a reference on a socket's file for
+ * every read and write of a process with a second thread. */
 #define DCM__SB_IDLE_NS ((uint64_t)1000000000)
 
 enum { DCM__SB_MEMORY = 1, DCM__SB_STRING };

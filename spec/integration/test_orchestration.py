@@ -133,17 +133,25 @@ class Orchestration(unittest.TestCase):
                 await fleet(m, a, b)
                 sa = (await a.next_connect())["shards"]
                 await b.next_connect()
+                a.loadavg = 2.5  # its heartbeats (every second) say so from now on
+                for _ in range(40):
+                    if machine(status(m), "a")["loadavg"] == 2.5:
+                        break
+                    await asyncio.sleep(0.1)
                 await a.drop()
                 await asyncio.sleep(0.5)
                 st = status(m)
                 self.assertEqual(machine(st, "a")["state"], "disconnected")
                 self.assertEqual(machine(st, "a")["shards"], sa)
-                a2 = Control(m, "a")
+                # the last heartbeat's load average outlives the connection
+                self.assertEqual(machine(st, "a")["loadavg"], 2.5)
+                a2 = Control(m, "a", loadavg=0.75)
                 await a2.start()
                 self.assertEqual(a2.init["d"]["shard_count"], 6)
                 self.assertEqual(await a2.next_connect(), {"shards": sa, "redundant": False})
                 await b.no_connect(0.3)
                 self.assertEqual(machine(status(m), "a")["state"], "live")
+                self.assertEqual(machine(status(m), "a")["loadavg"], 0.75)  # info's
                 for x in (a2, b):
                     await x.close()
             run(go())

@@ -138,22 +138,6 @@ class ProtocolV1(unittest.TestCase):
             self.assertEqual(me["loadavg"], 3)
             self.assertLess(me["last_heartbeat_age_ms"], 1000)
             await ws.close()
-            # the last heartbeat's load average outlives the connection
-            def gone():
-                st = json.loads(http_get(self.m, "/status", self.auth)[1])
-                return [x for x in st["machines"]
-                        if x["id"] == "hb-1" and x["state"] == "disconnected"]
-            for _ in range(100):
-                if gone():
-                    break
-                await asyncio.sleep(0.05)
-            self.assertEqual([x["loadavg"] for x in gone()], [3])
-            # and a reconnect's info sets it again
-            ws, _ = await hello(self.m, "hb-1", self.auth)
-            st = json.loads(http_get(self.m, "/status", self.auth)[1])
-            me = [x for x in st["machines"] if x["id"] == "hb-1"][0]
-            self.assertEqual((me["state"], me["loadavg"]), ("live", info("hb-1")["loadavg"]))
-            await ws.close()
         run(go())
 
     def test_failed_clusters_show_in_status(self):
