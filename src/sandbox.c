@@ -828,7 +828,9 @@ static void worker(void *arg) {
   atomic_fetch_sub(&abandoned_jobs, 1);
 }
 
-/* The thread, with every signal blocked: they belong to the host's loop. */
+/* The thread, with every signal blocked: they belong to the host's loop.
+   Returns with mu held, so the job is handed over before the thread can
+   wait for one (and end idle meanwhile). */
 static int thread_start(dcm__sandbox_t *sb) {
   dcm__sb_thread_t *t = calloc(1, sizeof *t);
   if (t == NULL) return DCM_ENOMEM;
@@ -841,6 +843,7 @@ static int thread_start(dcm__sandbox_t *sb) {
     free(t);
     return DCM_ENOMEM;
   }
+  uv_mutex_lock(&t->mu);
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -848,6 +851,7 @@ static int thread_start(dcm__sandbox_t *sb) {
   int rc = uv_thread_create(&t->id, worker, sb);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc != 0) {
+    uv_mutex_unlock(&t->mu);
     sb->thread = NULL;
     thread_free(t);
     return DCM_ENOMEM;
@@ -855,25 +859,27 @@ static int thread_start(dcm__sandbox_t *sb) {
   return 0;
 }
 
-/* Joins the thread if it ended idle, so the next job starts another. */
-static void thread_reap(dcm__sandbox_t *sb) {
+/* The thread a job goes to, with its mu held: one that ended idle is
+   joined and another started. Checking idle and handing the job over in
+   one hold of mu is what keeps a job from going to a thread that ended. */
+static dcm__sb_thread_t *thread_take(dcm__sandbox_t *sb) {
   dcm__sb_thread_t *t = sb->thread;
-  uv_mutex_lock(&t->mu);
-  int idle = t->idle;
-  uv_mutex_unlock(&t->mu);
-  if (!idle) return;
-  uv_thread_join(&t->id);
-  thread_free(t);
-  sb->thread = NULL;
+  if (t) {
+    uv_mutex_lock(&t->mu);
+    if (!t->idle) return t;
+    uv_mutex_unlock(&t->mu);
+    uv_thread_join(&t->id);
+    thread_free(t);
+    sb->thread = NULL;
+  }
+  return thread_start(sb) == 0 ? sb->thread : NULL;
 }
 
 int dcm__sandbox_run(dcm__sandbox_t *sb, lua_CFunction fn, void *job, uint64_t time_ns) {
-  if (sb->thread) thread_reap(sb);
-  if (sb->thread == NULL && thread_start(sb) != 0) return DCM_ENOMEM;
-  dcm__sb_thread_t *t = sb->thread;
+  dcm__sb_thread_t *t = thread_take(sb);
+  if (t == NULL) return DCM_ENOMEM;
   uint64_t start = uv_hrtime();
   uint64_t end = start + time_ns + (uint64_t)DCM_SANDBOX_GRACE_MS * 1000000u;
-  uv_mutex_lock(&t->mu);
   sb->job_end = start + time_ns;
   t->fn = fn;
   t->job = job;

@@ -243,7 +243,7 @@ void dcm__conn_set_deadline(dcm__conn_t *c, uint64_t deadline) {
 }
 
 void dcm__conn_slide_deadline(dcm__conn_t *c, uint64_t slide) {
-  c->slide = slide;
+  c->slide = slide ? slide : 1; /* 0 means no slide */
   arm(c);
 }
 

@@ -734,20 +734,25 @@ static void test_idle_thread(void) {
   CHECK(base >= 1);
   CHECK(dcm__sandbox_open(&sb, 1 << 20, 0, NULL) == 0);
   CHECK(sb.idle_ns == DCM__SB_IDLE_NS);
-  sb.idle_ns = 20 * 1000000u;
+  sb.idle_ns = 600 * (uint64_t)1000000000; /* no timing below depends on the machine */
   CHECK(threads() == base); /* no job yet, no thread */
   CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 1);
   CHECK(threads() == base + 1);
+  sb.idle_ns = 1000000; /* read by the thread's next wait, after this job */
+  for (int i = 1; i <= 50; i++) { /* jobs racing the idle end: each runs, once */
+    usleep((unsigned)(i % 4) * 400);
+    CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 1 + i);
+  }
   for (int i = 0; i < 500 && threads() > base; i++) usleep(10000);
   CHECK(threads() == base);
-  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 2);
-  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 3);
+  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 52);
   for (int i = 0; i < 500 && threads() > base; i++) usleep(10000);
   dcm__sandbox_close(&sb); /* joins a thread that ended idle */
   CHECK(dcm__sandbox_open(&sb, 1 << 20, 0, NULL) == 0);
-  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 4);
+  CHECK(dcm__sandbox_run(&sb, add_job, &x, 1000000000u) == LUA_OK && x == 53);
   dcm__sandbox_close(&sb); /* stops a waiting one */
   CHECK(threads() == base);
+  CHECK(dcm__sandbox_abandoned() == 0);
 }
 
 int main(void) {
