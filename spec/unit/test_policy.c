@@ -4,13 +4,13 @@
  * time (with the default deciding instead), result validation, sandbox
  * escapes, the instruction budget and the memory cap.
  */
+#include <dirent.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
